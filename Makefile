@@ -1,0 +1,29 @@
+# make demo   - a real CAM on a real photo, offline, with the packaged pretrained model
+# make test   - create .venv if needed, install the package and test deps, run the tests
+# make bench  - the speed/memory benchmark table
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test bench venv clean
+
+$(STAMP): setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,demo]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) cam.py --image-path examples/cat.jpg --method gradcam --model efficientnet_lite0 --output-dir out
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

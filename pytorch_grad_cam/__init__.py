@@ -1,0 +1,32 @@
+"""pytorch_grad_cam: Class Activation Map methods for PyTorch models."""
+from pytorch_grad_cam.ablation_cam import AblationCAM
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+from pytorch_grad_cam.base_cam import BaseCAM, PerturbationCAM
+from pytorch_grad_cam.eigen_cam import EigenCAM
+from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
+from pytorch_grad_cam.grad_cam import GradCAM
+from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
+from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
+from pytorch_grad_cam.layer_cam import LayerCAM
+from pytorch_grad_cam.registry import METHODS, get_method
+from pytorch_grad_cam.score_cam import ScoreCAM
+from pytorch_grad_cam.xgrad_cam import XGradCAM
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "AblationCAM",
+    "ActivationsAndGradients",
+    "BaseCAM",
+    "EigenCAM",
+    "EigenGradCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "GuidedBackpropReLUModel",
+    "LayerCAM",
+    "METHODS",
+    "PerturbationCAM",
+    "ScoreCAM",
+    "XGradCAM",
+    "get_method",
+]

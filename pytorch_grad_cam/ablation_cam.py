@@ -1,0 +1,103 @@
+"""AblationCAM (Desai & Ramaswamy, 2020): a channel's weight is the relative drop
+of the target score when that channel is ablated.
+
+Only the network after the target layer is recomputed for the K ablated copies of
+the cached activation (a ``torch.fx`` tail); where the model cannot be traced the
+whole model is re-run with the layer's output replaced, after a warning.
+"""
+import warnings
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from pytorch_grad_cam.base_cam import PerturbationCAM
+from pytorch_grad_cam.utils.network_tail import extract_tail, replaced_output_runner
+
+#: An ablated channel becomes min(A) - ABLATION_OFFSET where A has negative values,
+#: so a following ReLU zeroes it; 0 where A is non-negative.
+ABLATION_OFFSET = 1e7
+
+
+class AblationCAM(PerturbationCAM):
+    """s = target score; s_k = the score with channel k ablated; w_k = (s - s_k) / s.
+
+    Args (besides those of every method):
+        batch_size: ablated copies per pass through the tail.
+        tail_only: recompute only the network after the layer (default); False
+            re-runs the whole model for every chunk of ablated copies.
+    """
+
+    def __init__(self, model, target_layers=None, reshape_transform=None, *, tail_only: bool = True, **kwargs) -> None:
+        super().__init__(model, target_layers, reshape_transform, **kwargs)
+        self.tail_only = tail_only
+        self._tails: Dict[nn.Module, Optional[nn.Module]] = {}
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
+        layer_output = self._layer_outputs[target_layer]
+        positions = self._channel_positions(layer_output, activations.shape[1])
+        tail = self._tail(target_layer)
+        batch, channels = activations.shape[:2]
+        weights = []
+        with self.progress_bar(batch * channels, "AblationCAM") as bar:
+            for index in range(batch):
+                run = tail or replaced_output_runner(self.model, target_layer, input_tensor[index : index + 1])
+                original = layer_output[index : index + 1]
+                low = activations[index].min()
+                value = 0.0 if low >= 0 else max(float(low) - ABLATION_OFFSET, torch.finfo(original.dtype).min / 2)
+
+                def run_chunk(start: int, stop: int, original=original, value=value, run=run):
+                    ablated = original.repeat(stop - start, *[1] * (original.ndim - 1))
+                    rows = torch.arange(stop - start, device=ablated.device)
+                    if positions is None:
+                        ablated[rows, start + rows] = value
+                    else:
+                        ablated.view(stop - start, -1)[rows[:, None], positions[start:stop]] = value
+                    return run(ablated)
+
+                with torch.no_grad():
+                    score = self.score([targets[index]], run(original))
+                ablated_scores = self.batched_scores(channels, run_chunk, targets[index], bar)
+                denominator = torch.where(score == 0, torch.ones_like(score), score)
+                weights.append((score - ablated_scores) / denominator)
+        return torch.stack(weights)
+
+    def _tail(self, layer: nn.Module) -> Optional[Callable]:
+        if not self.tail_only:
+            return None
+        if layer not in self._tails:
+            tail, reason = extract_tail(self.model, layer)
+            if tail is None:
+                warnings.warn(
+                    f"AblationCAM re-runs the whole model for each ablated chunk: {reason}",
+                    stacklevel=4,
+                )
+            self._tails[layer] = tail
+        return self._tails[layer]
+
+    def _channel_positions(self, layer_output: torch.Tensor, channels: int) -> Optional[torch.Tensor]:
+        """For each reshaped channel k, the flat positions in one image's raw layer
+        output that make it up (None when there is no reshape_transform: channel = dim 1).
+
+        Raises:
+            ValueError: if the reshape_transform does more than rearrange elements.
+        """
+        if self.reshape_transform is None:
+            return None
+        numel = layer_output[0].numel()
+        index = torch.arange(numel, dtype=torch.float64, device=layer_output.device)
+        mapped = self.reshape_transform(index.reshape(1, *layer_output.shape[1:]))
+        mapped = mapped.reshape(channels, -1)
+        if (
+            mapped.dtype != torch.float64
+            or not torch.equal(mapped, mapped.round())
+            or mapped.min() < 0
+            or mapped.max() >= numel
+            or mapped.unique().numel() != mapped.numel()
+        ):
+            raise ValueError(
+                "AblationCAM needs a reshape_transform that only selects and rearranges "
+                "elements (like vit_reshape_transform / swin_reshape_transform); this one "
+                "computes new values"
+            )
+        return mapped.long()

@@ -1,0 +1,524 @@
+"""BaseCAM: the pipeline every CAM method shares.
+
+One forward pass with hooks on the target layers, the targets resolved, one backward
+pass (gradient methods only), a map per layer from the method's weights (or its own
+map), ReLU, per-image min-max scaling, bilinear resizing to the input, the mean over
+layers, and optional test-time-augmentation / principal-component smoothing. A method
+subclass states only :meth:`get_cam_weights` (or overrides :meth:`get_cam_image`).
+
+Everything stays in torch on the model's device; the result is converted to numpy
+once, when it is returned.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
+from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+Target = Callable[[torch.Tensor], torch.Tensor]
+LayerSpec = Union[nn.Module, str]
+
+
+def resolve_target_layers(
+    model: nn.Module,
+    target_layers: Union[LayerSpec, Sequence[LayerSpec], None],
+    target_layer: Optional[LayerSpec] = None,
+) -> List[nn.Module]:
+    """Turn the user's layer arguments into a list of modules inside ``model``.
+
+    Layers may be given as modules or as dotted names (``"layer4.2"``).
+
+    Returns:
+        The target modules, in the order given.
+
+    Raises:
+        ValueError: if neither or both of ``target_layers``/``target_layer`` are given,
+            the list is empty, or a layer (module or name) is not inside ``model``.
+    """
+    if target_layers is not None and target_layer is not None:
+        raise ValueError("pass target_layers=[...] or target_layer=..., not both")
+    layers = target_layers if target_layers is not None else target_layer
+    if layers is None:
+        raise ValueError(
+            "no target layer given; pass target_layers=[a module of the model], "
+            "e.g. [model.layer4[-1]] for a ResNet (see the README's 'Choosing the target layer')"
+        )
+    if isinstance(layers, (nn.Module, str)):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("target_layers is empty; pass at least one module of the model")
+    named = dict(model.named_modules())
+    member_ids = {id(module) for module in named.values()}
+    resolved = []
+    for layer in layers:
+        if isinstance(layer, str):
+            if layer not in named:
+                examples = ", ".join(repr(name) for name in list(named)[1:6])
+                raise ValueError(
+                    f"layer {layer!r} is not inside the model; pass a name from "
+                    f"model.named_modules() (for example {examples})"
+                )
+            layer = named[layer]
+        elif not isinstance(layer, nn.Module):
+            raise TypeError(
+                f"a target layer must be an nn.Module or a dotted name, not {type(layer).__name__}"
+            )
+        elif id(layer) not in member_ids:
+            raise ValueError(
+                f"layer {type(layer).__name__} is not inside the model; pass a module "
+                "from model.named_modules()"
+            )
+        resolved.append(layer)
+    return resolved
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); the CPU if it has none."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def model_float_dtype(model: nn.Module) -> Optional[torch.dtype]:
+    """The dtype of the model's first floating-point parameter, or None."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+class BaseCAM:
+    """The CAM pipeline; subclasses state their channel weights or their map.
+
+    Args:
+        model: the network; its mode, flags, modules and hooks are left as found.
+        target_layers: a module, a dotted name, or a list of them, inside ``model``.
+        reshape_transform: maps a layer's output (and gradient) to (B, C, h, w) (or
+            (B, C, d, h, w)); needed for transformers, see ``utils.reshape_transforms``.
+        target_layer: the older spelling of ``target_layers`` (one module).
+        use_cuda: move the model to CUDA and compute there. Without it, computation
+            runs on the device of the model's parameters.
+
+    Raises:
+        ValueError: on missing, duplicated or foreign target layers.
+        RuntimeError: if ``use_cuda=True`` and CUDA is not available.
+    """
+
+    #: Whether the method needs dL/dA (one backward pass) or only activations.
+    uses_gradients: bool = True
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Union[LayerSpec, Sequence[LayerSpec], None] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
+        *,
+        target_layer: Optional[LayerSpec] = None,
+        use_cuda: bool = False,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+        if reshape_transform is not None and not callable(reshape_transform):
+            raise TypeError("reshape_transform must be a function of a tensor, or None")
+        self.target_layers = resolve_target_layers(model, target_layers, target_layer)
+        if use_cuda:
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    "use_cuda=True but CUDA is not available on this machine; "
+                    "pass use_cuda=False to compute on the CPU"
+                )
+            model = model.cuda()
+        self.model = model
+        self.reshape_transform = reshape_transform
+        self.outputs: Optional[torch.Tensor] = None
+        # Raw (not reshaped) outputs of the target layers during the current call;
+        # methods that perturb a layer (AblationCAM) read them.
+        self._layer_outputs: Dict[nn.Module, torch.Tensor] = {}
+
+    # ----------------------------------------------------------------- method API
+    def get_cam_weights(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: List[Target],
+        activations: torch.Tensor,
+        grads: torch.Tensor,
+    ) -> torch.Tensor:
+        """Channel weights (B, K) for ``activations`` (B, K, *spatial); subclasses state this."""
+        raise NotImplementedError(f"{type(self).__name__} must define get_cam_weights or get_cam_image")
+
+    def get_cam_image(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: List[Target],
+        activations: torch.Tensor,
+        grads: torch.Tensor,
+        eigen_smooth: bool = False,
+    ) -> torch.Tensor:
+        """The raw map (B, *spatial) of one layer: Σ_k w_k·A_k, or with ``eigen_smooth``
+        the first-principal-component projection of (w_k·A_k)."""
+        weights = self.get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+        weighted = weights.reshape(*weights.shape, *[1] * (activations.ndim - 2)) * activations
+        if eigen_smooth:
+            return get_2d_projection(weighted)
+        return weighted.sum(dim=1)
+
+    # ----------------------------------------------------------------- public call
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[Sequence[Target]] = None,
+        aug_smooth: Union[bool, "object"] = False,
+        eigen_smooth: bool = False,
+        *,
+        target_category: Union[int, Sequence[int], None] = None,
+    ) -> np.ndarray:
+        """Compute the CAM of every image in the batch.
+
+        Args:
+            input_tensor: (B, C, H, W) (or (B, C, D, H, W)) float tensor.
+            targets: one callable per image mapping that image's output to a scalar
+                (``ClassifierOutputTarget(281)``); None explains each image's top class.
+            aug_smooth: True for test-time augmentation (flip x [0.9, 1, 1.1]), or a
+                ``ttach.Compose`` of your own.
+            eigen_smooth: replace the weighted channel sum by its first principal component.
+            target_category: the older spelling: an int for every image or a list of B ints.
+
+        Returns:
+            numpy.float32 array (B, H, W) (or (B, D, H, W)), each map in [0, 1].
+
+        Raises:
+            TypeError/ValueError: on an input that is not a finite 4D/5D float tensor,
+                targets whose number is not B, both ``targets`` and ``target_category``,
+                a target layer whose output is not 4D/5D without a fitting
+                ``reshape_transform``, or a model output with NaN/Inf.
+            IndexError: on a class index outside the model output.
+        """
+        input_tensor = self._check_input(input_tensor)
+        batch = input_tensor.shape[0]
+        targets = self._check_targets(targets, target_category, batch)
+        if self.model.training:
+            warnings.warn(
+                "the model is in training mode: BatchNorm statistics will update and "
+                "dropout is random; call model.eval() first for a faithful CAM",
+                stacklevel=2,
+            )
+        device = model_device(self.model)
+        dtype = model_float_dtype(self.model) or input_tensor.dtype
+        with torch.inference_mode(False):
+            input_tensor = input_tensor.to(device=device, dtype=dtype)
+            if input_tensor.is_inference():
+                input_tensor = input_tensor.clone()
+            try:
+                if aug_smooth is not False and aug_smooth is not None:
+                    cams = self._forward_augmented(input_tensor, targets, eigen_smooth, aug_smooth)
+                else:
+                    cams = self._forward(input_tensor, targets, eigen_smooth)
+            finally:
+                self._layer_outputs = {}
+        return cams.detach().cpu().numpy().astype(np.float32, copy=False)
+
+    forward = __call__
+
+    # ----------------------------------------------------------------- pipeline
+    def _forward(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[List[Target]],
+        eigen_smooth: bool,
+        copies: int = 1,
+    ) -> torch.Tensor:
+        """Maps (N, *spatial) in [0, 1] for an input of N = copies x B images; with
+        ``copies`` > 1 the batch holds augmented copies of B images, and default
+        targets come from their mean output."""
+        grad_mode = torch.enable_grad() if self.uses_gradients else torch.no_grad()
+        with ActivationsAndGradients(
+            self.model, self.target_layers, self.reshape_transform, self.uses_gradients
+        ) as recorder, grad_mode:
+            outputs = self.model(input_tensor)
+            self._check_outputs(outputs)
+            if targets is None:
+                targets = self._top_class_targets(outputs, copies)
+            elif copies > 1:
+                targets = list(targets) * copies
+            self._check_layers_ran(recorder)
+            if self.uses_gradients:
+                scores = self.score(targets, outputs)
+                differentiable = [out for out in recorder.layer_outputs if out.requires_grad]
+                if not scores.requires_grad:
+                    raise ValueError(
+                        "the target scores do not depend on the target layers; check that "
+                        "the targets use the model output"
+                    )
+                torch.autograd.backward(scores.sum(), inputs=differentiable)
+            self.outputs = self._mean_over_copies(outputs, copies)
+            self._layer_outputs = dict(zip(self.target_layers, recorder.layer_outputs))
+            cams = []
+            for index, layer in enumerate(self.target_layers):
+                activations = self._checked_activations(recorder.activations[index], layer)
+                grads = recorder.gradients[index]
+                grads = torch.zeros_like(activations) if grads is None else grads.float()
+                cam = self.get_cam_image(
+                    input_tensor, layer, targets, activations, grads, eigen_smooth
+                )
+                cam = min_max_scale(torch.relu(cam.float()))
+                cams.append(resize_maps(cam, input_tensor.shape[2:]))
+        cam = torch.stack(cams).mean(dim=0) if len(cams) > 1 else cams[0]
+        return min_max_scale(cam)
+
+    def _forward_augmented(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[List[Target]],
+        eigen_smooth: bool,
+        transforms: object,
+    ) -> torch.Tensor:
+        """Test-time augmentation: all augmented copies in one batched pass, each map
+        de-augmented back to the original geometry, then averaged."""
+        import ttach as tta
+
+        if transforms is True:
+            transforms = tta.Compose([tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])])
+        transformers = list(transforms)
+        batch = input_tensor.shape[0]
+        augmented = torch.cat([t.augment_image(input_tensor) for t in transformers])
+        cams = self._forward(augmented, targets, eigen_smooth, copies=len(transformers))
+        restored = [
+            t.deaugment_mask(chunk.unsqueeze(1)).squeeze(1)
+            for t, chunk in zip(transformers, cams.split(batch))
+        ]
+        return torch.stack(restored).mean(dim=0)
+
+    # ----------------------------------------------------------------- helpers
+    @staticmethod
+    def score(targets: Sequence[Target], outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The (N,) scores target_i(outputs[i]), kept on the device and in float32.
+
+        Raises:
+            ValueError: if a target does not return one number.
+        """
+        scores = []
+        for target, output in zip(targets, outputs):
+            value = target(output)
+            if not torch.is_tensor(value) or value.numel() != 1:
+                shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+                raise ValueError(
+                    f"target {target!r} returned {shape}; a target must map one image's "
+                    "output to a scalar tensor"
+                )
+            scores.append(value.reshape(()))
+        return torch.stack(scores).float()
+
+    @staticmethod
+    def _check_input(input_tensor: torch.Tensor) -> torch.Tensor:
+        if not isinstance(input_tensor, torch.Tensor):
+            raise TypeError(
+                f"input_tensor must be a torch.Tensor, not {type(input_tensor).__name__}; "
+                "use pytorch_grad_cam.utils.image.preprocess_image(img)"
+            )
+        if input_tensor.ndim not in (4, 5):
+            raise ValueError(
+                f"input_tensor must be (B, C, H, W) (or (B, C, D, H, W)), got shape "
+                f"{tuple(input_tensor.shape)}; add the batch dimension with input_tensor[None]"
+            )
+        if not input_tensor.is_floating_point():
+            raise TypeError(
+                f"input_tensor must be a float tensor, got {input_tensor.dtype}; "
+                "convert it with input_tensor.float()"
+            )
+        if input_tensor.shape[0] == 0:
+            raise ValueError("input_tensor holds no image (batch size 0)")
+        if not torch.isfinite(input_tensor).all():
+            raise ValueError("input_tensor contains NaN or Inf; clean the input first")
+        return input_tensor
+
+    @staticmethod
+    def _check_targets(
+        targets: Optional[Sequence[Target]],
+        target_category: Union[int, Sequence[int], None],
+        batch: int,
+    ) -> Optional[List[Target]]:
+        if targets is not None and target_category is not None:
+            raise ValueError("pass targets=[...] or target_category=..., not both")
+        if target_category is not None:
+            if isinstance(target_category, (int, np.integer)):
+                targets = [ClassifierOutputTarget(int(target_category))] * batch
+            else:
+                categories = list(target_category)
+                if len(categories) != batch:
+                    raise ValueError(
+                        f"target_category has {len(categories)} entries but the batch has "
+                        f"{batch} images; pass one category per image (or a single int for all)"
+                    )
+                targets = [ClassifierOutputTarget(int(c)) for c in categories]
+        if targets is None:
+            return None
+        if callable(targets) and not isinstance(targets, (list, tuple)):
+            raise TypeError(
+                "targets must be a list with one target per image, e.g. "
+                f"[ClassifierOutputTarget(281)] * {batch}"
+            )
+        targets = list(targets)
+        if len(targets) != batch:
+            raise ValueError(
+                f"targets has {len(targets)} entries but the batch has {batch} images; "
+                "pass one target per image"
+            )
+        for target in targets:
+            if not callable(target):
+                raise TypeError(
+                    f"target {target!r} is not callable; pass e.g. ClassifierOutputTarget(k)"
+                )
+        return targets
+
+    @staticmethod
+    def _check_outputs(outputs: object) -> None:
+        if torch.is_tensor(outputs) and outputs.is_floating_point():
+            finite = torch.isfinite(outputs.detach().reshape(outputs.shape[0], -1)).all(dim=1)
+            if not bool(finite.all()):
+                bad = torch.nonzero(~finite).flatten().tolist()
+                raise ValueError(
+                    f"the model output contains NaN or Inf for image(s) {bad}; check the "
+                    "input and the model (a float16 model may overflow)"
+                )
+
+    @staticmethod
+    def _top_class_targets(outputs: torch.Tensor, copies: int) -> List[Target]:
+        if not torch.is_tensor(outputs) or outputs.ndim != 2:
+            raise ValueError(
+                "targets=None explains the top class of a (B, classes) output; this model "
+                "returns something else, so pass targets=[...] explicitly"
+            )
+        mean_scores = outputs.detach().reshape(copies, -1, outputs.shape[-1]).mean(dim=0)
+        categories = mean_scores.argmax(dim=-1).tolist()
+        return [ClassifierOutputTarget(c) for c in categories] * copies
+
+    @staticmethod
+    def _mean_over_copies(outputs: object, copies: int) -> object:
+        if not torch.is_tensor(outputs):
+            return outputs
+        outputs = outputs.detach()
+        if copies > 1:
+            outputs = outputs.reshape(copies, -1, *outputs.shape[1:]).mean(dim=0)
+        return outputs
+
+    def _check_layers_ran(self, recorder: ActivationsAndGradients) -> None:
+        for layer, output in zip(self.target_layers, recorder.layer_outputs):
+            if output is None:
+                raise ValueError(
+                    f"target layer {type(layer).__name__} was not called during the forward "
+                    "pass; choose a module that the model's forward() uses"
+                )
+
+    def _checked_activations(self, activations: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+        if activations.ndim not in (4, 5):
+            hint = (
+                "pass reshape_transform=... that returns (B, C, h, w) (for ViT "
+                "pytorch_grad_cam.utils.reshape_transforms.vit_reshape_transform, for Swin "
+                "swin_reshape_transform)"
+                if self.reshape_transform is None
+                else "the reshape_transform must return (B, C, h, w) or (B, C, d, h, w)"
+            )
+            raise ValueError(
+                f"target layer {type(layer).__name__} gives activations of shape "
+                f"{tuple(activations.shape)}, not (B, C, h, w); {hint}"
+            )
+        return activations.float()
+
+    # ----------------------------------------------------------------- lifetime
+    def release(self) -> None:
+        """Drop what the last call kept. Hooks live only during a call, so none remain."""
+        self._layer_outputs = {}
+        self.outputs = None
+
+    def __enter__(self) -> "BaseCAM":
+        return self
+
+    def __exit__(self, exc_type: object, exc_value: object, traceback: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to release
+            pass
+
+
+class PerturbationCAM(BaseCAM):
+    """Base of the gradient-free methods that score K perturbed copies per image
+    (ScoreCAM, AblationCAM): the copies run in chunks of ``batch_size`` with a
+    progress bar, and their scores stay on the device.
+
+    Args:
+        batch_size: copies per extra forward pass (also settable as ``cam.batch_size``).
+        progress: show a tqdm progress bar over the extra forward passes.
+
+    Raises:
+        ValueError: if ``batch_size`` is not a positive integer.
+    """
+
+    uses_gradients = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Union[LayerSpec, Sequence[LayerSpec], None] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
+        *,
+        target_layer: Optional[LayerSpec] = None,
+        use_cuda: bool = False,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> None:
+        super().__init__(
+            model, target_layers, reshape_transform, target_layer=target_layer, use_cuda=use_cuda
+        )
+        self.batch_size = batch_size
+        self.progress = progress
+
+    @property
+    def batch_size(self) -> int:
+        """How many perturbed copies go through the network at once."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {value!r}")
+        self._batch_size = int(value)
+
+    def progress_bar(self, total: int, description: str) -> "object":
+        """A tqdm bar over ``total`` perturbed copies (disabled when ``progress`` is off)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=description, unit="copy", disable=not self.progress, leave=False)
+
+    def batched_scores(
+        self,
+        count: int,
+        run_chunk: Callable[[int, int], object],
+        target: Target,
+        bar: "object",
+    ) -> torch.Tensor:
+        """Scores (count,) of ``target`` on ``run_chunk(start, stop)``'s outputs, computed
+        ``batch_size`` copies at a time under ``no_grad``."""
+        chunks = []
+        with torch.no_grad():
+            for start in range(0, count, self.batch_size):
+                stop = min(start + self.batch_size, count)
+                outputs = run_chunk(start, stop)
+                chunks.append(self.score([target] * (stop - start), outputs))
+                bar.update(stop - start)
+        return torch.cat(chunks)

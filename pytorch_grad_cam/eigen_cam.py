@@ -1,0 +1,15 @@
+"""EigenCAM (Muhammad & Yeasin, 2020): the first principal component of the
+activations. Class-agnostic: no gradients, no backward pass."""
+import torch
+
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+
+class EigenCAM(BaseCAM):
+    """map = projection of A on its first principal component."""
+
+    uses_gradients = False
+
+    def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False) -> torch.Tensor:
+        return get_2d_projection(activations)

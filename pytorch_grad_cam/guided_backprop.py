@@ -1,0 +1,91 @@
+"""Guided backpropagation (Springenberg et al., 2015): the input gradient with every
+ReLU passing back only positive gradients where its forward input was positive.
+
+ReLUs are intercepted with a ``TorchFunctionMode`` for the duration of one call, so
+``nn.ReLU`` modules and functional ``F.relu`` calls are both covered and the
+model's modules are never replaced.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from pytorch_grad_cam.base_cam import BaseCAM, model_device, model_float_dtype
+
+
+class _GuidedReLUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        output = tensor.clamp(min=0)
+        ctx.save_for_backward(output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (output,) = ctx.saved_tensors
+        return grad_output * (output > 0) * (grad_output > 0)
+
+
+_RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+
+
+class _GuidedReLUMode(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _RELUS:
+            return _GuidedReLUFunction.apply(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+class GuidedBackpropReLUModel:
+    """Guided backpropagation of a model's class score to its input.
+
+    Args:
+        model: the network; it is not modified.
+        use_cuda: move the model to CUDA (error if CUDA is unavailable).
+    """
+
+    def __init__(self, model: nn.Module, use_cuda: bool = False) -> None:
+        if use_cuda:
+            if not torch.cuda.is_available():
+                raise RuntimeError(
+                    "use_cuda=True but CUDA is not available on this machine; "
+                    "pass use_cuda=False to compute on the CPU"
+                )
+            model = model.cuda()
+        self.model = model
+
+    def __call__(self, input_tensor: torch.Tensor, target_category: Optional[int] = None) -> np.ndarray:
+        """The guided input gradient.
+
+        Args:
+            input_tensor: (B, C, H, W) float tensor.
+            target_category: the class to explain; None takes each image's top class.
+
+        Returns:
+            float32 (H, W, C) for one image, or (B, H, W, C) for a batch.
+
+        Raises:
+            ValueError/TypeError: as for a CAM call's input; IndexError for a class
+                outside the output.
+        """
+        input_tensor = BaseCAM._check_input(input_tensor)
+        batch = input_tensor.shape[0]
+        targets = BaseCAM._check_targets(None, target_category, batch)
+        dtype = model_float_dtype(self.model) or input_tensor.dtype
+        with torch.inference_mode(False), torch.enable_grad():
+            image = input_tensor.to(model_device(self.model), dtype).clone().requires_grad_(True)
+            with _GuidedReLUMode():
+                outputs = self.model(image)
+            if targets is None:
+                targets = BaseCAM._top_class_targets(outputs, 1)
+            scores = BaseCAM.score(targets, outputs)
+            (gradient,) = torch.autograd.grad(scores.sum(), image)
+        gradient = gradient.float().movedim(1, -1).cpu().numpy()
+        return gradient[0] if batch == 1 else gradient
+
+    forward = __call__

@@ -1,0 +1,51 @@
+"""The first-principal-component projection behind EigenCAM, EigenGradCAM and
+``eigen_smooth``: batched, in torch, on the tensor's device."""
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+
+ArrayLike = Union[torch.Tensor, np.ndarray]
+
+
+def get_2d_projection(activation_batch: ArrayLike) -> ArrayLike:
+    """Project each image's activations on their first principal component.
+
+    For every image, X = activations reshaped to (positions, channels), NaN set to 0,
+    each channel (column) centred; the map is X @ v with v the first right-singular
+    vector of X. The sign of v is arbitrary, so it is chosen to make the projection
+    correlate non-negatively with the channel sum of X (the map is high where the
+    activation is strong).
+
+    Args:
+        activation_batch: (B, K, *spatial) tensor or array, spatial 2D or 3D.
+
+    Returns:
+        (B, *spatial) float32, of the same kind (torch on the same device, or numpy)
+        as the input.
+
+    Raises:
+        ValueError: if ``activation_batch`` has fewer than 3 dimensions.
+    """
+    is_numpy = isinstance(activation_batch, np.ndarray)
+    activations = torch.from_numpy(activation_batch) if is_numpy else activation_batch
+    if activations.ndim < 3:
+        raise ValueError(
+            f"activations of shape {tuple(activations.shape)} have no spatial dimensions; "
+            "pass a (B, K, h, w) batch"
+        )
+    batch, channels, *spatial = activations.shape
+    matrix = torch.nan_to_num(activations.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    matrix = matrix.reshape(batch, channels, -1).transpose(1, 2)  # (B, positions, K)
+    matrix = matrix - matrix.mean(dim=1, keepdim=True)
+    # Only the top right-singular vector is needed; the thin SVD never forms a
+    # (positions x positions) matrix.
+    _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+    projection = matrix @ vh[:, 0, :].unsqueeze(-1)  # (B, positions, 1)
+    projection = projection.squeeze(-1)
+    agreement = (projection * matrix.sum(dim=2)).sum(dim=1, keepdim=True)
+    projection = torch.where(agreement < 0, -projection, projection)
+    projection = projection.reshape(batch, *spatial)
+    return projection.cpu().numpy() if is_numpy else projection

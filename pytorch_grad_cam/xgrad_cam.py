@@ -1,0 +1,13 @@
+"""XGradCAM (Fu et al., 2020): gradients weighted by the normalised activations."""
+import torch
+
+from pytorch_grad_cam.base_cam import BaseCAM
+
+
+class XGradCAM(BaseCAM):
+    """w_k = Σ_ij G·A / (Σ_ij A + 1e-7)."""
+
+    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
+        spatial_dims = tuple(range(2, activations.ndim))
+        sum_activations = activations.sum(dim=spatial_dims)
+        return (grads * activations).sum(dim=spatial_dims) / (sum_activations + 1e-7)

