@@ -6,12 +6,13 @@ the cached activation (a ``torch.fx`` tail); where the model cannot be traced th
 whole model is re-run with the layer's output replaced, after a warning.
 """
 import warnings
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import PerturbationCAM
+from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
+from pytorch_grad_cam.base_cam import LayerSpec, PerturbationCAM, Target
 from pytorch_grad_cam.utils.network_tail import extract_tail, replaced_output_runner
 
 #: An ablated channel becomes min(A) - ABLATION_OFFSET where A has negative values,
@@ -28,12 +29,38 @@ class AblationCAM(PerturbationCAM):
             re-runs the whole model for every chunk of ablated copies.
     """
 
-    def __init__(self, model, target_layers=None, reshape_transform=None, *, tail_only: bool = True, **kwargs) -> None:
-        super().__init__(model, target_layers, reshape_transform, **kwargs)
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers: Union[LayerSpec, Sequence[LayerSpec], None] = None,
+        reshape_transform: Optional[ReshapeTransform] = None,
+        *,
+        target_layer: Optional[LayerSpec] = None,
+        use_cuda: bool = False,
+        batch_size: int = 32,
+        progress: bool = True,
+        tail_only: bool = True,
+    ) -> None:
+        super().__init__(
+            model,
+            target_layers,
+            reshape_transform,
+            target_layer=target_layer,
+            use_cuda=use_cuda,
+            batch_size=batch_size,
+            progress=progress,
+        )
         self.tail_only = tail_only
         self._tails: Dict[nn.Module, Optional[nn.Module]] = {}
 
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
+    def get_cam_weights(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: List[Target],
+        activations: torch.Tensor,
+        grads: torch.Tensor,
+    ) -> torch.Tensor:
         layer_output = self._layer_outputs[target_layer]
         positions = self._channel_positions(layer_output, activations.shape[1])
         tail = self._tail(target_layer)

@@ -1,8 +1,11 @@
 """EigenCAM (Muhammad & Yeasin, 2020): the first principal component of the
 activations. Class-agnostic: no gradients, no backward pass."""
-import torch
+from typing import List
 
-from pytorch_grad_cam.base_cam import BaseCAM
+import torch
+from torch import nn
+
+from pytorch_grad_cam.base_cam import BaseCAM, Target
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 
@@ -11,5 +14,13 @@ class EigenCAM(BaseCAM):
 
     uses_gradients = False
 
-    def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False) -> torch.Tensor:
+    def get_cam_image(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: List[Target],
+        activations: torch.Tensor,
+        grads: torch.Tensor,
+        eigen_smooth: bool = False,
+    ) -> torch.Tensor:
         return get_2d_projection(activations)

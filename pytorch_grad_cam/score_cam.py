@@ -1,8 +1,11 @@
 """ScoreCAM (Wang et al., 2020): each activation map, upsampled and normalised, masks
 the input; the softmax of the masked inputs' target scores weights the channels."""
-import torch
+from typing import List
 
-from pytorch_grad_cam.base_cam import PerturbationCAM
+import torch
+from torch import nn
+
+from pytorch_grad_cam.base_cam import PerturbationCAM, Target
 from pytorch_grad_cam.utils.image import resize_maps
 
 
@@ -13,7 +16,14 @@ class ScoreCAM(PerturbationCAM):
     pass at ``batch_size`` plus the activations, never all K masked inputs.
     """
 
-    def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads) -> torch.Tensor:
+    def get_cam_weights(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets: List[Target],
+        activations: torch.Tensor,
+        grads: torch.Tensor,
+    ) -> torch.Tensor:
         batch, channels = activations.shape[:2]
         size = input_tensor.shape[2:]
         weights = []
