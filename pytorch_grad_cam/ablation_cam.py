@@ -83,7 +83,9 @@ class AblationCAM(PerturbationCAM):
                     return run(ablated)
 
                 with torch.no_grad():
-                    score = self.score([targets[index]], run(original))
+                    # A copy: the network after the layer may work in place (ReLU(inplace=True),
+                    # `out += identity`) and must not change the activations being ablated.
+                    score = self.score([targets[index]], run(original.clone()))
                 ablated_scores = self.batched_scores(channels, run_chunk, targets[index], bar)
                 denominator = torch.where(score == 0, torch.ones_like(score), score)
                 weights.append((score - ablated_scores) / denominator)

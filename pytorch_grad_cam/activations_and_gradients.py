@@ -61,21 +61,18 @@ class ActivationsAndGradients:
                     "not a tensor; choose a layer whose output is a single tensor "
                     "(for example a child module of this one)"
                 )
-            replacement = None
             if self.record_gradients and torch.is_grad_enabled() and not output.requires_grad:
                 # Frozen weights (or a no_grad prefix): start the graph here, so the
                 # gradient with respect to this layer's output still exists.
                 output = output.detach().requires_grad_(True)
-                replacement = output
             if self.record_gradients and output.requires_grad:
-                # Hand the rest of the network a copy, so that an in-place operation
-                # after this layer (ReLU(inplace=True)) cannot change what we recorded;
-                # the gradient of the copy is the gradient of the original.
-                replacement = output.clone()
                 output.register_hook(self._make_gradient_hook(index))
             self.layer_outputs[index] = output
             self.activations[index] = self._reshape(output)
-            return replacement
+            # Hand the rest of the network a copy, so that an in-place operation after
+            # this layer (ReLU(inplace=True), `out += identity`) cannot change what we
+            # recorded, with or without gradients; the copy's gradient is the original's.
+            return output.clone()
 
         return hook
 

@@ -265,10 +265,14 @@ class BaseCAM:
                 torch.autograd.backward(scores.sum(), inputs=differentiable)
             self.outputs = self._mean_over_copies(outputs, copies)
             self._layer_outputs = dict(zip(self.target_layers, recorder.layer_outputs))
-            cams = []
-            for index, layer in enumerate(self.target_layers):
-                activations = self._checked_activations(recorder.activations[index], layer)
-                grads = recorder.gradients[index]
+            recorded = list(zip(recorder.activations, recorder.gradients))
+        # The hooks are gone before the maps are computed: the extra forward passes of
+        # ScoreCAM/AblationCAM must not overwrite what the first pass recorded (for the
+        # next target layer) nor pay for recording themselves.
+        cams = []
+        with torch.no_grad():
+            for layer, (activations, grads) in zip(self.target_layers, recorded):
+                activations = self._checked_activations(activations, layer)
                 grads = torch.zeros_like(activations) if grads is None else grads.float()
                 cam = self.get_cam_image(
                     input_tensor, layer, targets, activations, grads, eigen_smooth
