@@ -1,0 +1,220 @@
+"""Independent reference implementations of SPEC.md's CAM formulas, for the tests.
+
+Nothing here imports the engine: activations and gradients are captured by
+replacing a layer's output with a fresh leaf tensor and calling
+``torch.autograd.grad``; the maps, scalings and resizes are computed in float64
+numpy (OpenCV's ``cv2.resize(INTER_LINEAR)`` for the half-pixel-centred bilinear
+resize, an explicit interpolation matrix for ScoreCAM's ``align_corners=True``).
+"""
+from __future__ import annotations
+
+from typing import Callable, List, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+EPS_SCALE = 1e-7  # the min-max step: (x - min) / (max + 1e-7)
+
+
+# ---------------------------------------------------------------- capture
+def capture(
+    model: nn.Module,
+    layer: nn.Module,
+    input_tensor: torch.Tensor,
+    classes: Sequence[int],
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A, G, logits) for one layer: the layer's output A (after ``transform``) and
+    dL/dA for L = sum_b logits[b, classes[b]], via a leaf substituted for the output."""
+    leaves: List[torch.Tensor] = []
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        leaf = output.detach().clone().requires_grad_(True)
+        leaves.append(leaf)
+        return leaf.clone()  # a non-leaf copy, so in-place ops downstream are allowed
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = model(input_tensor)
+            loss = logits[torch.arange(len(classes)), list(classes)].sum()
+            (grad,) = torch.autograd.grad(loss, leaves[-1])
+    finally:
+        handle.remove()
+    activations = transform(leaves[-1].detach()).double().numpy()
+    grads = transform(grad).double().numpy()
+    return activations, grads, logits.detach().double().numpy()
+
+
+def run_with_layer_output(
+    model: nn.Module, layer: nn.Module, image: torch.Tensor, layer_output: torch.Tensor
+) -> np.ndarray:
+    """Logits of ``model`` on copies of ``image`` (1, C, ...) with ``layer``'s output
+    replaced by the batch ``layer_output`` (the definition of an ablated score)."""
+    handle = layer.register_forward_hook(lambda module, inputs, output: layer_output)
+    try:
+        with torch.no_grad():
+            batch = image.expand(layer_output.shape[0], *image.shape[1:])
+            return model(batch).double().numpy()
+    finally:
+        handle.remove()
+
+
+# ---------------------------------------------------------------- numerics
+def min_max(x: np.ndarray) -> np.ndarray:
+    x = x - x.min()
+    return x / (x.max() + EPS_SCALE)
+
+
+def interpolation_matrix(size_in: int, size_out: int, align_corners: bool) -> np.ndarray:
+    """(size_out, size_in) matrix of 1D linear interpolation."""
+    matrix = np.zeros((size_out, size_in))
+    for i in range(size_out):
+        if align_corners:
+            source = i * (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+        else:
+            source = max((i + 0.5) * size_in / size_out - 0.5, 0.0)
+        low = min(int(np.floor(source)), size_in - 1)
+        high = min(low + 1, size_in - 1)
+        frac = source - low
+        matrix[i, low] += 1 - frac
+        matrix[i, high] += frac
+    return matrix
+
+
+def resize_half_pixel(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Bilinear (2D, via OpenCV) or trilinear (3D, separable) resize with half-pixel centres."""
+    if x.ndim == 2:
+        return cv2.resize(x, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    for axis, n in enumerate(size):
+        matrix = interpolation_matrix(x.shape[axis], n, align_corners=False)
+        x = np.moveaxis(np.tensordot(matrix, x, axes=([1], [axis])), 0, axis)
+    return x
+
+
+def pc_projection(weighted: np.ndarray) -> np.ndarray:
+    """First-principal-component projection of one image's (K, *spatial) maps, with
+    SPEC.md's sign rule (non-negative correlation with the row sums)."""
+    channels = weighted.shape[0]
+    matrix = np.nan_to_num(weighted.reshape(channels, -1).T)
+    matrix = matrix - matrix.mean(axis=0)
+    _, _, vt = np.linalg.svd(matrix, full_matrices=False)
+    projection = matrix @ vt[0]
+    if (projection * matrix.sum(axis=1)).sum() < 0:
+        projection = -projection
+    return projection.reshape(weighted.shape[1:])
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def finish_layer(raw: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """ReLU, min-max, resize: one layer's map of one image."""
+    return resize_half_pixel(min_max(np.maximum(raw, 0)), size)
+
+
+# ---------------------------------------------------------------- channel weights
+def gradcam_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    return G.reshape(G.shape[0], -1).mean(axis=1)
+
+
+def gradcam_plusplus_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    sum_a = A.reshape(A.shape[0], -1).sum(axis=1).reshape(-1, *[1] * (A.ndim - 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        alpha = G**2 / (2 * G**2 + sum_a * G**3 + 1e-6)
+    alpha = np.where(G != 0, alpha, 0.0)
+    return (np.maximum(G, 0) * alpha).reshape(G.shape[0], -1).sum(axis=1)
+
+
+def xgradcam_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    flat_a = A.reshape(A.shape[0], -1)
+    return (G.reshape(G.shape[0], -1) * flat_a).sum(axis=1) / (flat_a.sum(axis=1) + 1e-7)
+
+
+def scorecam_weights(
+    model: nn.Module, image: torch.Tensor, A: np.ndarray, category: int
+) -> np.ndarray:
+    """softmax_k of the target score on image * M_k, M_k = min-max(align-corners upsample(A_k))."""
+    height, width = image.shape[2:]
+    rows = interpolation_matrix(A.shape[1], height, align_corners=True)
+    cols = interpolation_matrix(A.shape[2], width, align_corners=True)
+    upsampled = np.einsum("hi,kij,wj->khw", rows, A, cols)
+    low = upsampled.min(axis=(1, 2), keepdims=True)
+    high = upsampled.max(axis=(1, 2), keepdims=True)
+    masks = torch.from_numpy((upsampled - low) / (high - low + 1e-8)).float()
+    with torch.no_grad():
+        scores = model(image * masks[:, None]).double().numpy()[:, category]
+    return softmax(scores)
+
+
+def ablationcam_weights(
+    model: nn.Module,
+    layer: nn.Module,
+    image: torch.Tensor,
+    raw_output: torch.Tensor,
+    category: int,
+) -> np.ndarray:
+    """(s - s_k) / s with channel k of the layer output set to 0, or to min - 1e7 where
+    the output has negative values. ``raw_output``: (1, K, ...) output for ``image``."""
+    channels = raw_output.shape[1]
+    low = float(raw_output.min())
+    value = 0.0 if low >= 0 else low - 1e7
+    ablated = raw_output.repeat(channels, *[1] * (raw_output.ndim - 1))
+    for k in range(channels):
+        ablated[k, k] = value
+    base = run_with_layer_output(model, layer, image, raw_output)[0, category]
+    scores = run_with_layer_output(model, layer, image, ablated)[:, category]
+    return (base - scores) / base
+
+
+def weighted_map(weights: np.ndarray, A: np.ndarray, eigen_smooth: bool) -> np.ndarray:
+    weighted = weights.reshape(-1, *[1] * (A.ndim - 1)) * A
+    return pc_projection(weighted) if eigen_smooth else weighted.sum(axis=0)
+
+
+def reference_cam(
+    method: str,
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    input_tensor: torch.Tensor,
+    classes: Sequence[int],
+    eigen_smooth: bool = False,
+) -> np.ndarray:
+    """The (B, *spatial) CAM of SPEC.md for ``method`` (a registry name)."""
+    size = tuple(input_tensor.shape[2:])
+    per_layer = []
+    for layer in layers:
+        A, G, _ = capture(model, layer, input_tensor, classes)
+        maps = []
+        for b, category in enumerate(classes):
+            a, g = A[b], G[b]
+            if method == "gradcam":
+                raw = weighted_map(gradcam_weights(a, g), a, eigen_smooth)
+            elif method == "gradcam++":
+                raw = weighted_map(gradcam_plusplus_weights(a, g), a, eigen_smooth)
+            elif method == "xgradcam":
+                raw = weighted_map(xgradcam_weights(a, g), a, eigen_smooth)
+            elif method == "layercam":
+                weighted = np.maximum(g, 0) * a
+                raw = pc_projection(weighted) if eigen_smooth else weighted.sum(axis=0)
+            elif method == "eigencam":
+                raw = pc_projection(a)
+            elif method == "eigengradcam":
+                raw = pc_projection(g * a)
+            elif method == "scorecam":
+                weights = scorecam_weights(model, input_tensor[b : b + 1], a, category)
+                raw = weighted_map(weights, a, eigen_smooth)
+            elif method == "ablationcam":
+                raw_output = torch.from_numpy(a[None]).float()
+                weights = ablationcam_weights(model, layer, input_tensor[b : b + 1], raw_output, category)
+                raw = weighted_map(weights, a, eigen_smooth)
+            else:
+                raise KeyError(method)
+            maps.append(finish_layer(raw, size))
+        per_layer.append(np.stack(maps))
+    mean = np.mean(per_layer, axis=0)
+    return np.stack([min_max(m) for m in mean])

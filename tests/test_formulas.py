@@ -1,0 +1,158 @@
+"""Every method's map equals an independent computation of SPEC.md's formula.
+
+The reference (tests/cam_reference.py) captures activations and gradients on its
+own (a leaf substituted for the layer output, ``torch.autograd.grad``), evaluates the
+formulas in float64 numpy and resizes with OpenCV; the engine must agree to float
+tolerance. The layers cover non-negative activations (after a ReLU) and signed
+ones (a convolution's output), which exercise AblationCAM's min - 1e7 rule and the
+sums of activations in GradCAM++/XGradCAM.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cam_reference import (
+    capture,
+    finish_layer,
+    gradcam_weights,
+    interpolation_matrix,
+    min_max,
+    pc_projection,
+    reference_cam,
+    resize_half_pixel,
+)
+from pytorch_grad_cam import METHODS, GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+ATOL = 1e-5
+CLASSES = [1, 3]
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(7)
+    return torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1
+
+
+def engine_cam(method: str, model: nn.Module, layers, images: torch.Tensor, **kwargs) -> np.ndarray:
+    cls = METHODS[method]
+    extra = {"progress": False} if method in ("scorecam", "ablationcam") else {}
+    cam = cls(model, target_layers=layers, **extra)
+    targets = [ClassifierOutputTarget(c) for c in CLASSES]
+    return cam(images, targets=targets, **kwargs)
+
+
+def assert_nontrivial(reference: np.ndarray) -> None:
+    """A reference that is all zeros (or one constant) would make the comparison vacuous."""
+    for image_map in reference:
+        assert image_map.max() == pytest.approx(1.0, abs=1e-5)
+        assert image_map.std() > 0.05
+
+
+@pytest.mark.parametrize("layer_index, signed", [(-1, False), (-2, True)], ids=["relu", "conv"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_map_matches_reference(method, layer_index, signed, small_cnn, images):
+    layer = small_cnn.features[layer_index]
+    activations, _, _ = capture(small_cnn, layer, images, CLASSES)
+    assert (activations.min() < 0) == signed
+    reference = reference_cam(method, small_cnn, [layer], images, CLASSES)
+    assert_nontrivial(reference)
+    result = engine_cam(method, small_cnn, [layer], images)
+    assert result.dtype == np.float32 and result.shape == (2, 32, 32)
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "layercam", "scorecam", "ablationcam"])
+def test_eigen_smooth_matches_reference(method, small_cnn, images):
+    """eigen_smooth: the principal-component projection of w_k * A_k replaces the sum."""
+    layer = small_cnn.features[-2]
+    reference = reference_cam(method, small_cnn, [layer], images, CLASSES, eigen_smooth=True)
+    assert_nontrivial(reference)
+    plain = reference_cam(method, small_cnn, [layer], images, CLASSES)
+    assert np.abs(reference - plain).max() > 0.05
+    result = engine_cam(method, small_cnn, [layer], images, eigen_smooth=True)
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
+def test_eigencam_ignores_eigen_smooth(small_cnn, images):
+    layer = small_cnn.features[-1]
+    plain = engine_cam("eigencam", small_cnn, [layer], images)
+    smoothed = engine_cam("eigencam", small_cnn, [layer], images, eigen_smooth=True)
+    np.testing.assert_allclose(smoothed, plain, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "eigencam", "scorecam"])
+def test_several_layers_mean_then_min_max(method, small_cnn, images):
+    """Layers of different resolutions (32x32 and 16x16): per-layer maps, mean, min-max."""
+    layers = [small_cnn.features[1], small_cnn.features[-1]]
+    reference = reference_cam(method, small_cnn, layers, images, CLASSES)
+    assert_nontrivial(reference)
+    single = [reference_cam(method, small_cnn, [layer], images, CLASSES) for layer in layers]
+    assert min(np.abs(reference - s).max() for s in single) > 0.05
+    result = engine_cam(method, small_cnn, layers, images)
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
+def test_final_min_max_applies_to_a_single_layer(small_cnn, images):
+    """Every map ends in exactly [0, 1]: its minimum is 0 and its maximum 1 - O(1e-7)."""
+    result = engine_cam("gradcam", small_cnn, [small_cnn.features[-1]], images)
+    np.testing.assert_allclose(result.min(axis=(1, 2)), 0.0, atol=1e-7)
+    np.testing.assert_allclose(result.max(axis=(1, 2)), 1.0, atol=1e-5)
+
+
+def test_in_place_operation_after_the_layer_does_not_corrupt_the_map(resnet18):
+    """ResNet's ``out += identity`` and ReLU(inplace=True) run on bn2's output: the
+    recorded activations must still be bn2's own output."""
+    layer = resnet18.layer3[-1].bn2
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    reference = reference_cam("gradcam", resnet18, [layer], images, CLASSES)
+    assert_nontrivial(reference)
+    result = GradCAM(resnet18, [layer])(images, targets=[ClassifierOutputTarget(c) for c in CLASSES])
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
+def test_volume_gradcam_matches_reference():
+    """(B, C, D, H, W) input: GradCAM over a Conv3d layer, trilinear half-pixel resize."""
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv3d(2, 6, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
+        nn.Conv3d(6, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 3),
+    ).eval()
+    volume = torch.randn(2, 2, 6, 8, 10, generator=torch.Generator().manual_seed(1))
+    layer = model[4]
+    A, G, _ = capture(model, layer, volume, [0, 2])
+    reference = np.stack([
+        min_max(finish_layer((gradcam_weights(a, g)[:, None, None, None] * a).sum(0), (6, 8, 10)))
+        for a, g in zip(A, G)
+    ])
+    assert_nontrivial(reference.reshape(2, 6, -1))
+    result = GradCAM(model, [layer])(volume, targets=[ClassifierOutputTarget(0), ClassifierOutputTarget(2)])
+    assert result.shape == (2, 6, 8, 10)
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------- the reference itself
+def test_reference_resize_agrees_with_its_two_implementations():
+    """OpenCV's INTER_LINEAR and the explicit half-pixel matrix agree, so the 3D path
+    (matrices) and the 2D path (OpenCV) of the reference are the same resize."""
+    x = np.random.default_rng(0).random((5, 7))
+    by_matrix = interpolation_matrix(5, 21, False) @ x @ interpolation_matrix(7, 32, False).T
+    np.testing.assert_allclose(resize_half_pixel(x, (21, 32)), by_matrix, atol=1e-6)
+    corners = interpolation_matrix(5, 21, True) @ x @ interpolation_matrix(7, 32, True).T
+    np.testing.assert_allclose(corners[[0, -1]][:, [0, -1]], x[[0, -1]][:, [0, -1]])
+
+
+def test_reference_projection_sign_rule():
+    """The projection of a map with one strong blob is high on the blob, whichever
+    sign the SVD returned."""
+    rng = np.random.default_rng(1)
+    maps = rng.random((6, 8, 8)) * 0.1
+    maps[:, 2:4, 5:7] += rng.random((6, 1, 1)) + 1
+    projection = pc_projection(maps)
+    row, col = np.unravel_index(projection.argmax(), projection.shape)
+    assert row in (2, 3) and col in (5, 6)
+    assert projection[2:4, 5:7].min() > projection.mean() + 2 * projection.std()
