@@ -2,8 +2,8 @@
 ReLU passing back only positive gradients where its forward input was positive.
 
 ReLUs are intercepted with a ``TorchFunctionMode`` for the duration of one call, so
-``nn.ReLU`` modules and functional ``F.relu`` calls are both covered and the
-model's modules are never replaced.
+``nn.ReLU`` modules and functional ``F.relu`` calls are both covered (ReLU6 too) and
+the model's modules are never replaced.
 """
 from __future__ import annotations
 
@@ -20,25 +20,45 @@ from pytorch_grad_cam.base_cam import BaseCAM, model_device, model_float_dtype
 
 class _GuidedReLUFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        output = tensor.clamp(min=0)
+    def forward(ctx, tensor: torch.Tensor, upper: Optional[float] = None) -> torch.Tensor:  # type: ignore[override]
+        output = tensor.clamp(min=0, max=upper)
         ctx.save_for_backward(output)
+        ctx.upper = upper
         return output
 
     @staticmethod
-    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
         (output,) = ctx.saved_tensors
-        return grad_output * (output > 0) * (grad_output > 0)
+        passed = (output > 0) & (grad_output > 0)
+        if ctx.upper is not None:  # ReLU6: no gradient where the input was clipped at 6 either
+            passed &= output < ctx.upper
+        return grad_output * passed, None
 
 
 _RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 
 
+def _relu6_upper(func, args, kwargs) -> Optional[float]:
+    """The clip value if ``func(*args, **kwargs)`` is a ReLU6 (``F.relu6``, or ``F.hardtanh``
+    from 0, which is what ``nn.ReLU6`` calls, as MobileNet and EfficientNet-Lite use), else None."""
+    if func is F.relu6:
+        return 6.0
+    if func is F.hardtanh:
+        bounds = dict(zip(("min_val", "max_val"), args[1:3]), **kwargs)
+        if float(bounds.get("min_val", -1.0)) == 0.0:
+            return float(bounds.get("max_val", 1.0))
+    return None
+
+
 class _GuidedReLUMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func in _RELUS:
             return _GuidedReLUFunction.apply(args[0])
-        return func(*args, **(kwargs or {}))
+        upper = _relu6_upper(func, args, kwargs)
+        if upper is not None:
+            return _GuidedReLUFunction.apply(args[0], upper)
+        return func(*args, **kwargs)
 
 
 class GuidedBackpropReLUModel:
