@@ -245,10 +245,12 @@ MASK = np.random.default_rng(1).random((8, 10), dtype=np.float32)
         (IMG, MASK[None], {}, r"mask must be one 2D map, got shape \(1, 8, 10\); pass grayscale_cam\[0\]"),
         (IMG, MASK[0], {}, r"mask must be one 2D map, got shape \(10,\)"),
         (IMG, MASK * 3, {}, r"mask values must lie in \[0, 1\], got \[0\.\d+, 2\.\d+\]; pass a CAM output or scale_cam_image\(mask\)"),
+        (np.where(IMG > 0.5, np.nan, IMG), MASK, {}, r"img must be a float image with values in \[0, 1\] \(got dtype float32, range \[nan, nan\]\)"),
+        (IMG, np.where(MASK > 0.5, np.inf, MASK), {}, r"mask values must lie in \[0, 1\], got \[0\.\d+, inf\]"),
         (IMG, MASK, {"image_weight": 1.5}, r"image_weight must be in \[0, 1\], got 1\.5"),
         (IMG, MASK, {"image_weight": -0.1}, r"image_weight must be in \[0, 1\], got -0\.1"),
     ],
-    ids=["img>1", "img<0", "img-uint8", "img-2d", "mask-size", "mask-transposed", "mask-3d", "mask-1d", "mask>1", "weight>1", "weight<0"],
+    ids=["img>1", "img<0", "img-uint8", "img-2d", "mask-size", "mask-transposed", "mask-3d", "mask-1d", "mask>1", "img-nan", "mask-inf", "weight>1", "weight<0"],
 )
 def test_show_cam_on_image_bad_input(img, mask, options, message) -> None:
     with pytest.raises(ValueError, match=message):

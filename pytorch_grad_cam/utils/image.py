@@ -60,7 +60,8 @@ def scale_cam_image(cam: ArrayLike, target_size: Optional[Sequence[int]] = None)
                 f"target_size {tuple(target_size)} has {len(size)} entries but the maps "
                 f"have {maps.ndim - 1} spatial dimensions; pass (width, height)"
             )
-        maps = resize_maps(maps, size)
+        # Rounding in the interpolation can overshoot 1 by an ulp; the promise is [0, 1].
+        maps = resize_maps(maps, size).clamp(0, 1)
     return maps.numpy() if is_numpy else maps
 
 
@@ -93,8 +94,8 @@ def show_cam_on_image(
     mask = np.asarray(mask)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"img must be (H, W, 3), got shape {img.shape}")
-    if not np.issubdtype(img.dtype, np.floating) or img.size and (
-        np.nanmin(img) < 0 or np.nanmax(img) > 1
+    if not np.issubdtype(img.dtype, np.floating) or img.size and not (
+        np.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
     ):
         raise ValueError(
             f"img must be a float image with values in [0, 1] (got dtype {img.dtype}, "
@@ -110,7 +111,7 @@ def show_cam_on_image(
             f"mask of shape {mask.shape} does not match the image's {img.shape[:2]}; "
             "compute the CAM on an input of the image's size or resize the mask"
         )
-    if mask.size and (np.nanmin(mask) < 0 or np.nanmax(mask) > 1 + 1e-6):
+    if mask.size and not (np.isfinite(mask).all() and mask.min() >= 0 and mask.max() <= 1 + 1e-6):
         raise ValueError(
             f"mask values must lie in [0, 1], got [{mask.min()}, {mask.max()}]; "
             "pass a CAM output or scale_cam_image(mask)"
@@ -122,7 +123,9 @@ def show_cam_on_image(
         heatmap = cv2.cvtColor(heatmap, cv2.COLOR_BGR2RGB)
     heatmap = np.float32(heatmap) / 255
     blend = (1 - image_weight) * heatmap + image_weight * img
-    blend = blend / np.max(blend)
+    peak = np.max(blend)
+    if peak > 0:  # a black image under a colormap that starts at black stays black, not NaN
+        blend = blend / peak
     return np.uint8(255 * blend)
 
 

@@ -1,0 +1,299 @@
+"""Property-based tests (hypothesis) of the image utilities and of the scaling and
+resizing path every CAM ends with: random shapes, dtypes and value ranges."""
+from __future__ import annotations
+
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from torch import nn
+
+from pytorch_grad_cam import METHODS, PerturbationCAM
+from pytorch_grad_cam.utils.image import (
+    deprocess_image,
+    min_max_scale,
+    preprocess_image,
+    resize_maps,
+    scale_cam_image,
+    show_cam_on_image,
+)
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+PROPERTY = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+
+FLOAT_DTYPES = st.sampled_from([np.float16, np.float32, np.float64])
+COLORMAPS = st.sampled_from([cv2.COLORMAP_JET, cv2.COLORMAP_HOT, cv2.COLORMAP_VIRIDIS, cv2.COLORMAP_BONE])
+
+
+@st.composite
+def map_batches(draw, allow_non_finite: bool = False, max_side: int = 12):
+    """(B, h, w) float arrays of any float dtype and magnitude, often with plateaus."""
+    batch = draw(st.integers(1, 3))
+    height = draw(st.integers(1, max_side))
+    width = draw(st.integers(1, max_side))
+    dtype = draw(FLOAT_DTYPES)
+    bound = draw(st.sampled_from([2.0**-10, 1.0, 1024.0, 32768.0]))
+    elements = st.floats(-bound, bound, width=16 if dtype == np.float16 else 32)
+    if allow_non_finite:
+        elements = elements | st.sampled_from([float("nan"), float("inf"), float("-inf")])
+    return draw(hnp.arrays(dtype, (batch, height, width), elements=elements))
+
+
+@st.composite
+def unit_images(draw, max_side: int = 16):
+    """(H, W, 3) float images in [0, 1] and an (H, W) mask in [0, 1]."""
+    height = draw(st.integers(1, max_side))
+    width = draw(st.integers(1, max_side))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    unit = st.floats(0, 1, width=32)
+    img = draw(hnp.arrays(dtype, (height, width, 3), elements=unit))
+    mask = draw(hnp.arrays(draw(FLOAT_DTYPES), (height, width), elements=st.floats(0, 1, width=16)))
+    return img, mask
+
+
+def assert_unit_maps(maps: np.ndarray, source: np.ndarray) -> None:
+    """Each map in [0, 1], finite, min 0; max ~1 unless the source map is (nearly) constant."""
+    assert np.isfinite(maps).all()
+    assert maps.min() >= 0 and maps.max() <= 1
+    flat_source = np.nan_to_num(source.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    flat_source = flat_source.reshape(len(source), -1)
+    for scaled, raw in zip(maps.reshape(len(maps), -1), flat_source):
+        assert scaled.min() == 0
+        spread = raw.max() - raw.min()
+        if spread > 1e-3:
+            assert scaled.max() > 0.999, (spread, scaled.max())
+        if spread == 0:
+            assert not scaled.any(), "a constant map must become all zeros"
+
+
+# --------------------------------------------------------------------------- scaling
+@PROPERTY
+@given(maps=map_batches())
+def test_min_max_scale(maps: np.ndarray) -> None:
+    tensor = torch.from_numpy(maps.astype(np.float32))
+    scaled = min_max_scale(tensor)
+    assert scaled.shape == tensor.shape and scaled.dtype == torch.float32
+    assert_unit_maps(scaled.numpy(), maps)
+    # Order within each map is kept (up to ties created by rounding).
+    flat_in, flat_out = tensor.reshape(len(tensor), -1), scaled.reshape(len(scaled), -1)
+    order = flat_in.argsort(dim=1)
+    assert (torch.diff(flat_out.gather(1, order), dim=1) >= 0).all()
+
+
+@PROPERTY
+@given(maps=map_batches(allow_non_finite=True), as_tensor=st.booleans())
+def test_scale_cam_image_without_resize(maps: np.ndarray, as_tensor: bool) -> None:
+    """Any float dtype, NaN/Inf included: float32 maps of the same kind, in [0, 1]."""
+    source = torch.from_numpy(maps) if as_tensor else maps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaled = scale_cam_image(source)
+    if as_tensor:
+        assert isinstance(scaled, torch.Tensor)
+        scaled = scaled.numpy()
+    assert isinstance(scaled, np.ndarray) and scaled.dtype == np.float32 and scaled.shape == maps.shape
+    assert_unit_maps(scaled, maps)
+
+
+@PROPERTY
+@given(
+    maps=map_batches(max_side=9),
+    width=st.integers(1, 40),
+    height=st.integers(1, 40),
+    upsample_only=st.booleans(),
+)
+def test_scale_cam_image_resize_agrees_with_cv2_inter_linear(maps, width, height, upsample_only) -> None:
+    """target_size is (width, height) as in OpenCV; the resize is cv2.resize(INTER_LINEAR)
+    (half-pixel centres); on downsampling too, since neither antialiases."""
+    if upsample_only:
+        width, height = max(width, maps.shape[2]), max(height, maps.shape[1])
+    resized = scale_cam_image(maps, (width, height))
+    assert resized.shape == (len(maps), height, width) and resized.dtype == np.float32
+    assert np.isfinite(resized).all() and resized.min() >= 0 and resized.max() <= 1
+    unresized = scale_cam_image(maps)
+    for ours, scaled in zip(resized, unresized):
+        expected = cv2.resize(scaled, (width, height), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(ours, expected.reshape(height, width), atol=2e-6)
+
+
+@PROPERTY
+@given(
+    maps=map_batches(max_side=9),
+    height=st.integers(1, 30),
+    width=st.integers(1, 30),
+    align_corners=st.booleans(),
+)
+def test_resize_maps_is_bilinear_interpolation(maps, height, width, align_corners) -> None:
+    tensor = torch.from_numpy(maps.astype(np.float32))
+    resized = resize_maps(tensor, (height, width), align_corners=align_corners)
+    assert resized.shape == (len(maps), height, width)
+    expected = F.interpolate(tensor[:, None], (height, width), mode="bilinear", align_corners=align_corners)[:, 0]
+    torch.testing.assert_close(resized, expected)
+    # Interpolation never leaves the range of the source map.
+    low = tensor.amin(dim=(1, 2), keepdim=True)
+    high = tensor.amax(dim=(1, 2), keepdim=True)
+    slack = 1e-5 * (1 + tensor.abs().amax(dim=(1, 2), keepdim=True))
+    assert ((resized >= low - slack) & (resized <= high + slack)).all()
+    assert resize_maps(tensor, tensor.shape[1:]) is tensor  # no work when the size is right
+
+
+@PROPERTY
+@given(
+    depth=st.integers(1, 4), height=st.integers(1, 6), width=st.integers(1, 6),
+    target=st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 8)),
+)
+def test_scale_cam_image_volumes(depth, height, width, target) -> None:
+    maps = np.random.default_rng(depth * 100 + height * 10 + width).random((2, depth, height, width))
+    resized = scale_cam_image(maps, target)  # (width, height, depth), OpenCV order extended
+    assert resized.shape == (2, target[2], target[1], target[0])
+    assert np.isfinite(resized).all() and resized.min() >= 0 and resized.max() <= 1
+
+
+# --------------------------------------------------------------------------- overlay
+@PROPERTY
+@given(
+    pair=unit_images(),
+    use_rgb=st.booleans(),
+    colormap=COLORMAPS,
+    image_weight=st.floats(0, 1),
+)
+def test_show_cam_on_image(pair, use_rgb, colormap, image_weight) -> None:
+    img, mask = pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no 0/0, no NaN cast
+        out = show_cam_on_image(img, mask, use_rgb=use_rgb, colormap=colormap, image_weight=image_weight)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert out.max() in (0, 255), "the blend is divided by its maximum"
+    if out.max() == 0:
+        assert image_weight == 1 or colormap != cv2.COLORMAP_JET
+    # RGB output is the BGR output of the channel-reversed image, reversed.
+    flipped = show_cam_on_image(
+        np.ascontiguousarray(img[..., ::-1]), mask, use_rgb=not use_rgb, colormap=colormap, image_weight=image_weight
+    )
+    np.testing.assert_array_equal(out, flipped[..., ::-1])
+
+
+@PROPERTY
+@given(pair=unit_images(), other_mask_seed=st.integers(0, 2**16))
+def test_show_cam_on_image_weight_extremes(pair, other_mask_seed) -> None:
+    img, mask = pair
+    other = np.random.default_rng(other_mask_seed).random(mask.shape)
+    # image_weight=1: the image alone (the mask is irrelevant); 0: the heatmap alone.
+    np.testing.assert_array_equal(show_cam_on_image(img, mask, image_weight=1.0), show_cam_on_image(img, other, image_weight=1.0))
+    np.testing.assert_array_equal(show_cam_on_image(img, mask, image_weight=0.0), show_cam_on_image(img * 0.5, mask, image_weight=0.0))
+
+
+# --------------------------------------------------------------------------- (de)processing
+@PROPERTY
+@given(
+    img=hnp.arrays(
+        st.sampled_from([np.float32, np.float64, np.uint8]),
+        st.tuples(st.integers(1, 12), st.integers(1, 12), st.integers(1, 4)),
+        elements=st.integers(0, 255),
+    ),
+    data=st.data(),
+)
+def test_preprocess_image_normalises_per_channel(img, data) -> None:
+    channels = img.shape[2]
+    mean = data.draw(st.lists(st.floats(-2, 2, width=32), min_size=channels, max_size=channels))
+    std = data.draw(st.lists(st.floats(0.125, 4, width=32), min_size=channels, max_size=channels))
+    tensor = preprocess_image(img, mean=mean, std=std)
+    assert tensor.shape == (1, channels, *img.shape[:2]) and tensor.dtype == torch.float32
+    assert tensor.is_contiguous()
+    restored = tensor[0].permute(1, 2, 0) * torch.tensor(std) + torch.tensor(mean)
+    np.testing.assert_allclose(restored.numpy(), img.astype(np.float32), rtol=1e-5, atol=1e-3)
+    default = preprocess_image(img)
+    np.testing.assert_allclose(default[0].permute(1, 2, 0).numpy(), (img.astype(np.float32) - 0.5) / 0.5, rtol=1e-6)
+
+
+@PROPERTY
+@given(
+    img=hnp.arrays(
+        FLOAT_DTYPES,
+        st.tuples(st.integers(1, 10), st.integers(1, 10), st.sampled_from([1, 3])),
+        elements=st.floats(-1e3, 1e3, width=16),
+    )
+)
+def test_deprocess_image(img) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = deprocess_image(img)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    values = img.astype(np.float32).ravel()
+    if values.max() == values.min():
+        assert (out == 127).all(), "a constant image maps to mid-grey"
+    # Monotone: a brighter input pixel is never darker in the output.
+    order = np.argsort(values, kind="stable")
+    assert (np.diff(out.ravel()[order].astype(int)) >= 0).all()
+
+
+# --------------------------------------------------------------------------- projection
+@PROPERTY
+@given(
+    activations=hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 7), st.integers(1, 7)),
+        elements=st.floats(-1e3, 1e3, width=32),
+    )
+)
+def test_2d_projection_is_finite_and_oriented(activations) -> None:
+    projection = get_2d_projection(activations)
+    assert projection.shape == (activations.shape[0], *activations.shape[2:])
+    assert np.isfinite(projection).all()
+    centred = activations.reshape(*activations.shape[:2], -1)
+    centred = centred - centred.mean(axis=2, keepdims=True)
+    agreement = (projection.reshape(len(projection), -1) * centred.sum(axis=1)).sum(axis=1)
+    scale = np.abs(centred).sum(axis=(1, 2)) * np.abs(projection).reshape(len(projection), -1).sum(axis=1)
+    assert (agreement >= -1e-4 * (1 + scale)).all(), "the sign must follow the channel sum"
+
+
+# --------------------------------------------------------------------------- the whole path
+class Tiny(nn.Module):
+    def __init__(self, stride: int) -> None:
+        super().__init__()
+        torch.manual_seed(stride)
+        self.stem = nn.Conv2d(3, 4, 3, stride=stride, padding=1)
+        self.target = nn.Conv2d(4, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.target(torch.relu(self.stem(x)))).mean(dim=(2, 3)))
+
+
+TINY = {stride: Tiny(stride).eval() for stride in (1, 2, 3)}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(list(METHODS)),
+    stride=st.sampled_from([1, 2, 3]),
+    batch=st.integers(1, 3),
+    height=st.integers(1, 41),
+    width=st.integers(1, 41),
+    scale=st.sampled_from([0.0, 1e-3, 1.0, 100.0]),
+    eigen_smooth=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_every_method_returns_unit_maps_of_the_input_size(name, stride, batch, height, width, scale, eigen_smooth, seed) -> None:
+    model = TINY[stride]
+    x = scale * torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+    options = {"progress": False} if issubclass(METHODS[name], PerturbationCAM) else {}
+    targets = [ClassifierOutputTarget(seed % 3)] * batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        maps = METHODS[name](model, [model.target], **options)(x, targets, eigen_smooth=eigen_smooth)
+    assert maps.dtype == np.float32 and maps.shape == (batch, height, width)
+    assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1
+    peaks = maps.reshape(batch, -1).max(axis=1)
+    assert ((peaks == 0) | (peaks > 0.999)).all(), peaks
