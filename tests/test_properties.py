@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
@@ -113,6 +113,7 @@ def test_scale_cam_image_without_resize(maps: np.ndarray, as_tensor: bool) -> No
     height=st.integers(1, 40),
     upsample_only=st.booleans(),
 )
+@example(maps=np.array([[[0, 2, 2]]], np.float16), width=8, height=5, upsample_only=False)  # overshoot
 def test_scale_cam_image_resize_agrees_with_cv2_inter_linear(maps, width, height, upsample_only) -> None:
     """target_size is (width, height) as in OpenCV; the resize is cv2.resize(INTER_LINEAR)
     (half-pixel centres); on downsampling too, since neither antialiases."""
@@ -167,6 +168,10 @@ def test_scale_cam_image_volumes(depth, height, width, target) -> None:
     use_rgb=st.booleans(),
     colormap=COLORMAPS,
     image_weight=st.floats(0, 1),
+)
+@example(  # a black image under a colormap that starts at black: 0 / 0
+    pair=(np.zeros((3, 4, 3), np.float32), np.zeros((3, 4), np.float32)),
+    use_rgb=False, colormap=cv2.COLORMAP_HOT, image_weight=0.5,
 )
 def test_show_cam_on_image(pair, use_rgb, colormap, image_weight) -> None:
     img, mask = pair

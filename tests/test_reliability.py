@@ -507,6 +507,25 @@ def test_eigencam_records_the_true_layer_output_before_in_place_ops(resnet18) ->
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "name, options",
+    [("scorecam", {}), ("ablationcam", {}), ("ablationcam", {"tail_only": False})],
+    ids=["scorecam", "ablationcam-tail", "ablationcam-whole-model"],
+)
+def test_extra_passes_do_not_overwrite_the_record_of_the_next_layer(name, options) -> None:
+    """Several target layers: ScoreCAM/AblationCAM's extra forward passes for the first
+    layer must not replace what the main pass recorded for the second (the map is the
+    min-max scaled mean of the single-layer maps)."""
+    model = state_net()
+    x, targets = image(2), [ClassifierOutputTarget(0), ClassifierOutputTarget(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        both = make_cam(name, model, [model.conv1, model.conv2], batch_size=4, **options)(x, targets)
+        single = [make_cam(name, model, [layer], batch_size=4, **options)(x, targets) for layer in (model.conv1, model.conv2)]
+    expected = min_max_scale(torch.from_numpy((single[0] + single[1]) / 2)).numpy()
+    np.testing.assert_allclose(both, expected, atol=1e-5)
+
+
 # =========================================================================== memory
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_no_autograd_graph_or_activation_kept_after_a_call(name: str) -> None:
