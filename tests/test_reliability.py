@@ -473,14 +473,12 @@ def resnet18_out_of_place(resnet18):
     return model
 
 
-@pytest.mark.parametrize("layer", ["layer3.1", "layer3.1.bn2"])
 @pytest.mark.parametrize("name", ["gradcam", "eigencam"])
-def test_torchvision_resnet_in_place_relus_and_residual_add(
-    name: str, layer: str, resnet18, resnet18_out_of_place
-) -> None:
+def test_torchvision_resnet_in_place_relus_and_residual_add(name: str, resnet18, resnet18_out_of_place) -> None:
     """layer3.1.bn2 is followed by `out += identity` and ReLU(inplace=True). (The
     recording mechanism is shared by all methods; all of them are checked on a small
     model in test_in_place_ops_after_the_layer_do_not_corrupt_the_record.)"""
+    layer = "layer3.1.bn2"
     x = image(2, (64, 64))
     targets = [ClassifierOutputTarget(5), ClassifierOutputTarget(7)]
     before = model_state(resnet18)
@@ -593,7 +591,7 @@ _MEMORY_SCRIPT = textwrap.dedent(
                 with make() as cam:
                     cam(x, targets)
         for label, loop in (("repeated", same_object), ("cycles", cycles)):
-            loop(30)  # warm-up: allocator pools, lazy imports, tqdm, fx
+            loop(20)  # warm-up: allocator pools, lazy imports, tqdm, fx
             gc.collect()
             start_rss, start_peak = rss_kib("VmRSS"), rss_kib("VmHWM")
             loop(200)
@@ -612,8 +610,8 @@ _MEMORY_SCRIPT = textwrap.dedent(
 #: graph (> 64 KiB a call) would exceed the bound many times over.
 MAX_GROWTH_KIB = 3 * 1024
 #: One method per mechanism: the gradient path (shared by GradCAM++, XGradCAM, LayerCAM,
-#: EigenGradCAM), the gradient-free path, and the two perturbation loops.
-MEMORY_METHODS = ["gradcam", "eigencam", "scorecam", "ablationcam"]
+#: EigenGradCAM) and the two perturbation loops (whose main pass is EigenCAM's path).
+MEMORY_METHODS = ["gradcam", "scorecam", "ablationcam"]
 
 
 def test_memory_is_flat_over_200_calls_and_200_object_cycles() -> None:
@@ -771,8 +769,7 @@ class ZeroTimes:
 
 
 DEGENERATE_CASES = {
-    "constant-image": (dict(), lambda: torch.full((1, 3, 12, 12), 0.5), None),
-    "zero-image": (dict(), lambda: torch.zeros(1, 3, 12, 12), None),
+    "constant-image": (dict(), lambda: torch.full((1, 3, 12, 12), 0.5), None),  # and all-zero
     "constant-target": (dict(), lambda: image(1, (12, 12)), ZeroTimes()),
     "zero-head": (dict(zero_head=True), lambda: image(1, (12, 12)), ClassifierOutputTarget(1)),
     "single-channel": (dict(channels=1), lambda: image(1, (12, 12)), ClassifierOutputTarget(1)),
@@ -788,6 +785,8 @@ def test_degenerate_inputs_give_finite_maps_in_unit_range(name: str, case: str) 
     options, make_input, target = DEGENERATE_CASES[case]
     model = Degenerate(**options).eval()
     x = make_input()
+    if case == "constant-image":
+        x = torch.cat([x, torch.zeros_like(x)])
     targets = None if target is None else [target] * x.shape[0]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
