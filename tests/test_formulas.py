@@ -23,6 +23,7 @@ from cam_reference import (
     pc_projection,
     reference_cam,
     resize_half_pixel,
+    single_thread_module,  # noqa: F401 - autouse fixture
 )
 from pytorch_grad_cam import METHODS, GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -1,0 +1,246 @@
+"""The maps point at the object that the model's decision is about.
+
+Synthetic: a small CNN is trained in the session (about ten seconds on one CPU
+thread) on 32x32 noise images holding one coloured shape (red square, green disc,
+blue plus) at a random position, or nothing (a fourth class, so that every shape
+class needs evidence of its own and cannot be "whatever is not the others"). On
+held-out images every method's peak must fall on the object.
+
+Real photo: the packaged, really pretrained EfficientNet-Lite0 on scikit-image's
+cat, alone and in a 2x2 mosaic with three other photos.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
+from pytorch_grad_cam import METHODS, GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+SIZE = 32
+COLOURS = np.array([[1.0, 0.2, 0.2], [0.2, 1.0, 0.2], [0.2, 0.2, 1.0]], dtype=np.float32)
+EMPTY = 3  # the class of images without a shape
+Box = Tuple[int, int, int]  # top, left, side
+
+
+def shape_mask(category: int, side: int) -> np.ndarray:
+    yy, xx = np.mgrid[:side, :side]
+    centre = (side - 1) / 2
+    if category == 0:
+        return np.ones((side, side), bool)
+    if category == 1:
+        return (yy - centre) ** 2 + (xx - centre) ** 2 <= (side / 2) ** 2
+    bar = side // 3
+    return (abs(yy - centre) <= bar / 2) | (abs(xx - centre) <= bar / 2)
+
+
+MASKS = {(c, s): shape_mask(c, s) for c in range(3) for s in range(8, 11)}
+
+
+def paint(image: np.ndarray, category: int, rng: np.random.Generator, avoid: Box = None) -> Box:
+    """Paint a shape of ``category`` at a random position (2 px away from ``avoid``)."""
+    while True:
+        side = int(rng.integers(8, 11))
+        top, left = (int(v) for v in rng.integers(0, SIZE - side + 1, 2))
+        if avoid is None:
+            break
+        a_top, a_left, a_side = avoid
+        if (top + side + 2 <= a_top or a_top + a_side + 2 <= top
+                or left + side + 2 <= a_left or a_left + a_side + 2 <= left):
+            break
+    image[:, top : top + side, left : left + side][:, MASKS[category, side]] = COLOURS[category][:, None]
+    return top, left, side
+
+
+def make_images(count: int, seed: int, with_empty: bool) -> Tuple[torch.Tensor, np.ndarray, List[Box]]:
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 0.6, (count, 3, SIZE, SIZE)).astype(np.float32)
+    labels = rng.integers(0, 4 if with_empty else 3, count)
+    boxes = [None if label == EMPTY else paint(image, label, rng) for image, label in zip(images, labels)]
+    return torch.from_numpy(images), labels, boxes
+
+
+class ShapesCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+        )
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def train_shapes_model() -> ShapesCNN:
+    """250 Adam steps of 32 images: about 10 s on one busy CPU thread."""
+    torch.manual_seed(0)
+    images, labels, _ = make_images(2000, seed=0, with_empty=True)
+    labels = torch.from_numpy(labels)
+    model = ShapesCNN()
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batches = np.random.default_rng(1)
+    for _ in range(250):
+        index = torch.from_numpy(batches.integers(0, len(images), 32))
+        loss = F.cross_entropy(model(images[index]), labels[index])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def shapes_model() -> ShapesCNN:
+    return train_shapes_model()
+
+
+@pytest.fixture(scope="module")
+def held_out() -> Tuple[torch.Tensor, np.ndarray, List[Box]]:
+    return make_images(40, seed=100, with_empty=False)
+
+
+def peak_in_box(cam: np.ndarray, box: Box) -> bool:
+    row, col = np.unravel_index(cam.argmax(), cam.shape)
+    top, left, side = box
+    return top <= row < top + side and left <= col < left + side
+
+
+def compute(method: str, model: nn.Module, images: torch.Tensor, categories) -> np.ndarray:
+    extra = {"progress": False} if method in ("scorecam", "ablationcam") else {}
+    cam = METHODS[method](model, [model.features[-1]], **extra)
+    return cam(images, targets=[ClassifierOutputTarget(int(c)) for c in categories])
+
+
+def test_the_trained_model_recognises_the_shapes(shapes_model, held_out):
+    images, labels, _ = held_out
+    with torch.no_grad():
+        predictions = shapes_model(images).argmax(dim=1).numpy()
+    assert (predictions == labels).mean() >= 0.9
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_peak_lies_on_the_object(method, shapes_model, held_out):
+    images, labels, boxes = held_out
+    cams = compute(method, shapes_model, images, labels)
+    hits = [peak_in_box(cam, box) for cam, box in zip(cams, boxes)]
+    assert np.mean(hits) >= 0.9, f"{method}: peak on the object in {np.mean(hits):.0%} of {len(hits)} images"
+    # The criterion has teeth: the transposed maps (a swapped x/y) mostly miss.
+    transposed = [peak_in_box(cam.T, box) for cam, box in zip(cams, boxes)]
+    assert np.mean(transposed) <= 0.5
+
+
+def two_object_images(count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 0.6, (count, 3, SIZE, SIZE)).astype(np.float32)
+    pairs = []
+    for image in images:
+        first, second = (int(c) for c in rng.choice(3, 2, replace=False))
+        first_box = paint(image, first, rng)
+        pairs.append(((first, first_box), (second, paint(image, second, rng, avoid=first_box))))
+    return torch.from_numpy(images), pairs
+
+
+@pytest.mark.parametrize(
+    "method, target_type, required",
+    [
+        ("gradcam", ClassifierOutputTarget, 0.9),
+        ("xgradcam", ClassifierOutputTarget, 0.9),
+        ("gradcam++", ClassifierOutputTarget, 0.7),
+        ("layercam", ClassifierOutputTarget, 0.7),
+        ("scorecam", ClassifierOutputTarget, 0.7),
+        ("eigengradcam", ClassifierOutputTarget, 0.7),
+        # (s - s_k) / s flips sign where the raw logit s is negative, as it is here for
+        # one of two shapes; the softmax probability is always positive.
+        ("ablationcam", ClassifierOutputSoftmaxTarget, 0.9),
+    ],
+)
+def test_map_follows_the_target_class(method, target_type, required, shapes_model):
+    """Two shapes of different classes in one image: explaining either class puts the
+    peak on that class's shape (a class-agnostic map, such as EigenCAM's, scores 50%)."""
+    images, pairs = two_object_images(30, seed=200)
+    extra = {"progress": False} if method in ("scorecam", "ablationcam") else {}
+    cam = METHODS[method](shapes_model, [shapes_model.features[-1]], **extra)
+    hits = []
+    for which in (0, 1):
+        cams = cam(images, targets=[target_type(pair[which][0]) for pair in pairs])
+        hits += [peak_in_box(image_cam, pair[which][1]) for image_cam, pair in zip(cams, pairs)]
+    assert np.mean(hits) >= required, f"{method}: peak on the target's shape in {np.mean(hits):.0%}"
+
+
+def test_eigencam_is_class_agnostic(shapes_model):
+    """EigenCAM ignores the target: the same map whichever class is asked for."""
+    images, pairs = two_object_images(6, seed=201)
+    first = compute("eigencam", shapes_model, images, [pair[0][0] for pair in pairs])
+    second = compute("eigencam", shapes_model, images, [pair[1][0] for pair in pairs])
+    np.testing.assert_array_equal(first, second)
+    gradcam = compute("gradcam", shapes_model, images, [pair[0][0] for pair in pairs])
+    gradcam_other = compute("gradcam", shapes_model, images, [pair[1][0] for pair in pairs])
+    assert np.abs(gradcam - gradcam_other).max() > 0.5
+
+
+# ---------------------------------------------------------------- real photos
+TIGER_CAT, TABBY, EGYPTIAN_CAT, ESPRESSO, MOTOR_SCOOTER = 282, 281, 285, 967, 670
+# In the 224 centre crop of the cat photo the face fills the frame; the box leaves
+# out the forehead strip and the right edge, where ear and background show.
+CAT_FACE_BOX = (40, 224, 0, 200)  # rows [40, 224), cols [0, 200)
+
+
+def test_pretrained_model_sees_a_cat_and_gradcam_finds_it(efficientnet_lite0, cat_photo):
+    input_tensor, _ = cat_photo
+    with torch.no_grad():
+        top3 = efficientnet_lite0(input_tensor)[0].topk(3).indices.tolist()
+    assert set(top3) == {TIGER_CAT, TABBY, EGYPTIAN_CAT}
+    cam = GradCAM(efficientnet_lite0, [efficientnet_lite0._bn1])(input_tensor)[0]
+    row, col = np.unravel_index(cam.argmax(), cam.shape)
+    top, bottom, left, right = CAT_FACE_BOX
+    assert top <= row < bottom and left <= col < right
+    # The map is concentrated, not a flat wash over the frame.
+    assert (cam > 0.5).mean() < 0.35
+
+
+def square_tile(photo: np.ndarray, side: int = 112) -> np.ndarray:
+    height, width = photo.shape[:2]
+    crop = min(height, width)
+    top, left = (height - crop) // 2, (width - crop) // 2
+    return cv2.resize(photo[top : top + crop, left : left + crop], (side, side), interpolation=cv2.INTER_AREA)
+
+
+@pytest.fixture(scope="module")
+def photo_mosaic() -> torch.Tensor:
+    """2x2 mosaic: cat (top left), motorcycle (top right), astronaut, espresso."""
+    from skimage import data
+
+    tiles = [
+        square_tile(data.chelsea()[:, :380]),  # the cat without the background on the right
+        square_tile(data.stereo_motorcycle()[0]),
+        square_tile(data.astronaut()),
+        square_tile(data.coffee()),
+    ]
+    mosaic = np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)])
+    return ((torch.from_numpy(mosaic).permute(2, 0, 1).float() - 127.0) / 128.0).unsqueeze(0)
+
+
+@pytest.mark.parametrize(
+    "category, quadrant",
+    [(TIGER_CAT, (0, 0)), (MOTOR_SCOOTER, (0, 1)), (ESPRESSO, (1, 1))],
+    ids=["cat", "scooter", "espresso"],
+)
+def test_gradcam_on_a_photo_mosaic_picks_the_asked_class(efficientnet_lite0, photo_mosaic, category, quadrant):
+    """Real pretrained features: each class's map lies on its own photo, with most of
+    its mass there (chance: a quarter)."""
+    cam = GradCAM(efficientnet_lite0, [efficientnet_lite0._bn1])(
+        photo_mosaic, targets=[ClassifierOutputTarget(category)]
+    )[0]
+    row, col = np.unravel_index(cam.argmax(), cam.shape)
+    assert (row // 112, col // 112) == quadrant
+    tile = cam[quadrant[0] * 112 : (quadrant[0] + 1) * 112, quadrant[1] * 112 : (quadrant[1] + 1) * 112]
+    assert tile.sum() / cam.sum() > 0.6
