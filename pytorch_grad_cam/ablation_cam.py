@@ -66,15 +66,18 @@ class AblationCAM(PerturbationCAM):
         tail = self._tail(target_layer)
         batch, channels = activations.shape[:2]
         weights = []
+        # One buffer for every chunk of ablated copies: each chunk overwrites it whole,
+        # so nothing the network after the layer does in place can leak into the next.
+        buffer = layer_output.new_empty((min(self.batch_size, channels), *layer_output.shape[1:]))
         with self.progress_bar(batch * channels, "AblationCAM") as bar:
             for index in range(batch):
                 run = tail or replaced_output_runner(self.model, target_layer, input_tensor[index : index + 1])
                 original = layer_output[index : index + 1]
-                low = activations[index].min()
-                value = 0.0 if low >= 0 else max(float(low) - ABLATION_OFFSET, torch.finfo(original.dtype).min / 2)
+                value = self._ablation_value(activations[index], original.dtype)
 
                 def run_chunk(start: int, stop: int, original=original, value=value, run=run):
-                    ablated = original.repeat(stop - start, *[1] * (original.ndim - 1))
+                    ablated = buffer[: stop - start]
+                    ablated.copy_(original.expand_as(ablated))
                     rows = torch.arange(stop - start, device=ablated.device)
                     if positions is None:
                         ablated[rows, start + rows] = value
@@ -90,6 +93,15 @@ class AblationCAM(PerturbationCAM):
                 denominator = torch.where(score == 0, torch.ones_like(score), score)
                 weights.append((score - ablated_scores) / denominator)
         return torch.stack(weights)
+
+    @staticmethod
+    def _ablation_value(activations: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """What an ablated channel becomes: 0, or min(A) - ABLATION_OFFSET where A has
+        negative values (clamped to stay finite in float16). A tensor on A's device, so
+        that no value is copied back to the host."""
+        low = activations.min().to(torch.float32)
+        shifted = (low - ABLATION_OFFSET).clamp(min=torch.finfo(dtype).min / 2)
+        return torch.where(low >= 0, torch.zeros_like(low), shifted).to(dtype)
 
     def _tail(self, layer: nn.Module) -> Optional[Callable]:
         if not self.tail_only:

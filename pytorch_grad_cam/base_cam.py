@@ -20,7 +20,7 @@ from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
 from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 Target = Callable[[torch.Tensor], torch.Tensor]
@@ -460,6 +460,10 @@ class BaseCAM:
             pass
 
 
+#: Targets (exact types) whose call on (N, classes) outputs gives the N row scores.
+_ROW_WISE_TARGETS = (ClassifierOutputTarget, ClassifierOutputSoftmaxTarget)
+
+
 class PerturbationCAM(BaseCAM):
     """Base of the gradient-free methods that score K perturbed copies per image
     (ScoreCAM, AblationCAM): the copies run in chunks of ``batch_size`` with a
@@ -517,12 +521,23 @@ class PerturbationCAM(BaseCAM):
         bar: "object",
     ) -> torch.Tensor:
         """Scores (count,) of ``target`` on ``run_chunk(start, stop)``'s outputs, computed
-        ``batch_size`` copies at a time under ``no_grad``."""
+        ``batch_size`` copies at a time under ``no_grad``.
+
+        A class-score target (``ClassifierOutputTarget``, ``ClassifierOutputSoftmaxTarget``)
+        scores a chunk's (N, classes) outputs in one indexing operation; any other target
+        is called once per copy. The scores stay on the device either way.
+        """
         chunks = []
         with torch.no_grad():
             for start in range(0, count, self.batch_size):
                 stop = min(start + self.batch_size, count)
                 outputs = run_chunk(start, stop)
-                chunks.append(self.score([target] * (stop - start), outputs))
+                if type(target) in _ROW_WISE_TARGETS and torch.is_tensor(outputs) and outputs.ndim == 2:
+                    # These targets index the last dimension, so one call on the
+                    # (N, classes) outputs is exactly N calls on single rows.
+                    scores = target(outputs).float()
+                else:
+                    scores = self.score([target] * (stop - start), outputs)
+                chunks.append(scores)
                 bar.update(stop - start)
         return torch.cat(chunks)

@@ -40,12 +40,26 @@ def get_2d_projection(activation_batch: ArrayLike) -> ArrayLike:
     matrix = torch.nan_to_num(activations.float(), nan=0.0, posinf=0.0, neginf=0.0)
     matrix = matrix.reshape(batch, channels, -1).transpose(1, 2)  # (B, positions, K)
     matrix = matrix - matrix.mean(dim=1, keepdim=True)
-    # Only the top right-singular vector is needed; the thin SVD never forms a
-    # (positions x positions) matrix.
-    _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
-    projection = matrix @ vh[:, 0, :].unsqueeze(-1)  # (B, positions, 1)
-    projection = projection.squeeze(-1)
+    projection = (matrix @ _top_right_singular_vector(matrix).unsqueeze(-1)).squeeze(-1)
     agreement = (projection * matrix.sum(dim=2)).sum(dim=1, keepdim=True)
     projection = torch.where(agreement < 0, -projection, projection)
     projection = projection.reshape(batch, *spatial)
     return projection.cpu().numpy() if is_numpy else projection
+
+
+def _top_right_singular_vector(matrix: torch.Tensor) -> torch.Tensor:
+    """The first right-singular vector (B, K) of each (positions, K) matrix of a batch.
+
+    With no more channels than positions (the usual case: 256 channels at 56 x 56) it
+    is the top eigenvector of the small (K, K) Gram matrix X^T X: one matrix product
+    and a K x K symmetric eigendecomposition, about five times cheaper than the SVD of
+    X and as accurate for the top vector. Otherwise the thin SVD of X, whose cost is
+    then set by the few positions. Neither forms a (positions x positions) matrix.
+    """
+    positions, channels = matrix.shape[-2:]
+    if channels <= positions:
+        gram = matrix.transpose(1, 2) @ matrix
+        _, eigenvectors = torch.linalg.eigh(gram)  # eigenvalues in ascending order
+        return eigenvectors[..., -1]
+    _, _, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return vh[:, 0, :]
