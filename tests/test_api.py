@@ -1,0 +1,266 @@
+"""The public call behaves as SPEC.md says, for every registered method: batches,
+the ways of naming targets, smoothing, several layers, volumes, and the errors a
+user meets first."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import ttach as tta
+from torch import nn
+
+from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
+from pytorch_grad_cam import METHODS, AblationCAM, GradCAM, ScoreCAM
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+METHOD_NAMES = sorted(METHODS)
+PERTURBATION = ("scorecam", "ablationcam")
+# Whose map is a principal component already, so that eigen_smooth changes nothing.
+PROJECTION_METHODS = ("eigencam", "eigengradcam")
+
+
+def make_cam(name: str, model: nn.Module, layers=None, **kwargs):
+    if name in PERTURBATION:
+        kwargs.setdefault("progress", False)
+    return METHODS[name](model, layers if layers is not None else [model.features[-1]], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    return torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(11)) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def varied_cnn(small_cnn) -> nn.Module:
+    """small_cnn with its class biases centred on the pooled features of random images:
+    the random network then picks different top classes for different images."""
+    model = copy.deepcopy(small_cnn)
+    reference = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        pooled = model.pool(model.features(reference)).flatten(1)
+        model.fc.bias.copy_(-model.fc.weight @ pooled.mean(dim=0))
+    return model
+
+
+def assert_unit_maps(maps: np.ndarray, shape, allow_empty: bool = False) -> None:
+    """float32 maps of ``shape``, each spanning exactly [0, 1] (or, where the ReLU left
+    nothing and ``allow_empty``, all zero)."""
+    assert maps.dtype == np.float32 and maps.shape == shape
+    assert np.isfinite(maps).all()
+    for image_map in maps:
+        assert image_map.min() == pytest.approx(0, abs=1e-6)
+        if allow_empty and image_map.max() == 0:
+            continue
+        assert image_map.max() == pytest.approx(1, abs=1e-5)
+    assert maps.max() > 0
+
+
+# ---------------------------------------------------------------- batches and targets
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_map_in_a_batch_equals_the_map_alone(name, varied_cnn, batch):
+    cam = make_cam(name, varied_cnn)
+    together = cam(batch)
+    assert_unit_maps(together, (3, 32, 32), allow_empty=True)
+    for index in range(3):
+        alone = cam(batch[index : index + 1])
+        np.testing.assert_allclose(together[index], alone[0], atol=1e-5)
+    assert np.abs(together[0] - together[1]).max() > 0.1  # three different maps
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_default_targets_are_the_top_classes(name, varied_cnn, batch):
+    cam = make_cam(name, varied_cnn)
+    with torch.no_grad():
+        top = varied_cnn(batch).argmax(dim=1).tolist()
+    assert len(set(top)) > 1  # the images disagree, so a shared default would show
+    np.testing.assert_allclose(
+        cam(batch), cam(batch, targets=[ClassifierOutputTarget(c) for c in top]), atol=1e-6
+    )
+    np.testing.assert_allclose(cam.outputs.numpy(), varied_cnn(batch).detach().numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in METHOD_NAMES if n != "eigencam"])
+def test_target_category_spellings(name, small_cnn, batch):
+    cam = make_cam(name, small_cnn)
+    per_image = cam(batch, targets=[ClassifierOutputTarget(c) for c in (0, 2, 3)])
+    np.testing.assert_allclose(cam(batch, target_category=[0, 2, 3]), per_image, atol=1e-6)
+    np.testing.assert_allclose(cam(batch, target_category=np.array([0, 2, 3])), per_image, atol=1e-6)
+    shared = cam(batch, targets=[ClassifierOutputTarget(2)] * 3)
+    np.testing.assert_allclose(cam(batch, target_category=2), shared, atol=1e-6)
+    np.testing.assert_allclose(cam(batch, target_category=np.int64(2)), shared, atol=1e-6)
+    # The target matters (EigenCAM, which ignores it, is left out). ScoreCAM's softmax
+    # over a random network's masked scores is nearly uniform, so its maps differ little.
+    assert np.abs(per_image[0] - shared[0]).max() > (1e-3 if name == "scorecam" else 0.05)
+
+
+def test_eigencam_ignores_the_target(small_cnn, batch):
+    cam = make_cam("eigencam", small_cnn)
+    np.testing.assert_array_equal(cam(batch, target_category=0), cam(batch, target_category=3))
+
+
+def test_perturbation_batch_size_does_not_change_the_map(small_cnn, batch):
+    for cls in (ScoreCAM, AblationCAM):
+        reference = cls(small_cnn, [small_cnn.features[-1]], progress=False, batch_size=64)(batch)
+        cam = cls(small_cnn, [small_cnn.features[-1]], progress=False)
+        cam.batch_size = 5  # 32 channels: chunks of 5 and a last chunk of 2
+        np.testing.assert_allclose(cam(batch), reference, atol=1e-6)
+
+
+def test_ablation_tail_equals_the_whole_model_rerun(small_cnn, batch):
+    for layer in (small_cnn.features[-1], small_cnn.features[-2]):
+        tail = AblationCAM(small_cnn, [layer], progress=False)(batch)
+        whole = AblationCAM(small_cnn, [layer], progress=False, tail_only=False)(batch)
+        np.testing.assert_allclose(tail, whole, atol=1e-5)
+
+
+def test_layers_by_dotted_name_and_several_layers(small_cnn, batch):
+    by_module = GradCAM(small_cnn, [small_cnn.features[1], small_cnn.features[6]])(batch)
+    by_name = GradCAM(small_cnn, ["features.1", "features.6"])(batch)
+    np.testing.assert_array_equal(by_module, by_name)
+    assert_unit_maps(by_module, (3, 32, 32))
+    only_last = GradCAM(small_cnn, "features.6")(batch)
+    assert np.abs(by_module - only_last).max() > 0.05
+
+
+# ---------------------------------------------------------------- smoothing
+def flip(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
+
+
+@pytest.mark.parametrize("name", ["gradcam", "layercam", "scorecam"])
+def test_aug_smooth_is_the_mean_of_the_de_augmented_maps(name, small_cnn, batch):
+    """Flip x {0.9, 1, 1.1}: each map computed on its augmented input, flipped back, averaged."""
+    cam = make_cam(name, small_cnn)
+    targets = [ClassifierOutputTarget(c) for c in (1, 0, 3)]
+    expected = np.mean(
+        [
+            (np.flip(cam(flip(batch) * factor, targets=targets), -1) if flipped else cam(batch * factor, targets=targets))
+            for flipped in (False, True)
+            for factor in (0.9, 1.0, 1.1)
+        ],
+        axis=0,
+    )
+    smoothed = cam(batch, targets=targets, aug_smooth=True)
+    np.testing.assert_allclose(smoothed, expected, atol=1e-5)
+    # A custom ttach.Compose: only the flip.
+    custom = cam(batch, targets=targets, aug_smooth=tta.Compose([tta.HorizontalFlip()]))
+    expected = (cam(batch, targets=targets) + np.flip(cam(flip(batch), targets=targets), -1)) / 2
+    np.testing.assert_allclose(custom, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_smoothing_keeps_shape_and_range_and_changes_the_map(name, small_cnn, batch):
+    cam = make_cam(name, small_cnn, [small_cnn.features[-2]])
+    plain = cam(batch)
+    for options in ({"aug_smooth": True}, {"eigen_smooth": True}, {"aug_smooth": True, "eigen_smooth": True}):
+        smoothed = cam(batch, **options)
+        assert smoothed.dtype == np.float32 and smoothed.shape == plain.shape
+        assert np.isfinite(smoothed).all() and smoothed.min() >= 0 and smoothed.max() <= 1 + 1e-6
+        assert smoothed.max() > 0.5
+        changed = np.abs(smoothed - plain).max()
+        if options == {"eigen_smooth": True} and name in PROJECTION_METHODS:
+            assert changed < 1e-5
+        else:
+            assert changed > 0.02, options
+
+
+# ---------------------------------------------------------------- volumes
+class TinyVolumeNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2), nn.Conv3d(4, 8, 3, padding=1), nn.ReLU()
+        )
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3, 4)))
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_volume_input_gives_volume_maps(name):
+    torch.manual_seed(2)
+    model = TinyVolumeNet().eval()
+    volume = torch.randn(2, 1, 8, 12, 10, generator=torch.Generator().manual_seed(4))
+    cam = make_cam(name, model)
+    maps = cam(volume)
+    assert_unit_maps(maps, (2, 8, 12, 10))
+    assert maps.std() > 0.05
+    np.testing.assert_allclose(maps[1], cam(volume[1:])[0], atol=1e-5)
+
+
+# ---------------------------------------------------------------- degenerate maps
+def test_an_all_zero_layer_gives_all_zero_maps_not_nan():
+    class DeadNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(4, 2)
+            with torch.no_grad():
+                self.features[0].bias.fill_(-1e3)  # every activation below zero: ReLU gives 0
+
+        def forward(self, x):
+            return self.fc(self.features(x).mean(dim=(2, 3)))
+
+    model = DeadNet().eval()
+    images = torch.rand(2, 3, 16, 16)
+    for name in METHOD_NAMES:
+        maps = make_cam(name, model)(images, target_category=1)
+        assert maps.shape == (2, 16, 16)
+        np.testing.assert_array_equal(maps, 0.0)
+
+
+# ---------------------------------------------------------------- errors
+class TokenNet(nn.Module):
+    """Patch embedding to (B, 64, 8) tokens, a per-token block, mean, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.block = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        return self.head(torch.relu(self.block(tokens)).mean(dim=1))
+
+
+def test_clear_errors(small_cnn, batch):
+    cam = GradCAM(small_cnn, [small_cnn.features[-1]])
+    with pytest.raises(ValueError, match=r"targets has 2 entries but the batch has 3 images; pass one target per image"):
+        cam(batch, targets=[ClassifierOutputTarget(1)] * 2)
+    with pytest.raises(ValueError, match=r"target_category has 4 entries but the batch has 3 images; pass one category per image"):
+        cam(batch, target_category=[1, 2, 3, 0])
+    with pytest.raises(ValueError, match=r"not inside the model; pass a module from model\.named_modules\(\)"):
+        GradCAM(small_cnn, [nn.Conv2d(3, 3, 1)])
+    with pytest.raises(ValueError, match=r"'features\.99' is not inside the model; pass a name from model\.named_modules\(\)"):
+        GradCAM(small_cnn, ["features.99"])
+    with pytest.raises(ValueError, match=r"target_layers=\[\.\.\.\] or target_layer=\.\.\., not both"):
+        GradCAM(small_cnn, target_layers=[small_cnn.features[-1]], target_layer=small_cnn.features[-1])
+    with pytest.raises(ValueError, match=r"no target layer given; pass target_layers="):
+        GradCAM(small_cnn)
+    with pytest.raises(ValueError, match=r"targets=\[\.\.\.\] or target_category=\.\.\., not both"):
+        cam(batch, targets=[ClassifierOutputTarget(1)] * 3, target_category=1)
+    token_net = TokenNet().eval()
+    with pytest.raises(ValueError, match=r"\(2, 64, 8\), not \(B, C, h, w\); pass reshape_transform="):
+        GradCAM(token_net, [token_net.block])(torch.rand(2, 3, 32, 32))
+    image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)
+    mask = np.zeros((32, 32), np.float32)
+    with pytest.raises(ValueError, match=r"values in \[0, 1\].*np\.float32\(img\) / 255"):
+        show_cam_on_image(image * 255, mask)
+    with pytest.raises(ValueError, match=r"image_weight must be in \[0, 1\]"):
+        show_cam_on_image(image, mask, image_weight=1.5)
+
+
+def test_token_layer_works_with_a_reshape_transform():
+    """The fix the error names works: (B, 64, 8) tokens folded into (B, 8, 8, 8)."""
+    from pytorch_grad_cam.utils.reshape_transforms import swin_reshape_transform
+
+    torch.manual_seed(0)
+    token_net = TokenNet().eval()
+    images = torch.rand(2, 3, 32, 32)
+    maps = GradCAM(token_net, [token_net.block], reshape_transform=swin_reshape_transform)(images)
+    assert_unit_maps(maps, (2, 32, 32))
