@@ -1,13 +1,14 @@
 # make demo   - a real CAM on a real photo, offline, with the packaged pretrained model
 # make test   - create .venv if needed, install the package and test deps, run the tests
 # make bench  - the speed/memory benchmark table
+# make grid   - re-render the README's comparison grids (docs/*.jpg; minutes on a CPU)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench grid venv clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
+
+grid: $(STAMP)
+	$(PY) docs/make_grid.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
