@@ -19,7 +19,6 @@ import torch
 
 from pytorch_grad_cam import METHODS
 from pytorch_grad_cam.utils import cli
-from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_zoo import MODELS, imagenet_classes, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,11 +56,6 @@ def assemble(columns: Sequence[str], rows: List[List[np.ndarray]]) -> np.ndarray
     return sheet
 
 
-def overlay(photo: np.ndarray, grayscale: np.ndarray) -> np.ndarray:
-    """The CAM (any size) over ``photo`` (RGB float), at the photo's size."""
-    return show_cam_on_image(photo, np.clip(cli.resize_to(grayscale, photo.shape[:2]), 0, 1), use_rgb=True)
-
-
 def render(device: torch.device, progress: bool) -> Dict[str, np.ndarray]:
     """Both grids, as RGB images by file name."""
     entry = MODELS[MODEL]
@@ -78,7 +72,7 @@ def render(device: torch.device, progress: bool) -> Dict[str, np.ndarray]:
         def cam(method: str, aug_smooth: bool = False, eigen_smooth: bool = False) -> np.ndarray:
             grayscale = cli.compute_cam(method, model, layer, input_tensor, category, aug_smooth=aug_smooth,
                                         eigen_smooth=eigen_smooth, batch_size=64, progress=progress)
-            return overlay(cell, grayscale)
+            return cli.cam_overlay(cell, grayscale)
 
         first = label(np.uint8(255 * cell), imagenet_classes()[category])
         methods_rows.append([first] + [cam(method) for method in METHODS])

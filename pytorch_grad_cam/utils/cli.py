@@ -308,8 +308,51 @@ def write_image(path: Path, rgb: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------- the program
+def cam_overlay(photo: np.ndarray, grayscale: np.ndarray) -> np.ndarray:
+    """The CAM ``grayscale`` (any size) as a heatmap over ``photo`` (RGB float), at the photo's size."""
+    return show_cam_on_image(photo, np.clip(resize_to(grayscale, photo.shape[:2]), 0, 1), use_rgb=True)
+
+
+def make_pictures(photo: np.ndarray, grayscale: np.ndarray, gradient: np.ndarray) -> Dict[str, np.ndarray]:
+    """The three RGB pictures at the photo's size, from the CAM and the guided gradient
+    at the model's input size: "cam" (overlay), "gb" (guided backprop), "cam_gb" (both)."""
+    cam_mask = np.clip(resize_to(grayscale, photo.shape[:2]), 0, 1)
+    gradient = resize_to(gradient, photo.shape[:2])
+    return {
+        "cam": show_cam_on_image(photo, cam_mask, use_rgb=True),
+        "gb": deprocess_image(gradient),
+        "cam_gb": deprocess_image(cam_mask[..., None] * gradient),
+    }
+
+
+def save_pictures(output_dir: Path, method_name: str, pictures: Dict[str, np.ndarray]) -> List[Path]:
+    """Write ``<method>_<kind>.jpg`` for each picture into ``output_dir`` (created if needed).
+
+    Raises:
+        CLIError: if the folder or a file cannot be written.
+    """
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CLIError(f"--output-dir {output_dir}: cannot create it ({error.strerror or error})") from None
+    paths = []
+    for kind, picture in pictures.items():
+        paths.append(output_dir / f"{method_name}_{kind}.jpg")
+        write_image(paths[-1], picture)
+    return paths
+
+
+def print_predictions(model_name: str, image_path: Path, photo: np.ndarray, probabilities: torch.Tensor) -> None:
+    """The top-5 classes with their probabilities, on stdout."""
+    classes = probabilities.numel()
+    print(f"{model_name} on {image_path} ({photo.shape[1]}x{photo.shape[0]}), top-{TOP_K} classes:")
+    for rank, (index, probability) in enumerate(top_predictions(probabilities), start=1):
+        print(f"  {rank}. {class_label(index, classes):<40} {100 * probability:5.1f}%")
+
+
 def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
     """Explain one photo as the arguments say: print the top classes, write the three pictures.
+    Everything that can be checked before building the model is checked first.
 
     Raises:
         CLIError: on any user error.
@@ -334,10 +377,7 @@ def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
     classes = probabilities.numel()
     if requested is not None and not 0 <= requested < classes:
         raise CLIError(f"--category {requested} is outside the model's {classes} classes (0-{classes - 1})")
-
-    print(f"{args.model} on {args.image_path} ({photo.shape[1]}x{photo.shape[0]}), top-{TOP_K} classes:")
-    for rank, (index, probability) in enumerate(top_predictions(probabilities), start=1):
-        print(f"  {rank}. {class_label(index, classes):<40} {100 * probability:5.1f}%")
+    print_predictions(args.model, args.image_path, photo, probabilities)
     category = requested if requested is not None else top_predictions(probabilities, 1)[0][0]
     smoothing = [name for name, on in (("aug smooth", args.aug_smooth), ("eigen smooth", args.eigen_smooth)) if on]
     print(f"{method_name} at layer {layer_path} for {class_label(category, classes)}"
@@ -350,26 +390,11 @@ def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
             eigen_smooth=args.eigen_smooth, batch_size=args.batch_size, progress=progress,
         )
         gradient = guided_backprop(model, input_tensor, category)
-    except (ValueError, TypeError, IndexError) as error:
+    except (ValueError, TypeError, IndexError) as error:  # the library's argument checks
         raise CLIError(f"{method_name} at layer {layer_path}: {error}") from None
     except torch.cuda.OutOfMemoryError:
         raise CLIError("out of GPU memory; try a smaller --batch-size or --device cpu") from None
-
-    size = photo.shape[:2]
-    cam_mask = np.clip(resize_to(grayscale, size), 0, 1)
-    gradient = resize_to(gradient, size)
-    pictures = {
-        "cam": show_cam_on_image(photo, cam_mask, use_rgb=True),
-        "gb": deprocess_image(gradient),
-        "cam_gb": deprocess_image(cam_mask[..., None] * gradient),
-    }
-    try:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise CLIError(f"--output-dir {args.output_dir}: cannot create it ({error.strerror or error})") from None
-    paths = [args.output_dir / f"{method_name}_{kind}.jpg" for kind in pictures]
-    for path, picture in zip(paths, pictures.values()):
-        write_image(path, picture)
+    paths = save_pictures(args.output_dir, method_name, make_pictures(photo, grayscale, gradient))
     print(f"wrote {', '.join(str(path) for path in paths)}")
 
 
