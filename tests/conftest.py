@@ -80,3 +80,21 @@ def cat_photo() -> tuple[torch.Tensor, np.ndarray]:
     from skimage import data
 
     return efficientnet_input(data.chelsea())
+
+
+@pytest.fixture(scope="session")
+def deit_tiny():
+    """timm's DeiT-Tiny (224x224, 16x16 patches: 1 + 196 tokens of 192), random weights."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
+
+
+@pytest.fixture(scope="session")
+def swin_tiny():
+    """timm's Swin-Tiny (224x224, window 7: a 7x7x768 last stage), random weights."""
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
