@@ -175,23 +175,43 @@ def scorecam_weights(
     return softmax(scores)
 
 
+def raw_layer_output(model: nn.Module, layer: nn.Module, input_tensor: torch.Tensor) -> torch.Tensor:
+    """What ``layer`` outputs (before any reshape) for ``input_tensor``."""
+    outputs: List[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: outputs.append(output.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(input_tensor)
+    finally:
+        handle.remove()
+    return outputs[-1]
+
+
+def ablate_channels(raw_output: torch.Tensor, value: float) -> torch.Tensor:
+    """K copies of a CNN layer's (1, K, ...) output, copy k with channel k set to ``value``."""
+    channels = raw_output.shape[1]
+    ablated = raw_output.repeat(channels, *[1] * (raw_output.ndim - 1))
+    for k in range(channels):
+        ablated[k, k] = value
+    return ablated
+
+
 def ablationcam_weights(
     model: nn.Module,
     layer: nn.Module,
     image: torch.Tensor,
-    raw_output: torch.Tensor,
+    A: np.ndarray,
     category: int,
+    ablate: Callable[[torch.Tensor, float], torch.Tensor] = ablate_channels,
 ) -> np.ndarray:
-    """(s - s_k) / s with channel k of the layer output set to 0, or to min - 1e7 where
-    the output has negative values. ``raw_output``: (1, K, ...) output for ``image``."""
-    channels = raw_output.shape[1]
-    low = float(raw_output.min())
+    """(s - s_k) / s with channel k of the layer output set to 0, or to min(A) - 1e7
+    where the activations A (K, ...) of this image have negative values. ``ablate``
+    makes the K ablated copies of the layer's raw output."""
+    raw_output = raw_layer_output(model, layer, image)
+    low = float(A.min())
     value = 0.0 if low >= 0 else low - 1e7
-    ablated = raw_output.repeat(channels, *[1] * (raw_output.ndim - 1))
-    for k in range(channels):
-        ablated[k, k] = value
     base = run_with_layer_output(model, layer, image, raw_output)[0, category]
-    scores = run_with_layer_output(model, layer, image, ablated)[:, category]
+    scores = run_with_layer_output(model, layer, image, ablate(raw_output, value))[:, category]
     return (base - scores) / base
 
 
@@ -207,12 +227,16 @@ def reference_cam(
     input_tensor: torch.Tensor,
     classes: Sequence[int],
     eigen_smooth: bool = False,
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    ablate: Callable[[torch.Tensor, float], torch.Tensor] = ablate_channels,
 ) -> np.ndarray:
-    """The (B, *spatial) CAM of SPEC.md for ``method`` (a registry name)."""
+    """The (B, *spatial) CAM of SPEC.md for ``method`` (a registry name). ``transform``
+    turns a layer's output into (B, K, *spatial) maps (a reshape_transform); ``ablate``
+    makes AblationCAM's K ablated copies of one image's raw layer output."""
     size = tuple(input_tensor.shape[2:])
     per_layer = []
     for layer in layers:
-        A, G, _ = capture(model, layer, input_tensor, classes)
+        A, G, _ = capture(model, layer, input_tensor, classes, transform)
         maps = []
         for b, category in enumerate(classes):
             a, g = A[b], G[b]
@@ -233,8 +257,7 @@ def reference_cam(
                 weights = scorecam_weights(model, input_tensor[b : b + 1], a, category)
                 raw = weighted_map(weights, a, eigen_smooth)
             elif method == "ablationcam":
-                raw_output = torch.from_numpy(a[None]).float()
-                weights = ablationcam_weights(model, layer, input_tensor[b : b + 1], raw_output, category)
+                weights = ablationcam_weights(model, layer, input_tensor[b : b + 1], a, category, ablate)
                 raw = weighted_map(weights, a, eigen_smooth)
             else:
                 raise KeyError(method)
