@@ -151,6 +151,19 @@ def test_aug_smooth_is_the_mean_of_the_de_augmented_maps(name, small_cnn, batch)
     np.testing.assert_allclose(custom, expected, atol=1e-5)
 
 
+def test_aug_smooth_default_targets_come_from_the_mean_augmented_output(varied_cnn, batch):
+    cam = GradCAM(varied_cnn, [varied_cnn.features[-1]])
+    with torch.no_grad():
+        outputs = torch.stack(
+            [varied_cnn(images * factor) for images in (batch, flip(batch)) for factor in (0.9, 1.0, 1.1)]
+        ).mean(dim=0)
+    top = outputs.argmax(dim=1).tolist()
+    smoothed = cam(batch, aug_smooth=True)
+    np.testing.assert_allclose(cam.outputs.numpy(), outputs.numpy(), atol=1e-5)
+    explicit = cam(batch, targets=[ClassifierOutputTarget(c) for c in top], aug_smooth=True)
+    np.testing.assert_allclose(smoothed, explicit, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_smoothing_keeps_shape_and_range_and_changes_the_map(name, small_cnn, batch):
     cam = make_cam(name, small_cnn, [small_cnn.features[-2]])
@@ -190,6 +203,10 @@ def test_volume_input_gives_volume_maps(name):
     assert_unit_maps(maps, (2, 8, 12, 10))
     assert maps.std() > 0.05
     np.testing.assert_allclose(maps[1], cam(volume[1:])[0], atol=1e-5)
+    for options in ({"eigen_smooth": True}, {"aug_smooth": True}):
+        smoothed = cam(volume, **options)
+        assert smoothed.shape == (2, 8, 12, 10) and np.isfinite(smoothed).all()
+        assert smoothed.min() >= 0 and 0.5 < smoothed.max() <= 1 + 1e-6
 
 
 # ---------------------------------------------------------------- degenerate maps

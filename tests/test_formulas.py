@@ -85,7 +85,7 @@ def test_eigencam_ignores_eigen_smooth(small_cnn, images):
     np.testing.assert_allclose(smoothed, plain, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["gradcam", "layercam", "eigencam", "scorecam"])
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "eigencam", "scorecam", "ablationcam"])
 def test_several_layers_mean_then_min_max(method, small_cnn, images):
     """Layers of different resolutions (32x32 and 16x16): per-layer maps, mean, min-max."""
     layers = [small_cnn.features[1], small_cnn.features[-1]]
@@ -94,6 +94,19 @@ def test_several_layers_mean_then_min_max(method, small_cnn, images):
     single = [reference_cam(method, small_cnn, [layer], images, CLASSES) for layer in layers]
     assert min(np.abs(reference - s).max() for s in single) > 0.05
     result = engine_cam(method, small_cnn, layers, images)
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam", "eigencam"])
+def test_odd_input_size_non_integer_resize(method, small_cnn):
+    """29x43 input, 14x21 layer: resize factors that are not integers, both for the
+    final half-pixel resize and for ScoreCAM's align-corners masks."""
+    images = torch.rand(2, 3, 29, 43, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    layer = small_cnn.features[-2]
+    reference = reference_cam(method, small_cnn, [layer], images, CLASSES)
+    assert_nontrivial(reference)
+    result = engine_cam(method, small_cnn, [layer], images)
+    assert result.shape == (2, 29, 43)
     np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
 
 
