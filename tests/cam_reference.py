@@ -77,7 +77,8 @@ def run_with_layer_output(
 ) -> np.ndarray:
     """Logits of ``model`` on copies of ``image`` (1, C, ...) with ``layer``'s output
     replaced by the batch ``layer_output`` (the definition of an ablated score)."""
-    handle = layer.register_forward_hook(lambda module, inputs, output: layer_output)
+    # A copy, so that in-place operations after the layer leave ``layer_output`` as it was.
+    handle = layer.register_forward_hook(lambda module, inputs, output: layer_output.clone())
     try:
         with torch.no_grad():
             batch = image.expand(layer_output.shape[0], *image.shape[1:])

@@ -128,6 +128,35 @@ def test_in_place_operation_after_the_layer_does_not_corrupt_the_map(resnet18):
     np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
 
 
+class InPlaceResidualNet(nn.Module):
+    """conv -> ReLU -> conv (the target) -> ``+= skip`` and ReLU, both in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = torch.relu(self.stem(x))
+        out = self.conv(skip)
+        out += skip
+        torch.relu_(out)
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:AblationCAM re-runs the whole model")  # the skip connection
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_in_place_operations_after_the_layer_for_every_method(method):
+    torch.manual_seed(4)
+    model = InPlaceResidualNet().eval()
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    reference = reference_cam(method, model, [model.conv], images, CLASSES)
+    assert_nontrivial(reference)
+    result = engine_cam(method, model, [model.conv], images)
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
 def test_volume_gradcam_matches_reference():
     """(B, C, D, H, W) input: GradCAM over a Conv3d layer, trilinear half-pixel resize."""
     torch.manual_seed(5)
