@@ -110,6 +110,19 @@ def test_odd_input_size_non_integer_resize(method, small_cnn):
     np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("size", [8, 12], ids=["16-positions", "36-positions"])
+@pytest.mark.parametrize("method", ["eigencam", "eigengradcam"])
+def test_principal_component_with_fewer_positions_than_channels(method, size, small_cnn):
+    """The 32-channel layer at 4x4 or 6x6 has fewer positions than channels (the 16x16
+    maps above have more): the projection must not depend on which is larger."""
+    images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(12)) * 2 - 1
+    layer = small_cnn.features[-2]
+    reference = reference_cam(method, small_cnn, [layer], images, CLASSES)
+    assert_nontrivial(reference)
+    result = engine_cam(method, small_cnn, [layer], images)
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
 def test_final_min_max_applies_to_a_single_layer(small_cnn, images):
     """Every map ends in exactly [0, 1]: its minimum is 0 and its maximum 1 - O(1e-7)."""
     result = engine_cam("gradcam", small_cnn, [small_cnn.features[-1]], images)
