@@ -66,24 +66,16 @@ class AblationCAM(PerturbationCAM):
         tail = self._tail(target_layer)
         batch, channels = activations.shape[:2]
         weights = []
-        # One buffer for every chunk of ablated copies: each chunk overwrites it whole,
-        # so nothing the network after the layer does in place can leak into the next.
         buffer = layer_output.new_empty((min(self.batch_size, channels), *layer_output.shape[1:]))
         with self.progress_bar(batch * channels, "AblationCAM") as bar:
             for index in range(batch):
                 run = tail or replaced_output_runner(self.model, target_layer, input_tensor[index : index + 1])
                 original = layer_output[index : index + 1]
                 value = self._ablation_value(activations[index], original.dtype)
+                copies = _AblatedCopies(buffer, original, positions, value)
 
-                def run_chunk(start: int, stop: int, original=original, value=value, run=run):
-                    ablated = buffer[: stop - start]
-                    ablated.copy_(original.expand_as(ablated))
-                    rows = torch.arange(stop - start, device=ablated.device)
-                    if positions is None:
-                        ablated[rows, start + rows] = value
-                    else:
-                        ablated.view(stop - start, -1)[rows[:, None], positions[start:stop]] = value
-                    return run(ablated)
+                def run_chunk(start: int, stop: int, copies=copies, run=run):
+                    return run(copies.chunk(start, stop))
 
                 with torch.no_grad():
                     # A copy: the network after the layer may work in place (ReLU(inplace=True),
@@ -142,3 +134,52 @@ class AblationCAM(PerturbationCAM):
                 "computes new values"
             )
         return mapped.long()
+
+
+class _AblatedCopies:
+    """Chunks of copies of one image's layer output, copy i of chunk [start, stop)
+    with channel start + i ablated, all in one reused buffer.
+
+    Between chunks only the channels ablated last time are restored (2·n channels
+    written instead of n whole activations: 2048x less for ResNet-50's layer4), unless
+    the buffer's version counter shows that something wrote into it in place (the
+    network after the layer, such as ``ReLU(inplace=True)``, or a target); then it is
+    refilled whole. A chunk is restored only when the next one is asked for, after the
+    scores of its outputs (which may alias it) have been taken.
+    """
+
+    def __init__(
+        self,
+        buffer: torch.Tensor,
+        original: torch.Tensor,
+        positions: Optional[torch.Tensor],
+        value: torch.Tensor,
+    ) -> None:
+        self.buffer = buffer
+        self.original = original
+        self.positions = positions
+        self.value = value
+        self.ablated: Optional[tuple] = None  # (start, stop) of the chunk in the buffer
+        self.version: Optional[int] = None  # the buffer's version once that chunk was made
+
+    def _channels(self, start: int, stop: int) -> tuple:
+        """An index of channels start..stop-1 of copies 0..n-1 (the diagonal)."""
+        rows = torch.arange(stop - start, device=self.buffer.device)
+        if self.positions is None:
+            return self.buffer, (rows, start + rows)
+        flat = self.buffer.view(self.buffer.shape[0], -1)
+        return flat, (rows[:, None], self.positions[start:stop])
+
+    def chunk(self, start: int, stop: int) -> torch.Tensor:
+        if self.version is None or self.buffer._version != self.version:
+            self.buffer.copy_(self.original.expand_as(self.buffer))
+        elif self.ablated is not None:
+            done_start, done_stop = self.ablated
+            target, index = self._channels(done_start, done_stop)
+            source = self.original if self.positions is None else self.original.reshape(1, -1)
+            target[index] = source[(torch.zeros_like(index[0]), index[1])]
+        target, index = self._channels(start, stop)
+        target[index] = self.value
+        self.ablated = (start, stop)
+        self.version = self.buffer._version
+        return self.buffer[: stop - start]

@@ -1,0 +1,461 @@
+"""The fast paths equal the plain definitions they replace.
+
+- AblationCAM through the torch.fx tail = AblationCAM re-running the whole model
+  (``tail_only=False``) = ablation written out in the test; also where the model
+  cannot be traced or the tail reuses values from before the layer (fallback, one
+  warning), and where the network after the layer works in place on the buffer of
+  ablated copies;
+- ScoreCAM in chunks of ``batch_size`` = all K masked inputs at once = the formula
+  written out in the test, never more than ``batch_size`` masked images per forward;
+- the torch principal-component projection = numpy's SVD, with the sign rule;
+- float16 / bfloat16 models give finite float32 maps close to the float32 ones;
+- gradient-free methods build no autograd graph, gradient methods fill no ``.grad``;
+- ``aug_smooth`` runs the model once, on all augmented copies.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from typing import Callable, List, Optional
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytorch_grad_cam import METHODS, AblationCAM, EigenCAM, GradCAM, ScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+CLASSES = [1, 3]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Deterministic float sums, and no fight for the cores with other test workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def images(batch: int = 2, size: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def targets(batch: int = 2) -> List[ClassifierOutputTarget]:
+    return [ClassifierOutputTarget(CLASSES[i % len(CLASSES)]) for i in range(batch)]
+
+
+# =========================================================================== models
+class InPlaceTailNet(nn.Module):
+    """The target ``conv2`` gives signed activations; the network after it works in
+    place on them (ReLU(inplace=True), ``+=``), which must not corrupt AblationCAM's
+    reused buffer of ablated copies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 12, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.relu(self.conv1(x)))
+        x = self.relu(x)
+        x += 0.5
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class UntraceableNet(InPlaceTailNet):
+    """Data-dependent control flow: torch.fx cannot trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.relu(self.conv1(x)))
+        if x.sum() > -1e30:
+            x = torch.relu(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class SkipNet(InPlaceTailNet):
+    """The network after ``conv2`` also uses ``conv1``'s output: no tail exists."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        early = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(early))
+        return self.fc(x.mean(dim=(2, 3)) + early.mean(dim=(1, 2, 3))[:, None])
+
+
+def seeded(cls: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return cls().eval()
+
+
+def model_state(model: nn.Module) -> dict:
+    return {
+        "tensors": {k: v.clone() for k, v in model.state_dict().items()},
+        "flags": [p.requires_grad for p in model.parameters()],
+        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()),
+        "modules": [id(m) for m in model.modules()],
+        "training": model.training,
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before.keys() == after.keys()
+    for key in before["tensors"]:
+        assert torch.equal(before["tensors"][key], after["tensors"][key]), key
+    assert before["flags"] == after["flags"]
+    assert before["hooks"] == after["hooks"]
+    assert before["modules"] == after["modules"]
+    assert before["training"] == after["training"]
+
+
+# =========================================================================== plain definitions
+def layer_output(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    recorded = []
+    handle = layer.register_forward_hook(lambda m, i, out: recorded.append(out.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return recorded[0]
+
+
+def run_with_output(model: nn.Module, layer: nn.Module, x: torch.Tensor, replacement: torch.Tensor) -> torch.Tensor:
+    handle = layer.register_forward_hook(lambda m, i, out: replacement.clone())
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        handle.remove()
+
+
+def finish(raw: torch.Tensor, size) -> np.ndarray:
+    """ReLU, min-max, bilinear resize with half-pixel centres, min-max (SPEC steps 4-5)."""
+
+    def min_max(maps: torch.Tensor) -> torch.Tensor:
+        flat = maps.reshape(maps.shape[0], -1)
+        flat = flat - flat.min(dim=1, keepdim=True).values
+        return (flat / (flat.max(dim=1, keepdim=True).values + 1e-7)).reshape(maps.shape)
+
+    maps = min_max(torch.relu(raw.float()))
+    maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return min_max(maps).numpy()
+
+
+def ablation_reference(model: nn.Module, layer: nn.Module, x: torch.Tensor, categories: List[int]) -> np.ndarray:
+    """AblationCAM by its definition: the whole model re-run once per ablated channel."""
+    activations = layer_output(model, layer, x)
+    raws = []
+    for index, category in enumerate(categories):
+        image, original = x[index : index + 1], activations[index : index + 1]
+        low = float(original.min())
+        value = 0.0 if low >= 0 else low - 1e7
+        score = run_with_output(model, layer, image, original)[0, category]
+        weights = []
+        for channel in range(original.shape[1]):
+            ablated = original.clone()
+            ablated[:, channel] = value
+            weights.append((score - run_with_output(model, layer, image, ablated)[0, category]) / score)
+        raws.append((torch.stack(weights)[:, None, None] * original[0]).sum(dim=0))
+    return finish(torch.stack(raws), x.shape[2:])
+
+
+def scorecam_reference(model: nn.Module, layer: nn.Module, x: torch.Tensor, categories: List[int]) -> np.ndarray:
+    """ScoreCAM by its definition, every masked input made at once."""
+    activations = layer_output(model, layer, x)
+    raws = []
+    for index, category in enumerate(categories):
+        upsampled = F.interpolate(activations[index][:, None], size=x.shape[2:], mode="bilinear", align_corners=True)
+        low = upsampled.amin(dim=(1, 2, 3), keepdim=True)
+        high = upsampled.amax(dim=(1, 2, 3), keepdim=True)
+        masks = (upsampled - low) / (high - low + 1e-8)
+        with torch.no_grad():
+            scores = model(x[index : index + 1] * masks)[:, category]
+        weights = torch.softmax(scores, dim=0)
+        raws.append((weights[:, None, None] * activations[index]).sum(dim=0))
+    return finish(torch.stack(raws), x.shape[2:])
+
+
+# =========================================================================== AblationCAM
+def ablation(model: nn.Module, layer: nn.Module, x: torch.Tensor, **options) -> np.ndarray:
+    cam = AblationCAM(model, [layer], progress=False, **options)
+    return cam(x, targets(x.shape[0]))
+
+
+@pytest.mark.parametrize("layer_index", [-1, -2], ids=["relu-output", "signed-conv-output"])
+def test_tail_ablation_equals_whole_model_ablation_and_the_definition(small_cnn, layer_index):
+    layer = small_cnn.features[layer_index]
+    x = images()
+    before = model_state(small_cnn)
+    forwards = []
+    handle = small_cnn.features[0].register_forward_hook(lambda m, i, out: forwards.append(out.shape[0]))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the tail exists: no fallback warning
+            tail = ablation(small_cnn, layer, x, batch_size=5)
+        assert forwards == [2], "the tail path must not re-run the network before the layer"
+        whole = ablation(small_cnn, layer, x, batch_size=5, tail_only=False)
+    finally:
+        handle.remove()
+    reference = ablation_reference(small_cnn, layer, x, CLASSES)
+    assert reference.max() == pytest.approx(1, abs=1e-5) and reference.std() > 0.05
+    np.testing.assert_allclose(tail, whole, atol=1e-5)
+    np.testing.assert_allclose(tail, reference, atol=1e-4)
+    assert_same_state(before, model_state(small_cnn))
+
+
+def test_ablated_copies_go_through_the_tail_in_chunks_of_batch_size(small_cnn):
+    layer = small_cnn.features[-1]  # 32 channels
+    sizes = []
+    handle = small_cnn.fc.register_forward_hook(lambda m, i, out: sizes.append(out.shape[0]))
+    try:
+        ablation(small_cnn, layer, images(1), batch_size=7)
+    finally:
+        handle.remove()
+    # The forward pass, the unablated score through the tail, then 32 copies by 7.
+    assert sizes == [1, 1, 7, 7, 7, 7, 4]
+
+
+@pytest.mark.parametrize(
+    "net, reason",
+    [(UntraceableNet, "cannot trace"), (SkipNet, "reuses values from before")],
+    ids=["untraceable", "skip-connection"],
+)
+def test_fallback_warns_once_and_equals_the_definition(net, reason):
+    model = seeded(net)
+    x = images()
+    before = model_state(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fallback = ablation(model, model.conv2, x, batch_size=5)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and reason in messages[0], messages
+    assert "\n" not in messages[0]
+    whole = ablation(model, model.conv2, x, batch_size=5, tail_only=False)
+    np.testing.assert_allclose(fallback, whole, atol=1e-6)
+    np.testing.assert_allclose(fallback, ablation_reference(model, model.conv2, x, CLASSES), atol=1e-4)
+    assert_same_state(before, model_state(model))
+
+
+def test_in_place_work_after_the_layer_does_not_leak_between_chunks():
+    """ReLU(inplace=True) and ``+=`` write into the ablated copies: the buffer must be
+    refilled, on the tail path as on the whole-model path."""
+    model = seeded(InPlaceTailNet)
+    x = images()
+    reference = ablation_reference(model, model.conv2, x, CLASSES)
+    assert reference.std() > 0.05
+    for options in ({}, {"tail_only": False}):
+        for batch_size in (1, 5, 64):
+            result = ablation(model, model.conv2, x, batch_size=batch_size, **options)
+            np.testing.assert_allclose(result, reference, atol=1e-4, err_msg=f"{options} {batch_size}")
+
+
+def test_ablation_value_stays_finite_in_float16():
+    value = AblationCAM._ablation_value(torch.tensor([-1.5, 2.0]), torch.float16)
+    assert value.dtype == torch.float16 and torch.isfinite(value) and value < -1e4
+    assert AblationCAM._ablation_value(torch.tensor([-1.5, 2.0]), torch.float32) == pytest.approx(-1.5 - 1e7)
+    assert AblationCAM._ablation_value(torch.tensor([0.0, 2.0]), torch.float16) == 0
+
+
+# =========================================================================== ScoreCAM
+def test_chunked_scorecam_equals_all_at_once_and_the_definition(small_cnn):
+    layer = small_cnn.features[-1]  # K = 32 channels
+    x = images()
+    seen = []
+    handle = small_cnn.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].shape[0]))
+    try:
+        chunked = ScoreCAM(small_cnn, [layer], batch_size=3, progress=False)(x, targets())
+        chunk_sizes, seen[:] = list(seen), []
+        at_once = ScoreCAM(small_cnn, [layer], batch_size=64, progress=False)(x, targets())
+    finally:
+        handle.remove()
+    assert max(chunk_sizes[1:]) == 3 and sum(chunk_sizes[1:]) == 2 * 32  # never all K at once
+    reference = scorecam_reference(small_cnn, layer, x, CLASSES)
+    assert reference.std() > 0.05
+    np.testing.assert_allclose(chunked, at_once, atol=1e-5)
+    np.testing.assert_allclose(chunked, reference, atol=1e-4)
+
+
+def test_vectorised_class_scores_equal_one_call_per_copy(small_cnn):
+    """Class-score targets score a chunk in one indexing operation; any other callable
+    is called per copy. Both give the same weights."""
+    layer = small_cnn.features[-1]
+    x = images(1)
+    for target in (ClassifierOutputTarget(2), ClassifierOutputSoftmaxTarget(2)):
+        fast = ScoreCAM(small_cnn, [layer], batch_size=5, progress=False)(x, [target])
+        calls = []
+
+        def per_copy(output, target=target):
+            calls.append(output.shape)
+            return target(output)
+
+        slow = ScoreCAM(small_cnn, [layer], batch_size=5, progress=False)(x, [per_copy])
+        assert len(calls) == 32 and all(shape == (4,) for shape in calls)
+        np.testing.assert_allclose(fast, slow, atol=1e-6)
+
+
+# =========================================================================== projection
+def numpy_projection(activations: np.ndarray) -> np.ndarray:
+    """SPEC: X = (positions, K), NaN -> 0, columns centred, X @ v1 (numpy SVD), sign
+    chosen to correlate non-negatively with the row sums of X."""
+    batch, channels = activations.shape[:2]
+    maps = []
+    for image in np.nan_to_num(activations.astype(np.float64)):
+        matrix = image.reshape(channels, -1).T
+        matrix = matrix - matrix.mean(axis=0)
+        _, _, vt = np.linalg.svd(matrix, full_matrices=False)
+        projection = matrix @ vt[0]
+        if projection @ matrix.sum(axis=1) < 0:
+            projection = -projection
+        maps.append(projection.reshape(activations.shape[2:]))
+    return np.stack(maps)
+
+
+def low_rank_activations(shape, seed: int) -> np.ndarray:
+    """Activations with a dominant component (as in real networks) plus noise, so that
+    the first singular vector is well defined."""
+    rng = np.random.default_rng(seed)
+    batch, channels, *spatial = shape
+    positions = int(np.prod(spatial))
+    strong = rng.normal(size=(batch, channels, 1)) * rng.normal(size=(batch, 1, positions)) * 3
+    return (strong + rng.normal(size=(batch, channels, positions))).reshape(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 16, 8, 8), (2, 200, 4, 4), (2, 64, 8, 8), (2, 8, 3, 4, 5)],
+    ids=["K<positions (Gram)", "K>positions (SVD)", "K=positions", "3D volume"],
+)
+def test_projection_equals_numpy_svd_with_the_sign_rule(shape):
+    activations = low_rank_activations(shape, seed=sum(shape))
+    expected = numpy_projection(activations)
+    result = get_2d_projection(torch.from_numpy(activations))
+    assert isinstance(result, torch.Tensor) and result.dtype == torch.float32
+    assert result.shape == (shape[0], *shape[2:])
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(result.numpy(), expected, atol=1e-4 * scale)
+    # The sign rule: non-negative correlation with the channel sum of the centred matrix.
+    matrix = activations.reshape(shape[0], shape[1], -1)
+    centred_sum = (matrix - matrix.mean(axis=2, keepdims=True)).sum(axis=1)
+    assert (np.einsum("bp,bp->b", result.numpy().reshape(shape[0], -1), centred_sum) >= 0).all()
+    # numpy in, numpy out.
+    np.testing.assert_allclose(get_2d_projection(activations), result.numpy())
+
+
+def test_projection_of_real_activations_and_of_nan(small_cnn):
+    activations = layer_output(small_cnn, small_cnn.features[-2], images(3, 16)).numpy()
+    expected = numpy_projection(activations)
+    np.testing.assert_allclose(get_2d_projection(activations), expected, atol=1e-4 * np.abs(expected).max())
+    with_nan = activations.copy()
+    with_nan[0, 0, 0, 0] = np.nan
+    np.testing.assert_allclose(get_2d_projection(with_nan), numpy_projection(with_nan), atol=1e-4 * np.abs(expected).max())
+    zeros = get_2d_projection(np.zeros((1, 4, 3, 3), np.float32))
+    assert np.array_equal(zeros, np.zeros((1, 3, 3), np.float32))
+
+
+# =========================================================================== half precision
+def first_channels(activations: torch.Tensor) -> torch.Tensor:
+    """Keeps ScoreCAM/AblationCAM to 8 channels of resnet18's 512 so that the test is fast."""
+    return activations[:, :8]
+
+
+def resnet18_maps(model: nn.Module) -> dict:
+    x = images(2, 64, seed=3)
+    maps = {}
+    for name, cls in METHODS.items():
+        options, transform = {}, None
+        if name in ("scorecam", "ablationcam"):
+            options, transform = {"progress": False, "batch_size": 8}, first_channels
+        maps[name] = cls(model, [model.layer4[-1]], transform, **options)(x, targets())
+    return maps
+
+
+@pytest.fixture(scope="module")
+def float32_maps(resnet18) -> dict:
+    return resnet18_maps(resnet18)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_half_precision_models_give_finite_float32_maps(resnet18, float32_maps, dtype):
+    """torchvision's resnet18 in half precision, every method."""
+    half_maps = resnet18_maps(copy.deepcopy(resnet18).to(dtype))
+    for name, half in half_maps.items():
+        full = float32_maps[name]
+        assert half.dtype == np.float32, name
+        assert np.isfinite(half).all(), name
+        assert np.abs(half - full).max() < 0.15, (name, np.abs(half - full).max())
+        assert np.corrcoef(half.ravel(), full.ravel())[0, 1] > 0.97, name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_half_precision_ablation_of_signed_activations(small_cnn, dtype):
+    """A signed layer (a convolution) ablated to min - 1e7 would overflow float16."""
+    model = copy.deepcopy(small_cnn).to(dtype)
+    layer = model.features[-2]
+    x = images()
+    for options in ({}, {"tail_only": False}):
+        half = ablation(model, layer, x, **options)
+        full = ablation(small_cnn, small_cnn.features[-2], x, **options)
+        assert half.dtype == np.float32 and np.isfinite(half).all()
+        assert np.corrcoef(half.ravel(), full.ravel())[0, 1] > 0.95
+
+
+# =========================================================================== graphs
+class GradProbe:
+    """Forward hooks that record whether autograd was recording during each call."""
+
+    def __init__(self, modules: List[nn.Module]) -> None:
+        self.seen: List[tuple] = []
+        self.handles = [m.register_forward_hook(self.hook) for m in modules]
+
+    def hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        self.seen.append((torch.is_grad_enabled(), output.requires_grad, output.grad_fn is not None))
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("eigencam", {}), ("scorecam", {}), ("ablationcam", {}), ("ablationcam", {"tail_only": False})],
+    ids=["eigencam", "scorecam", "ablationcam-tail", "ablationcam-whole-model"],
+)
+def test_gradient_free_methods_build_no_graph(small_cnn, name, options):
+    assert all(p.requires_grad for p in small_cnn.parameters())
+    extra = {"progress": False} if name != "eigencam" else {}
+    cam = METHODS[name](small_cnn, [small_cnn.features[-1]], **extra, **options)
+    probe = GradProbe([small_cnn.features[0], small_cnn.features[-1], small_cnn.fc])
+    try:
+        cam(images(), targets())
+    finally:
+        probe.remove()
+    assert probe.seen and not any(any(record) for record in probe.seen), probe.seen
+    assert not cam.outputs.requires_grad
+    assert all(p.grad is None for p in small_cnn.parameters())
+
+
+@pytest.mark.parametrize("name", ["gradcam", "gradcam++", "xgradcam", "layercam", "eigengradcam"])
+def test_gradient_methods_backpropagate_only_to_the_layer(small_cnn, name):
+    cam = METHODS[name](small_cnn, [small_cnn.features[-1]])
+    cam(images(), targets())
+    assert all(p.grad is None for p in small_cnn.parameters())
+    assert not cam.outputs.requires_grad
+
+
+# =========================================================================== aug_smooth
+@pytest.mark.parametrize("name", ["gradcam", "eigencam", "layercam"])
+def test_aug_smooth_runs_the_model_once_on_all_copies(small_cnn, name):
+    calls = []
+    handle = small_cnn.register_forward_pre_hook(lambda m, inputs: calls.append(inputs[0].shape[0]))
+    try:
+        cam = METHODS[name](small_cnn, [small_cnn.features[-1]])
+        result = cam(images(2), targets(), aug_smooth=True)
+    finally:
+        handle.remove()
+    assert calls == [12]  # 2 images x (flip x 3 multipliers), one forward
+    assert result.shape == (2, 16, 16) and np.isfinite(result).all()
