@@ -11,8 +11,10 @@ once, when it is returned.
 """
 from __future__ import annotations
 
+import threading
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -96,6 +98,31 @@ def model_float_dtype(model: nn.Module) -> Optional[torch.dtype]:
         if tensor.is_floating_point():
             return tensor.dtype
     return None
+
+
+@contextmanager
+def _autograd_from(layers: Sequence[nn.Module]) -> Iterator[None]:
+    """Run a forward pass without autograd until the first of ``layers`` is called.
+
+    Gradients are wanted only with respect to the target layers' outputs, and those
+    depend only on what comes after them; so the network before the first target layer
+    builds no graph and keeps no activations for a backward pass (the memory of a plain
+    forward there), and each target layer switches recording on as it is called.
+    Only this thread's forward passes are affected (grad mode is per thread).
+    """
+    thread = threading.get_ident()
+
+    def record_from_here(module: nn.Module, inputs: tuple) -> None:
+        if threading.get_ident() == thread:
+            torch.set_grad_enabled(True)
+
+    handles = [layer.register_forward_pre_hook(record_from_here) for layer in layers]
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class BaseCAM:
@@ -247,7 +274,8 @@ class BaseCAM:
         with ActivationsAndGradients(
             self.model, self.target_layers, self.reshape_transform, self.uses_gradients
         ) as recorder, grad_mode:
-            outputs = self.model(input_tensor)
+            with _autograd_from(self.target_layers) if self.uses_gradients else nullcontext():
+                outputs = self.model(input_tensor)
             self._check_outputs(outputs)
             if targets is None:
                 targets = self._top_class_targets(outputs, copies)

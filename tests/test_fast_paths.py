@@ -133,17 +133,21 @@ def run_with_output(model: nn.Module, layer: nn.Module, x: torch.Tensor, replace
         handle.remove()
 
 
-def finish(raw: torch.Tensor, size) -> np.ndarray:
-    """ReLU, min-max, bilinear resize with half-pixel centres, min-max (SPEC steps 4-5)."""
+def min_max(maps: torch.Tensor) -> torch.Tensor:
+    flat = maps.reshape(maps.shape[0], -1)
+    flat = flat - flat.min(dim=1, keepdim=True).values
+    return (flat / (flat.max(dim=1, keepdim=True).values + 1e-7)).reshape(maps.shape)
 
-    def min_max(maps: torch.Tensor) -> torch.Tensor:
-        flat = maps.reshape(maps.shape[0], -1)
-        flat = flat - flat.min(dim=1, keepdim=True).values
-        return (flat / (flat.max(dim=1, keepdim=True).values + 1e-7)).reshape(maps.shape)
 
+def layer_map(raw: torch.Tensor, size) -> torch.Tensor:
+    """One layer's map: ReLU, min-max, bilinear resize with half-pixel centres (SPEC step 4)."""
     maps = min_max(torch.relu(raw.float()))
-    maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-    return min_max(maps).numpy()
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def finish(raw: torch.Tensor, size) -> np.ndarray:
+    """A one-layer CAM: the layer's map, min-max scaled again (SPEC steps 4-5)."""
+    return min_max(layer_map(raw, size)).numpy()
 
 
 def ablation_reference(model: nn.Module, layer: nn.Module, x: torch.Tensor, categories: List[int]) -> np.ndarray:
@@ -440,11 +444,60 @@ def test_gradient_free_methods_build_no_graph(small_cnn, name, options):
 
 
 @pytest.mark.parametrize("name", ["gradcam", "gradcam++", "xgradcam", "layercam", "eigengradcam"])
-def test_gradient_methods_backpropagate_only_to_the_layer(small_cnn, name):
-    cam = METHODS[name](small_cnn, [small_cnn.features[-1]])
-    cam(images(), targets())
+def test_gradient_methods_record_the_graph_only_from_the_target_layer(small_cnn, name):
+    """No graph (and no activations kept for backward) before the first target layer,
+    a graph after it, and no parameter .grad filled by the backward pass."""
+    cam = METHODS[name](small_cnn, [small_cnn.features[2]])
+    before = GradProbe([small_cnn.features[0], small_cnn.features[1]])
+    after = GradProbe([small_cnn.features[3], small_cnn.fc])
+    try:
+        cam(images(), targets())
+    finally:
+        before.remove()
+        after.remove()
+    assert before.seen and not any(any(record) for record in before.seen), before.seen
+    assert after.seen and all(all(record) for record in after.seen), after.seen
     assert all(p.grad is None for p in small_cnn.parameters())
     assert not cam.outputs.requires_grad
+    assert torch.is_grad_enabled()
+
+
+def gradcam_reference(model: nn.Module, layers: List[nn.Module], x: torch.Tensor, categories: List[int]) -> np.ndarray:
+    """GradCAM with gradients from a full autograd graph (every parameter requiring
+    grad), the way a training step records it."""
+    outputs = {}
+
+    def keep(module, inputs, output):
+        outputs[module] = output
+
+    handles = [layer.register_forward_hook(keep) for layer in layers]
+    try:
+        scores = model(x)[torch.arange(x.shape[0]), torch.tensor(categories)].sum()
+    finally:
+        for handle in handles:
+            handle.remove()
+    grads = torch.autograd.grad(scores, [outputs[layer] for layer in layers])
+    maps = []
+    for layer, grad in zip(layers, grads):
+        activations = outputs[layer].detach()
+        raw = (grad.mean(dim=(2, 3), keepdim=True) * activations).sum(dim=1)
+        maps.append(layer_map(raw, x.shape[2:]))
+    return min_max(torch.stack(maps).mean(dim=0)).numpy()
+
+
+@pytest.mark.parametrize("order", ["forward-order", "reversed"])
+def test_graph_from_the_target_layers_gives_the_full_graph_gradients(small_cnn, order):
+    """Several target layers, given in either order: each one's gradient is the one a
+    full graph gives (the graph starts at whichever layer runs first)."""
+    layers = [small_cnn.features[2], small_cnn.features[-1]]
+    if order == "reversed":
+        layers = layers[::-1]
+    x = images()
+    result = GradCAM(small_cnn, layers)(x, targets())
+    categories = [CLASSES[i % len(CLASSES)] for i in range(2)]
+    reference = gradcam_reference(small_cnn, layers, x, categories)
+    assert reference.std() > 0.05
+    np.testing.assert_allclose(result, reference, atol=1e-5)
 
 
 # =========================================================================== aug_smooth
