@@ -13,7 +13,7 @@ from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
 from pytorch_grad_cam.base_cam import LayerSpec, PerturbationCAM, Target
-from pytorch_grad_cam.utils.network_tail import extract_tail, replaced_output_runner
+from pytorch_grad_cam.utils.network_tail import NetworkTail, extract_tail, replaced_output_runner
 
 #: An ablated channel becomes min(A) - ABLATION_OFFSET where A has negative values,
 #: so a following ReLU zeroes it; 0 where A is non-negative.
@@ -51,7 +51,7 @@ class AblationCAM(PerturbationCAM):
             progress=progress,
         )
         self.tail_only = tail_only
-        self._tails: Dict[nn.Module, Optional[nn.Module]] = {}
+        self._tails: Dict[nn.Module, Optional[NetworkTail]] = {}
 
     def get_cam_weights(
         self,
@@ -69,7 +69,8 @@ class AblationCAM(PerturbationCAM):
         buffer = layer_output.new_empty((min(self.batch_size, channels), *layer_output.shape[1:]))
         with self.progress_bar(batch * channels, "AblationCAM") as bar:
             for index in range(batch):
-                run = tail or replaced_output_runner(self.model, target_layer, input_tensor[index : index + 1])
+                image = input_tensor[index : index + 1]
+                run = self._bind(tail, target_layer, image)
                 original = layer_output[index : index + 1]
                 value = self._ablation_value(activations[index], original.dtype)
                 copies = _AblatedCopies(buffer, original, positions, value)
@@ -95,7 +96,7 @@ class AblationCAM(PerturbationCAM):
         shifted = (low - ABLATION_OFFSET).clamp(min=torch.finfo(dtype).min / 2)
         return torch.where(low >= 0, torch.zeros_like(low), shifted).to(dtype)
 
-    def _tail(self, layer: nn.Module) -> Optional[Callable]:
+    def _tail(self, layer: nn.Module) -> Optional[NetworkTail]:
         if not self.tail_only:
             return None
         if layer not in self._tails:
@@ -107,6 +108,18 @@ class AblationCAM(PerturbationCAM):
                 )
             self._tails[layer] = tail
         return self._tails[layer]
+
+    def _bind(self, tail: Optional[NetworkTail], layer: nn.Module, image: torch.Tensor) -> Callable:
+        """The function from ablated layer outputs of ``image`` to model outputs: the
+        tail where there is one, else the whole model with the layer's output replaced."""
+        run = tail.bind(image) if tail is not None else None
+        if run is None and tail is not None:
+            warnings.warn(
+                "AblationCAM re-runs the whole model for each ablated chunk: a tensor from "
+                "before the layer that the network after it reads has no batch dimension",
+                stacklevel=5,
+            )
+        return run or replaced_output_runner(self.model, layer, image)
 
     def _channel_positions(self, layer_output: torch.Tensor, channels: int) -> Optional[torch.Tensor]:
         """For each reshaped channel k, the flat positions in one image's raw layer
