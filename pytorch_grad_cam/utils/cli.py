@@ -73,30 +73,30 @@ def build_parser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--image-path", required=True, type=Path, help="the photo to explain")
+    parser.add_argument("--image-path", required=True, type=Path, metavar="PATH", help="the photo to explain")
     parser.add_argument(
-        "--method", default="gradcam", help=f"the CAM method: {', '.join(METHODS)} (default: gradcam)"
+        "--method", default="gradcam", metavar="NAME", help=f"the CAM method: {', '.join(METHODS)} (default: gradcam)"
     )
     parser.add_argument(
-        "--model", default=default_model, help=f"{', '.join(models)} (default: {default_model})"
+        "--model", default=default_model, metavar="NAME", help=f"{', '.join(models)} (default: {default_model})"
     )
     parser.add_argument(
-        "--weights", type=Path, help="a state dict (torch.save(model.state_dict(), PATH)) to load instead of the pretrained weights"
+        "--weights", type=Path, metavar="PATH", help="a state dict (torch.save(model.state_dict(), PATH)) to load instead of the pretrained weights"
     )
     parser.add_argument(
-        "--target-layer", help="dotted name of the layer to explain, as in model.named_modules() (e.g. layer4.2); default: per model"
+        "--target-layer", metavar="NAME", help="dotted name of the layer to explain, as in model.named_modules() (e.g. layer4.2); default: per model"
     )
     parser.add_argument(
-        "--category", help="ImageNet class to explain: an index (281) or a name (tabby); default: the top prediction"
+        "--category", metavar="K", help="ImageNet class to explain: an index (281) or a name (tabby); default: the top prediction"
     )
-    parser.add_argument("--output-dir", type=Path, default=Path("."), help="where to write the pictures (default: .)")
+    parser.add_argument("--output-dir", type=Path, default=Path("."), metavar="DIR", help="where to write the pictures (default: .)")
     parser.add_argument("--aug-smooth", "--aug_smooth", dest="aug_smooth", action="store_true",
                         help="test-time augmentation smoothing (6x the work)")
     parser.add_argument("--eigen-smooth", "--eigen_smooth", dest="eigen_smooth", action="store_true",
                         help="first-principal-component smoothing")
-    parser.add_argument("--batch-size", type=_positive_int, default=32,
+    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
                         help="perturbed copies per forward pass for scorecam/ablationcam (default: 32)")
-    parser.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--device", metavar="DEV", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument("--use-cuda", "--use_cuda", dest="use_cuda", action="store_true",
                         help="use CUDA if there is one (otherwise says so and runs on the CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
