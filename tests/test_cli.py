@@ -155,6 +155,16 @@ def test_transformer_examples(tmp_path: Path, script: str, method: str, layer: s
 
 
 # ----------------------------------------------------------------- in-process runs
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One CPU thread for the in-process runs, as for the subprocesses: these models are
+    small, and with another process on the second core two threads run ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def small_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The cat at 150x100: the outputs must come back at this size."""
