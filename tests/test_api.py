@@ -4,6 +4,7 @@ user meets first."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -281,3 +282,45 @@ def test_token_layer_works_with_a_reshape_transform():
     images = torch.rand(2, 3, 32, 32)
     maps = GradCAM(token_net, [token_net.block], reshape_transform=swin_reshape_transform)(images)
     assert_unit_maps(maps, (2, 32, 32))
+
+
+class _SharedActivationNet(nn.Module):
+    """One ReLU module called twice (stem and head), as EfficientNet-Lite's ``_swish``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 6, 3, padding=1)
+        self.act = nn.ReLU()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.stem(x))
+        x = self.act(self.head(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_ablation_of_a_module_called_twice_ablates_its_last_call():
+    torch.manual_seed(3)
+    model = _SharedActivationNet().eval()
+    image = torch.randn(1, 3, 12, 12)
+    category = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a tail exists: no whole-model fallback
+        engine = AblationCAM(model, [model.act], progress=False)(image, target_category=category)
+
+    # Reference: re-run the whole model, replacing only the second call's output.
+    with torch.no_grad():
+        stem = model.act(model.stem(image))
+        activations = model.act(model.head(stem))
+        score = model.fc(activations.mean(dim=(2, 3)))[0, category]
+        weights = []
+        for channel in range(activations.shape[1]):
+            ablated = activations.clone()
+            ablated[:, channel] = 0  # the activations are non-negative
+            weights.append((score - model.fc(ablated.mean(dim=(2, 3)))[0, category]) / score)
+        cam = torch.relu((torch.stack(weights)[:, None, None] * activations[0]).sum(0)).numpy()
+    cam = cam - cam.min()
+    cam = cam / (cam.max() + 1e-7)
+    assert cam.max() > 0.99
+    np.testing.assert_allclose(engine[0], cam, atol=1e-5)

@@ -90,7 +90,7 @@ def extract_tail(model: nn.Module, layer: nn.Module) -> Tuple[Optional[NetworkTa
 
     Returns:
         (tail, "") on success; (None, reason) where no tail can be isolated (the model
-        cannot be traced, or calls the layer more or less than once).
+        cannot be traced, or never calls the layer).
     """
     names = {id(module): name for name, module in model.named_modules()}
     layer_name = names.get(id(layer))
@@ -108,9 +108,11 @@ def extract_tail(model: nn.Module, layer: nn.Module) -> Tuple[Optional[NetworkTa
     except Exception as error:  # noqa: BLE001 - any trace failure means "no tail"
         return None, f"torch.fx cannot trace the model ({type(error).__name__}: {error})"
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer_name]
-    if len(calls) != 1:
-        return None, f"the layer is called {len(calls)} times in the traced forward pass"
-    layer_node = calls[0]
+    if not calls:
+        return None, "the layer is not called in the traced forward pass"
+    # A module called several times (a shared activation) is recorded at its last call,
+    # so the tail starts there; earlier calls belong to the head.
+    layer_node = calls[-1]
 
     depends_on_input = set()
     after_layer = {layer_node}
