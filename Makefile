@@ -27,7 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 
 grid: $(STAMP)
-	$(PY) docs/make_grid.py
+	$(PY) docs/make_grid.py --no-progress
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

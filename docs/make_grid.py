@@ -3,13 +3,18 @@
 - docs/methods_grid.jpg: rows = the bundled photos, columns = every registered method;
 - docs/smoothing_grid.jpg: GradCAM plain | aug smooth | eigen smooth | aug + eigen smooth.
 
-Each photo is explained for its top class, at the default layer (_bn1).
+Each photo is explained for its top class, at --target-layer (default: _swish, the
+model's shared ReLU6 module, whose last call is the head's activation; cam.py's default
+for this model, _bn1, is the batch norm before it, and its mostly negative values defeat
+XGradCAM, EigenCAM and ScoreCAM).
 
-    python docs/make_grid.py            # or: make grid   (ScoreCAM/AblationCAM: minutes on a CPU)
+    python docs/make_grid.py            # or: make grid   (a few minutes on a CPU, mostly ScoreCAM)
+    python docs/make_grid.py --target-layer _bn1 --output-dir /tmp
 """
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -24,6 +29,7 @@ from pytorch_grad_cam.utils.model_zoo import MODELS, imagenet_classes, load_mode
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = [ROOT / "examples" / name for name in ("cat.jpg", "coffee.jpg", "motorcycle.jpg")]
 MODEL = "efficientnet_lite0"
+LAYER = "_swish"
 SMOOTHING = {"GradCAM": (False, False), "aug smooth": (True, False),
              "eigen smooth": (False, True), "aug + eigen": (True, True)}
 CELL = (200, 133)  # (width, height): the photos are about 3:2
@@ -56,11 +62,11 @@ def assemble(columns: Sequence[str], rows: List[List[np.ndarray]]) -> np.ndarray
     return sheet
 
 
-def render(device: torch.device, progress: bool) -> Dict[str, np.ndarray]:
-    """Both grids, as RGB images by file name."""
+def render(device: torch.device, progress: bool, layer_name: str = LAYER) -> Dict[str, np.ndarray]:
+    """Both grids, as RGB images by file name, explaining the layer named ``layer_name``."""
     entry = MODELS[MODEL]
     model = load_model(entry, MODEL, progress=progress).to(device)
-    layer = entry.target_layer(model)
+    layer, _ = cli.select_layer(model, entry, layer_name)
     methods_rows, smoothing_rows = [], []
     for path in PHOTOS:
         photo = cli.read_photo(path)
@@ -86,10 +92,19 @@ def render(device: torch.device, progress: bool) -> Dict[str, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=ROOT / "docs")
+    parser.add_argument("--target-layer", default=LAYER, metavar="NAME",
+                        help=f"dotted name of the layer to explain (default: {LAYER})")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    for name, sheet in render(torch.device(args.device), not args.no_progress).items():
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        sheets = render(torch.device(args.device), not args.no_progress, args.target_layer)
+    except cli.CLIError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    print(f"rendered at layer {args.target_layer} in {time.perf_counter() - start:.0f} s")
+    for name, sheet in sheets.items():
         path = args.output_dir / name
         bgr = cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)
         cv2.imwrite(str(path), bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])
