@@ -2,7 +2,7 @@
 scaling-and-resizing step that every CAM method ends with."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -175,8 +175,3 @@ def deprocess_image(img: np.ndarray) -> np.ndarray:
     img = img * 0.1 + 0.5
     img = np.clip(img, 0, 1)
     return np.uint8(img * 255)
-
-
-def image_size(input_tensor: torch.Tensor) -> Tuple[int, ...]:
-    """The spatial size of a (B, C, *spatial) input, in tensor order."""
-    return tuple(input_tensor.shape[2:])
