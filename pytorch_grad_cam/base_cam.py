@@ -125,6 +125,10 @@ def _autograd_from(layers: Sequence[nn.Module]) -> Iterator[None]:
             handle.remove()
 
 
+#: Targets (exact types) whose call on (N, classes) outputs gives the N row scores.
+_ROW_WISE_TARGETS = (ClassifierOutputTarget, ClassifierOutputSoftmaxTarget)
+
+
 class BaseCAM:
     """The CAM pipeline; subclasses state their channel weights or their map.
 
@@ -338,9 +342,22 @@ class BaseCAM:
     def score(targets: Sequence[Target], outputs: Sequence[torch.Tensor]) -> torch.Tensor:
         """The (N,) scores target_i(outputs[i]), kept on the device and in float32.
 
+        One class-score target (``ClassifierOutputTarget``, ``ClassifierOutputSoftmaxTarget``)
+        shared by every row of (N, classes) outputs scores them in one indexing operation:
+        it indexes the last dimension, so that is exactly N calls on single rows.
+
         Raises:
             ValueError: if a target does not return one number.
         """
+        shared = targets[0] if targets else None
+        if (
+            type(shared) in _ROW_WISE_TARGETS
+            and all(target is shared for target in targets)
+            and torch.is_tensor(outputs)
+            and outputs.ndim == 2
+            and outputs.shape[0] == len(targets)
+        ):
+            return shared(outputs).float()
         scores = []
         for target, output in zip(targets, outputs):
             value = target(output)
@@ -488,10 +505,6 @@ class BaseCAM:
             pass
 
 
-#: Targets (exact types) whose call on (N, classes) outputs gives the N row scores.
-_ROW_WISE_TARGETS = (ClassifierOutputTarget, ClassifierOutputSoftmaxTarget)
-
-
 class PerturbationCAM(BaseCAM):
     """Base of the gradient-free methods that score K perturbed copies per image
     (ScoreCAM, AblationCAM): the copies run in chunks of ``batch_size`` with a
@@ -549,23 +562,12 @@ class PerturbationCAM(BaseCAM):
         bar: "object",
     ) -> torch.Tensor:
         """Scores (count,) of ``target`` on ``run_chunk(start, stop)``'s outputs, computed
-        ``batch_size`` copies at a time under ``no_grad``.
-
-        A class-score target (``ClassifierOutputTarget``, ``ClassifierOutputSoftmaxTarget``)
-        scores a chunk's (N, classes) outputs in one indexing operation; any other target
-        is called once per copy. The scores stay on the device either way.
-        """
+        ``batch_size`` copies at a time under ``no_grad``; they stay on the device."""
         chunks = []
         with torch.no_grad():
             for start in range(0, count, self.batch_size):
                 stop = min(start + self.batch_size, count)
                 outputs = run_chunk(start, stop)
-                if type(target) in _ROW_WISE_TARGETS and torch.is_tensor(outputs) and outputs.ndim == 2:
-                    # These targets index the last dimension, so one call on the
-                    # (N, classes) outputs is exactly N calls on single rows.
-                    scores = target(outputs).float()
-                else:
-                    scores = self.score([target] * (stop - start), outputs)
-                chunks.append(scores)
+                chunks.append(self.score([target] * (stop - start), outputs))
                 bar.update(stop - start)
         return torch.cat(chunks)
