@@ -276,4 +276,5 @@ def _maps_of(
         release = getattr(cam, "release", None)
         if callable(release):
             release()
-    return torch.as_tensor(np.asarray(maps, dtype=np.float32)) if not torch.is_tensor(maps) else maps.float()
+    maps = torch.as_tensor(np.asarray(maps, dtype=np.float32)) if not torch.is_tensor(maps) else maps.float()
+    return maps.to(input_tensor.device)
