@@ -1,0 +1,252 @@
+"""Deletion and Insertion (Petsiuk et al. 2018, the RISE paper): the model's score as
+the pixels are removed from the image, or inserted into a blank one, in the order of
+the map, most relevant first.
+
+A faithful map makes the score fall fast under deletion (a low area under the curve)
+and rise fast under insertion (a high area). Every step of every image goes through
+the model in chunks of ``batch_size`` images, built on the input's device only when
+their chunk is scored.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytorch_grad_cam.base_cam import BaseCAM, Target, model_device
+from pytorch_grad_cam.metrics.cams import CamsLike, as_cam_batch
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+__all__ = ["DeletionMetric", "InsertionMetric", "gaussian_blur"]
+
+Baseline = Union[str, float, torch.Tensor]
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Blur (B, C, H, W) images with a Gaussian of standard deviation ``sigma`` pixels.
+
+    Two 1D convolutions (the kernel is separable), truncated at ``ceil(3 sigma)`` pixels,
+    edges padded by repeating the border pixel (``scipy.ndimage.gaussian_filter`` with
+    ``mode="nearest"``).
+
+    Returns:
+        A new tensor of the images' shape, dtype and device.
+
+    Raises:
+        ValueError: if ``images`` is not 4D or ``sigma`` is not a positive number.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma > 0:
+        raise ValueError(f"sigma must be a positive number of pixels, got {sigma!r}")
+    radius = int(math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
+    kernel = torch.exp(-(offsets**2) / (2 * float(sigma) ** 2))
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    channels = images.shape[1]
+    padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
+    rows = F.conv2d(padded, kernel.reshape(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return F.conv2d(rows, kernel.reshape(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+
+
+class _PixelOrderMetric:
+    """Deletion and Insertion share everything but the direction; see their docstrings."""
+
+    #: True: pixels go from the image to the baseline (deletion); False: the reverse.
+    removes: bool = True
+    default_baseline: Baseline = "constant"
+
+    def __init__(
+        self,
+        steps: int = 20,
+        baseline: Optional[Baseline] = None,
+        *,
+        sigma: float = 5.0,
+        value: float = 0.0,
+        batch_size: int = 64,
+    ) -> None:
+        for name, number in (("steps", steps), ("batch_size", batch_size)):
+            if isinstance(number, bool) or not isinstance(number, numbers.Integral) or number < 1:
+                raise ValueError(f"{name} must be a positive integer, got {number!r}")
+        baseline = self.default_baseline if baseline is None else baseline
+        if isinstance(baseline, str):
+            if baseline not in ("blur", "constant"):
+                raise ValueError(
+                    f'baseline must be "blur", "constant" or a tensor of the input\'s shape, not {baseline!r}'
+                )
+            if baseline == "blur" and (
+                isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma > 0
+            ):
+                raise ValueError(f"sigma must be a positive number of pixels, got {sigma!r}")
+        elif not torch.is_tensor(baseline):
+            raise TypeError(
+                f'baseline must be "blur", "constant" or a torch tensor, not {type(baseline).__name__}'
+            )
+        self.steps = int(steps)
+        self.baseline = baseline
+        self.sigma = sigma
+        self.value = float(value)
+        self.batch_size = int(batch_size)
+
+    def __call__(
+        self,
+        input_tensor: torch.Tensor,
+        cams: CamsLike,
+        targets: Optional[Sequence[Target]],
+        model: nn.Module,
+        return_curve: bool = False,
+    ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+        """Score every step of every image and integrate the curves.
+
+        Args:
+            input_tensor: (B, C, H, W) float images, as the model takes them.
+            cams: (B, H, W) maps (numpy, torch or a list of (H, W) maps; float, bool or
+                uint8); only their order matters, ties broken by position (row-major).
+            targets: one callable per image mapping that image's output to a scalar,
+                usually ``ClassifierOutputSoftmaxTarget(category)``; None scores the
+                softmax probability of each image's top class on the intact image.
+            model: the network, called as it is (its mode is not changed) under no_grad.
+            return_curve: also return the curves.
+
+        Returns:
+            The areas under the curves, numpy float32 (B,) (trapezoid rule over the
+            fraction of pixels changed, x in [0, 1]); with ``return_curve`` also the
+            curves, numpy float32 (B, steps + 1): the scores after 0, 1, ..., steps
+            steps, step k having changed ``k * H * W // steps`` pixels.
+
+        Raises:
+            TypeError/ValueError: on an input that is not a finite (B, C, H, W) float
+                tensor, maps not (B, H, W) of the input's size, targets whose number is
+                not B, a baseline that does not broadcast to the input, or a target that
+                does not return one number.
+        """
+        input_tensor = BaseCAM._check_input(input_tensor)
+        if input_tensor.ndim != 4:
+            raise ValueError(f"input_tensor must be (B, C, H, W), got shape {tuple(input_tensor.shape)}")
+        maps = as_cam_batch(cams, input_tensor)
+        batch, _, height, width = input_tensor.shape
+        if model.training:
+            warnings.warn(
+                "the model is in training mode: BatchNorm statistics will update and dropout "
+                "is random; call model.eval() first for a faithful score",
+                stacklevel=2,
+            )
+        device = model_device(model)
+        with torch.no_grad():
+            targets = self._targets(targets, batch, input_tensor, model, device)
+            baseline = self._baseline_images(input_tensor)
+            pixels = height * width
+            order = maps.flatten(1).sort(dim=1, descending=True, stable=True).indices
+            ranks = torch.empty_like(order).scatter_(
+                1, order, torch.arange(pixels, device=order.device).expand(batch, -1)
+            )
+            counts = torch.arange(self.steps + 1, device=input_tensor.device) * pixels // self.steps
+            per_image = self.steps + 1
+            scores = []
+            for start in range(0, batch * per_image, self.batch_size):
+                index = torch.arange(start, min(start + self.batch_size, batch * per_image))
+                image, step = index // per_image, index % per_image
+                image_d, step_d = image.to(input_tensor.device), step.to(input_tensor.device)
+                changed = (ranks[image_d] < counts[step_d][:, None]).reshape(-1, 1, height, width)
+                source, fill = input_tensor[image_d], baseline[image_d]
+                if self.removes:
+                    perturbed = torch.where(changed, fill, source)
+                else:
+                    perturbed = torch.where(changed, source, fill)
+                outputs = model(perturbed.to(device))
+                chunk_scores = BaseCAM.score([targets[i] for i in image.tolist()], outputs)
+                scores.append(chunk_scores.to(input_tensor.device).reshape(-1))
+            curves = torch.cat(scores).reshape(batch, per_image)
+            fractions = counts.float() / pixels
+            areas = torch.trapezoid(curves, fractions, dim=1)
+        areas_np = areas.cpu().numpy().astype(np.float32)
+        if return_curve:
+            return areas_np, curves.cpu().numpy().astype(np.float32)
+        return areas_np
+
+    # ----------------------------------------------------------------- helpers
+    def _baseline_images(self, input_tensor: torch.Tensor) -> torch.Tensor:
+        """The baseline (B, C, H, W) that removed pixels take (or inserted ones leave)."""
+        if isinstance(self.baseline, str):
+            if self.baseline == "blur":
+                return gaussian_blur(input_tensor, self.sigma)
+            return torch.full_like(input_tensor, self.value)
+        baseline = self.baseline.to(device=input_tensor.device, dtype=input_tensor.dtype)
+        try:
+            return baseline.expand_as(input_tensor)
+        except RuntimeError:
+            raise ValueError(
+                f"the baseline tensor {tuple(baseline.shape)} does not broadcast to the input "
+                f"{tuple(input_tensor.shape)}; pass (C, H, W) or (B, C, H, W)"
+            ) from None
+
+    @staticmethod
+    def _targets(
+        targets: Optional[Sequence[Target]],
+        batch: int,
+        input_tensor: torch.Tensor,
+        model: nn.Module,
+        device: torch.device,
+    ) -> List[Target]:
+        checked = BaseCAM._check_targets(targets, None, batch)
+        if checked is not None:
+            return checked
+        outputs = model(input_tensor.to(device))
+        if not torch.is_tensor(outputs) or outputs.ndim != 2:
+            raise ValueError(
+                "targets=None scores the top class of a (B, classes) output; this model "
+                "returns something else, so pass targets=[...] explicitly"
+            )
+        return [ClassifierOutputSoftmaxTarget(c) for c in outputs.argmax(dim=1).tolist()]
+
+
+class DeletionMetric(_PixelOrderMetric):
+    """Deletion: the score as the most relevant pixels are removed first (lower area
+    is better: the map found what the score depends on).
+
+    Args:
+        steps: the number of steps; each removes 1/``steps`` of the pixels (all channels
+            of a pixel together).
+        baseline: what removed pixels become: ``"constant"`` (the default, as in the
+            paper: ``value`` in every channel, in the input's own scale, so 0 is the
+            dataset mean for normalised inputs), ``"blur"`` (a Gaussian blur of the image,
+            standard deviation ``sigma`` pixels) or a tensor (C, H, W) / (B, C, H, W).
+        sigma: the blur's standard deviation in pixels.
+        value: the constant.
+        batch_size: images per forward pass.
+
+    Raises:
+        ValueError/TypeError: on a non-positive ``steps``/``batch_size``/``sigma`` or an
+            unknown baseline.
+    """
+
+    removes = True
+    default_baseline = "constant"
+
+
+class InsertionMetric(_PixelOrderMetric):
+    """Insertion: the score as the most relevant pixels are put back first into the
+    baseline (higher area is better).
+
+    Args:
+        steps: the number of steps; each inserts 1/``steps`` of the pixels.
+        baseline: the image the pixels are inserted into: ``"blur"`` (the default, as in
+            the paper: a Gaussian blur of the image, standard deviation ``sigma`` pixels),
+            ``"constant"`` (``value`` everywhere) or a tensor (C, H, W) / (B, C, H, W).
+        sigma: the blur's standard deviation in pixels.
+        value: the constant.
+        batch_size: images per forward pass.
+
+    Raises:
+        ValueError/TypeError: on a non-positive ``steps``/``batch_size``/``sigma`` or an
+            unknown baseline.
+    """
+
+    removes = False
+    default_baseline = "blur"
