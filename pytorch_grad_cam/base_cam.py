@@ -12,7 +12,7 @@ once, when it is returned.
 from __future__ import annotations
 
 import threading
-import warnings
+from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
 
@@ -22,11 +22,34 @@ from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
 from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+from pytorch_grad_cam.utils.model_targets import (
+    BinaryClassifierOutputTarget,
+    ClassifierOutputSoftmaxTarget,
+    ClassifierOutputTarget,
+    RawScoresOutputTarget,
+    SemanticSegmentationTarget,
+    SimilarityToConceptTarget,
+)
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 Target = Callable[[torch.Tensor], torch.Tensor]
 LayerSpec = Union[nn.Module, str]
+
+
+#: Wrappers that run replicas of ``.module`` (in worker threads, or one per process).
+_PARALLEL_WRAPPERS = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
+def unwrap_parallel(model: nn.Module) -> nn.Module:
+    """The model inside ``nn.DataParallel`` / ``DistributedDataParallel`` wrappers.
+
+    A CAM explains one forward pass of the network itself: DataParallel's replicas run
+    in worker threads (where our hooks do not record) and DDP adds gradient
+    synchronisation that a CAM's partial backward pass never completes.
+    """
+    while isinstance(model, _PARALLEL_WRAPPERS):
+        model = model.module
+    return model
 
 
 def resolve_target_layers(
@@ -36,7 +59,9 @@ def resolve_target_layers(
 ) -> List[nn.Module]:
     """Turn the user's layer arguments into a list of modules inside ``model``.
 
-    Layers may be given as modules or as dotted names (``"layer4.2"``).
+    Layers may be given as modules or as dotted names (``"layer4.2"``). For a model
+    wrapped in ``nn.DataParallel``/``DistributedDataParallel`` a name may carry the
+    wrapper's ``module.`` prefix or not.
 
     Returns:
         The target modules, in the order given.
@@ -59,6 +84,9 @@ def resolve_target_layers(
     if not layers:
         raise ValueError("target_layers is empty; pass at least one module of the model")
     named = dict(model.named_modules())
+    inner = unwrap_parallel(model)
+    if inner is not model:
+        named.update((name, module) for name, module in inner.named_modules() if name)
     member_ids = {id(module) for module in named.values()}
     resolved = []
     for layer in layers:
@@ -79,7 +107,8 @@ def resolve_target_layers(
                 f"layer {type(layer).__name__} is not inside the model; pass a module "
                 "from model.named_modules()"
             )
-        resolved.append(layer)
+        # The wrapper itself outputs what the wrapped model outputs.
+        resolved.append(inner if layer is model else layer)
     return resolved
 
 
@@ -125,8 +154,114 @@ def _autograd_from(layers: Sequence[nn.Module]) -> Iterator[None]:
             handle.remove()
 
 
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Compute in eval mode, then give each submodule back its own train/eval flag.
+
+    Only the modules found in training mode are switched (their ``training`` flag set
+    directly, as ``model.eval()`` would, without calling overridable ``train()``
+    methods), and exactly those are switched back, also when the body raises. A model
+    already in eval mode is not written to at all, so threads sharing it are safe.
+    """
+    switched = [module for module in model.modules() if module.training]
+    for module in switched:
+        module.training = False
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.training = True
+
+
 #: Targets (exact types) whose call on (N, classes) outputs gives the N row scores.
 _ROW_WISE_TARGETS = (ClassifierOutputTarget, ClassifierOutputSoftmaxTarget)
+
+#: The library's targets that index a tensor of scores (a dict output breaks them).
+_TENSOR_TARGETS = (
+    ClassifierOutputTarget,
+    ClassifierOutputSoftmaxTarget,
+    BinaryClassifierOutputTarget,
+    RawScoresOutputTarget,
+    SemanticSegmentationTarget,
+    SimilarityToConceptTarget,
+)
+
+_SELECT_HINT = (
+    "wrap the model so that it returns the tensor of scores: "
+    "pytorch_grad_cam.utils.model_wrappers.OutputSelector(model, 'logits') "
+    "(or another key, an index, or a function of the output)"
+)
+
+
+def describe_output(outputs: object) -> str:
+    """``FakeModelOutput with keys ['logits', 'hidden']``, ``tuple of 2``, ``int``..."""
+    kind = type(outputs).__name__
+    if isinstance(outputs, Mapping):
+        return f"{kind} with keys {list(outputs.keys())}"
+    if isinstance(outputs, (list, tuple)):
+        return f"{kind} of {len(outputs)}"
+    return kind
+
+
+def per_image_outputs(outputs: object, count: int, targets: Sequence[Target]) -> Sequence[object]:
+    """The ``count`` per-image outputs handed to the targets.
+
+    A tensor, list or tuple is indexed along its first dimension (a list of per-image
+    detections stays one entry per image). A dict (or a dict-like ``ModelOutput``) gives
+    image i the plain dict of its values' i-th rows (values that are not batched
+    tensors are passed whole), so targets of one's own can read dict outputs.
+
+    Raises:
+        TypeError: if a target of this library, which needs a tensor of scores, is given
+            a dict or another output that is not a tensor, list or tuple, or the output
+            is none of tensor, list, tuple or dict.
+        ValueError: if a list/tuple output does not hold one entry per image.
+    """
+    if torch.is_tensor(outputs):
+        return outputs
+    if isinstance(outputs, (list, tuple)):
+        if len(outputs) != count:
+            raise ValueError(
+                f"the model returns {describe_output(outputs)}, but the batch has {count} "
+                f"images; a list/tuple output must hold one entry per image, else {_SELECT_HINT}"
+            )
+        return outputs
+    needs_tensor = next((t for t in targets if isinstance(t, _TENSOR_TARGETS)), None)
+    if needs_tensor is not None:
+        raise TypeError(
+            f"{needs_tensor!r} needs the model output to be a tensor of scores, but the "
+            f"model returns {describe_output(outputs)}; {_SELECT_HINT}"
+        )
+    if isinstance(outputs, Mapping):
+        return [
+            {
+                key: value[index]
+                if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == count
+                else value
+                for key, value in outputs.items()
+            }
+            for index in range(count)
+        ]
+    raise TypeError(
+        f"the model returns {describe_output(outputs)}, which a target cannot take per "
+        f"image; {_SELECT_HINT}"
+    )
+
+
+def _detached(outputs: object) -> object:
+    """``outputs`` with every tensor inside (dicts, lists, tuples) detached."""
+    if torch.is_tensor(outputs):
+        return outputs.detach()
+    if isinstance(outputs, Mapping):
+        items = {key: _detached(value) for key, value in outputs.items()}
+        try:
+            return type(outputs)(items)
+        except Exception:  # noqa: BLE001 - a dict type whose constructor differs
+            return items
+    if isinstance(outputs, (list, tuple)):
+        values = [_detached(value) for value in outputs]
+        return type(outputs)(*values) if hasattr(outputs, "_fields") else type(outputs)(values)
+    return outputs
 
 
 class BaseCAM:
@@ -134,6 +269,9 @@ class BaseCAM:
 
     Args:
         model: the network; its mode, flags, modules and hooks are left as found.
+            Every call computes in eval mode (see :func:`evaluation_mode`). A model
+            wrapped in ``nn.DataParallel``/``DistributedDataParallel`` is unwrapped:
+            the CAM runs ``model.module`` (``self.model``) in the calling process.
         target_layers: a module, a dotted name, or a list of them, inside ``model``.
         reshape_transform: maps a layer's output (and gradient) to (B, C, h, w) (or
             (B, C, d, h, w)); needed for transformers, see ``utils.reshape_transforms``.
@@ -170,7 +308,7 @@ class BaseCAM:
                     "pass use_cuda=False to compute on the CPU"
                 )
             model = model.cuda()
-        self.model = model
+        self.model = unwrap_parallel(model)
         self.reshape_transform = reshape_transform
         self.outputs: Optional[torch.Tensor] = None
         # Raw (not reshaped) outputs of the target layers during the current call;
@@ -234,21 +372,23 @@ class BaseCAM:
             TypeError/ValueError: on an input that is not a finite 4D/5D float tensor,
                 targets whose number is not B, both ``targets`` and ``target_category``,
                 a target layer whose output is not 4D/5D without a fitting
-                ``reshape_transform``, or a model output with NaN/Inf.
+                ``reshape_transform``, or a model output with NaN/Inf; for a model
+                output that is not a tensor with ``targets=None`` or the library's
+                targets (wrap the model in ``utils.model_wrappers.OutputSelector``);
+                for the gradient methods, a target layer the score does not depend on.
             IndexError: on a class index outside the model output.
+
+        Every call computes in eval mode and gives each submodule its own train/eval
+        flag back afterwards, also when it raises.
         """
         input_tensor = self._check_input(input_tensor)
         batch = input_tensor.shape[0]
         targets = self._check_targets(targets, target_category, batch)
-        if self.model.training:
-            warnings.warn(
-                "the model is in training mode: BatchNorm statistics will update and "
-                "dropout is random; call model.eval() first for a faithful CAM",
-                stacklevel=2,
-            )
         device = model_device(self.model)
         dtype = model_float_dtype(self.model) or input_tensor.dtype
-        with torch.inference_mode(False):
+        # Eval mode covers the whole call: the forward and backward passes, the extra
+        # passes of ScoreCAM/AblationCAM and every augmented copy.
+        with torch.inference_mode(False), evaluation_mode(self.model):
             input_tensor = input_tensor.to(device=device, dtype=dtype)
             if input_tensor.is_inference():
                 input_tensor = input_tensor.clone()
@@ -290,11 +430,19 @@ class BaseCAM:
                 scores = self.score(targets, outputs)
                 differentiable = [out for out in recorder.layer_outputs if out.requires_grad]
                 if not scores.requires_grad:
+                    if torch.is_tensor(outputs) and not outputs.requires_grad:
+                        self._raise_disconnected(self.target_layers[0])
                     raise ValueError(
                         "the target scores do not depend on the target layers; check that "
                         "the targets use the model output"
                     )
                 torch.autograd.backward(scores.sum(), inputs=differentiable)
+                # Structural, not numeric: a gradient that is exactly zero (a dead ReLU,
+                # a constant target) is recorded as zeros; no gradient at all means the
+                # layer's output is not in the graph of the score.
+                for layer, grads in zip(self.target_layers, recorder.gradients):
+                    if grads is None:
+                        self._raise_disconnected(layer)
             self.outputs = self._mean_over_copies(outputs, copies)
             self._layer_outputs = dict(zip(self.target_layers, recorder.layer_outputs))
             recorded = list(zip(recorder.activations, recorder.gradients))
@@ -359,7 +507,7 @@ class BaseCAM:
         ):
             return shared(outputs).float()
         scores = []
-        for target, output in zip(targets, outputs):
+        for target, output in zip(targets, per_image_outputs(outputs, len(targets), targets)):
             value = target(output)
             if not torch.is_tensor(value) or value.numel() != 1:
                 shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
@@ -445,7 +593,13 @@ class BaseCAM:
 
     @staticmethod
     def _top_class_targets(outputs: torch.Tensor, copies: int) -> List[Target]:
-        if not torch.is_tensor(outputs) or outputs.ndim != 2:
+        if not torch.is_tensor(outputs):
+            raise ValueError(
+                f"targets=None explains the top class of a (B, classes) tensor output, but "
+                f"the model returns {describe_output(outputs)}; {_SELECT_HINT}, or pass "
+                "targets=[...] of your own that read this output"
+            )
+        if outputs.ndim != 2:
             raise ValueError(
                 "targets=None explains the top class of a (B, classes) output; this model "
                 "returns something else, so pass targets=[...] explicitly"
@@ -457,7 +611,7 @@ class BaseCAM:
     @staticmethod
     def _mean_over_copies(outputs: object, copies: int) -> object:
         if not torch.is_tensor(outputs):
-            return outputs
+            return _detached(outputs)
         outputs = outputs.detach()
         if copies > 1:
             outputs = outputs.reshape(copies, -1, *outputs.shape[1:]).mean(dim=0)
@@ -470,6 +624,20 @@ class BaseCAM:
                     f"target layer {type(layer).__name__} was not called during the forward "
                     "pass; choose a module that the model's forward() uses"
                 )
+
+    def _layer_name(self, layer: nn.Module) -> str:
+        for name, module in self.model.named_modules():
+            if module is layer:
+                return repr(name) if name else "(the model itself)"
+        return "(unnamed)"
+
+    def _raise_disconnected(self, layer: nn.Module) -> None:
+        raise ValueError(
+            f"the target's score does not depend on target layer {self._layer_name(layer)} "
+            f"({type(layer).__name__}): no gradient reaches its output (a branch or head "
+            "the scored output never reads, or a part the model runs under torch.no_grad() "
+            "or detaches); choose a layer on the path from the input to the scored output"
+        )
 
     def _checked_activations(self, activations: torch.Tensor, layer: nn.Module) -> torch.Tensor:
         if activations.ndim not in (4, 5):

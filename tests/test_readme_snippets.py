@@ -9,6 +9,7 @@ or is left for the reader is substituted: ``pretrained=True`` becomes
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import cv2
@@ -105,19 +106,23 @@ def test_seed_library_snippet(cat_128):
     code = substitute(SEED_LIBRARY_SNIPPET, "resnet50(pretrained=True)", "resnet50(weights=None)")
     code = substitute(code, "input_tensor = # Create", "input_tensor = input_tensor  # Create")
     torch.manual_seed(0)
-    # The snippet never calls model.eval(): the library computes in the model's own
-    # mode and says so.
-    with pytest.warns(UserWarning, match="training mode"):
+    # The snippet never calls model.eval(): every call computes in eval mode (as the
+    # original's model.eval() did) and gives the model its train mode back.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         namespace = run(code, {"args": Args(), "input_tensor": input_tensor, "rgb_img": rgb_img})
     grayscale_cam, visualization = namespace["grayscale_cam"], namespace["visualization"]
     assert grayscale_cam.shape == (128, 128) and grayscale_cam.dtype == np.float32
     assert grayscale_cam.min() == 0 and grayscale_cam.max() == pytest.approx(1, abs=1e-5)
     assert visualization.shape == (128, 128, 3) and visualization.dtype == np.uint8
     model = namespace["model"]
-    assert model.training  # left in the mode it was found in
-    # In training mode BatchNorm uses the batch statistics, so the map is still a
-    # deterministic function of the input: the reference formula reproduces it.
-    expected = reference_cam("gradcam", model, [model.layer4[-1]], input_tensor, [281])[0]
+    assert all(module.training for module in model.modules())  # left in train mode
+    # The map is the eval-mode model's: the reference formula reproduces it.
+    model.eval()
+    try:
+        expected = reference_cam("gradcam", model, [model.layer4[-1]], input_tensor, [281])[0]
+    finally:
+        model.train()
     np.testing.assert_allclose(grayscale_cam, expected, atol=1e-5)
     # The overlay blends this map's colours into this photo.
     heatmap = cv2.applyColorMap(np.uint8(255 * grayscale_cam), cv2.COLORMAP_JET)

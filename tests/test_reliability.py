@@ -326,14 +326,33 @@ def test_model_state_left_as_found(name: str) -> None:
     assert_same_state(before, model_state(model))
 
 
-@pytest.mark.parametrize("name", ["gradcam", "scorecam"])
-def test_train_mode_warns_and_is_kept(name: str) -> None:
-    """A model left in train mode is not switched to eval behind the user's back; a
-    warning says that BatchNorm statistics will update (documented in Guarantees)."""
+@pytest.mark.parametrize("name", ["gradcam", "scorecam", "ablationcam"])
+def test_train_mode_computes_in_eval_mode_and_every_mode_is_restored(name: str) -> None:
+    """COMPAT decision 3: a model left in train mode gives the eval-mode model's map,
+    without a warning; its BatchNorm statistics do not move, and every submodule gets
+    its own flag back (a mixed-mode model stays mixed), also when the call raises
+    midway (a target failing on its 3rd call: inside the extra passes of
+    ScoreCAM/AblationCAM)."""
+    x, chosen = image(2), [ClassifierOutputTarget(0)] * 2
+    expected = make_cam(name, state_net(), ["conv2"])(x, chosen)
     model = state_net().train()
-    with pytest.warns(UserWarning, match="training mode"):
-        make_cam(name, model, [model.conv2])(image(2), [ClassifierOutputTarget(0)] * 2)
-    assert all(m.training for m in model.modules())
+    model.conv2.eval()  # mixed: one submodule in eval mode inside a train-mode model
+    before = model_state(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        maps = make_cam(name, model, [model.conv2])(x, chosen)
+    np.testing.assert_allclose(maps, expected, atol=1e-6)
+    assert maps.reshape(2, -1).max(axis=1).min() > 0.999
+    model.probe.seen.clear()
+    assert_same_state(before, model_state(model))  # modes, BatchNorm buffers, grads, hooks
+    error = Abort("fails midway")
+    target = RaisingTarget(0, error, on_call=1 if name == "gradcam" else 3)
+    options = {} if name == "gradcam" else {"batch_size": 2}
+    with pytest.raises(Abort) as caught:
+        make_cam(name, model, [model.conv2], **options)(x[:1], [target])
+    assert caught.value is error and target.calls == target.on_call
+    model.probe.seen.clear()
+    assert_same_state(before, model_state(model))
 
 
 def test_guided_backprop_leaves_model_and_relus_as_found() -> None:
