@@ -232,3 +232,54 @@ def test_class_names_and_indices() -> None:
     assert cli.resolve_category("Cardigan") == 264  # exact case wins over the sweater (474)
     assert cli.resolve_category("7") == 7
     assert cli.resolve_category(None) is None
+
+
+# ----------------------------------------------------------------- unexpected errors
+def _broken_model_entry() -> "cli.ModelEntry":
+    """A classifier whose head does not fit the photo's size: its forward raises torch's
+    RuntimeError (mat1 and mat2 shapes cannot be multiplied), with nothing else wrong."""
+    from torch import nn
+
+    return cli.ModelEntry(
+        architecture=lambda: nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(10, 5)),
+        target_layer=lambda model: model[0],
+        input_size=(32, 32),
+    )
+
+
+def test_model_error_is_one_line(small_photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTORCH_GRAD_CAM_DEBUG", raising=False)
+    code = cli.main(["--image-path", str(small_photo), "--output-dir", str(tmp_path)],
+                    models={"broken": _broken_model_entry()}, default_model="broken", prog="cam.py")
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert [line for line in lines if not line.startswith("note: ")] == lines[-1:], captured.err
+    assert lines[-1].startswith("cam.py: error: RuntimeError: mat1 and mat2 shapes cannot be multiplied")
+    assert lines[-1].endswith("(--debug shows the traceback)")
+    assert not list(tmp_path.glob("*.jpg"))
+
+
+def test_library_error_is_one_line_and_debug_shows_it(small_photo: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure deep in the library (here: a multi-line RuntimeError from the CAM)."""
+    monkeypatch.delenv("PYTORCH_GRAD_CAM_DEBUG", raising=False)
+
+    def failing_cam(*args, **kwargs):
+        raise RuntimeError("something broke\n  deep inside")
+
+    monkeypatch.setattr(cli, "compute_cam", failing_cam)
+    arguments = ["--image-path", str(small_photo), "--model", "efficientnet_lite0", "--output-dir", str(tmp_path)]
+    assert cli.main(arguments, prog="cam.py") == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1] == (
+        "cam.py: error: RuntimeError: something broke deep inside (--debug shows the traceback)")
+    assert "Traceback" not in captured.err
+    with pytest.raises(RuntimeError, match="something broke"):
+        cli.main([*arguments, "--debug"], prog="cam.py")
+    monkeypatch.setenv("PYTORCH_GRAD_CAM_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="something broke"):
+        cli.main(arguments, prog="cam.py")
