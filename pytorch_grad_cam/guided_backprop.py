@@ -2,12 +2,16 @@
 ReLU passing back only positive gradients where its forward input was positive.
 
 ReLUs are intercepted with a ``TorchFunctionMode`` for the duration of one call, so
-``nn.ReLU`` modules and functional ``F.relu`` calls are both covered (ReLU6 too) and
-the model's modules are never replaced.
+``nn.ReLU`` modules and functional calls are both covered and the model's modules are
+never replaced: ``nn.ReLU``, ``F.relu``, ``torch.relu``, ``Tensor.relu``, their in-place
+forms (``inplace=True``, ``F.relu_``, ``torch.relu_``, ``Tensor.relu_``, which still
+rectify their input in place, so ``x.relu_()`` as a statement works), and ReLU6
+(``nn.ReLU6``, ``F.relu6``, ``F.hardtanh``/``F.hardtanh_`` from 0; in place too). Other
+activations (GELU, SiLU, Hardswish, ...) keep their ordinary gradient.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -19,9 +23,17 @@ from pytorch_grad_cam.base_cam import BaseCAM, model_device, model_float_dtype
 
 
 class _GuidedReLUFunction(torch.autograd.Function):
+    """clamp(x, 0, upper) with the guided backward rule; ``inplace`` rectifies ``x`` itself
+    (marked dirty, as torch's own ``relu_`` does), so code that ignores the return value
+    of ``x.relu_()`` sees the rectified tensor."""
+
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, upper: Optional[float] = None) -> torch.Tensor:  # type: ignore[override]
-        output = tensor.clamp(min=0, max=upper)
+    def forward(ctx, tensor: torch.Tensor, upper: Optional[float] = None, inplace: bool = False) -> torch.Tensor:  # type: ignore[override]
+        if inplace:
+            output = tensor.clamp_(min=0, max=upper)
+            ctx.mark_dirty(output)
+        else:
+            output = tensor.clamp(min=0, max=upper)
         ctx.save_for_backward(output)
         ctx.upper = upper
         return output
@@ -32,32 +44,43 @@ class _GuidedReLUFunction(torch.autograd.Function):
         passed = (output > 0) & (grad_output > 0)
         if ctx.upper is not None:  # ReLU6: no gradient where the input was clipped at 6 either
             passed &= output < ctx.upper
-        return grad_output * passed, None
+        return grad_output * passed, None, None
 
 
-_RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_RELUS = {F.relu, torch.relu, torch.Tensor.relu}
+_IN_PLACE_RELUS = {F.relu_, torch.relu_, torch.Tensor.relu_}  # F.relu_ is torch.relu_
 
 
-def _relu6_upper(func, args, kwargs) -> Optional[float]:
-    """The clip value if ``func(*args, **kwargs)`` is a ReLU6 (``F.relu6``, or ``F.hardtanh``
-    from 0, which is what ``nn.ReLU6`` calls, as MobileNet and EfficientNet-Lite use), else None."""
+def _flag(args: tuple, kwargs: dict, position: int, name: str) -> bool:
+    """The argument ``name`` given at ``position`` or by keyword (default False)."""
+    return bool(args[position] if len(args) > position else kwargs.get(name, False))
+
+
+def _guided_relu(func, args: tuple, kwargs: dict) -> Optional[Tuple[Optional[float], bool]]:
+    """(clip value or None, in place?) if ``func(*args, **kwargs)`` is a ReLU or a ReLU6
+    (``F.relu6``, or ``F.hardtanh`` from 0, which is what ``nn.ReLU6`` calls, as MobileNet
+    and EfficientNet-Lite use), else None."""
+    if func in _RELUS:
+        return None, func is F.relu and _flag(args, kwargs, 1, "inplace")
+    if func in _IN_PLACE_RELUS:
+        return None, True
     if func is F.relu6:
-        return 6.0
-    if func is F.hardtanh:
+        return 6.0, _flag(args, kwargs, 1, "inplace")
+    if func is F.hardtanh or func is F.hardtanh_:
         bounds = dict(zip(("min_val", "max_val"), args[1:3]), **kwargs)
         if float(bounds.get("min_val", -1.0)) == 0.0:
-            return float(bounds.get("max_val", 1.0))
+            in_place = func is F.hardtanh_ or _flag(args, kwargs, 3, "inplace")
+            return float(bounds.get("max_val", 1.0)), in_place
     return None
 
 
 class _GuidedReLUMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _RELUS:
-            return _GuidedReLUFunction.apply(args[0])
-        upper = _relu6_upper(func, args, kwargs)
-        if upper is not None:
-            return _GuidedReLUFunction.apply(args[0], upper)
+        guided = _guided_relu(func, args, kwargs)
+        if guided is not None:
+            upper, in_place = guided
+            return _GuidedReLUFunction.apply(args[0], upper, in_place)
         return func(*args, **kwargs)
 
 
@@ -100,7 +123,9 @@ class GuidedBackpropReLUModel:
         with torch.inference_mode(False), torch.enable_grad():
             image = input_tensor.to(model_device(self.model), dtype).clone().requires_grad_(True)
             with _GuidedReLUMode():
-                outputs = self.model(image)
+                # A non-leaf copy, so that an in-place ReLU on the model's input is allowed
+                # (autograd forbids in-place changes of a leaf that requires grad).
+                outputs = self.model(image.clone())
             if targets is None:
                 targets = BaseCAM._top_class_targets(outputs, 1)
             scores = BaseCAM.score(targets, outputs)

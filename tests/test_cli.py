@@ -70,7 +70,7 @@ def test_cat_with_pretrained_efficientnet(tmp_path: Path) -> None:
                         "--model", "efficientnet_lite0", "--output-dir", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    explained = next(line for line in result.stdout.splitlines() if line.startswith("gradcam at layer _bn1"))
+    explained = next(line for line in result.stdout.splitlines() if line.startswith("gradcam at layer _swish"))
     assert any(name in explained for name in CAT_CLASSES), result.stdout
     cam, gb, cam_gb = assert_outputs(out, "gradcam", CAT)
     photo = cv2.imread(str(CAT)).astype(np.float32)
@@ -232,3 +232,143 @@ def test_class_names_and_indices() -> None:
     assert cli.resolve_category("Cardigan") == 264  # exact case wins over the sweater (474)
     assert cli.resolve_category("7") == 7
     assert cli.resolve_category(None) is None
+
+
+# ----------------------------------------------------------------- unexpected errors
+def _broken_model_entry() -> "cli.ModelEntry":
+    """A classifier whose head does not fit the photo's size: its forward raises torch's
+    RuntimeError (mat1 and mat2 shapes cannot be multiplied), with nothing else wrong."""
+    from torch import nn
+
+    return cli.ModelEntry(
+        architecture=lambda: nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(10, 5)),
+        target_layer=lambda model: model[0],
+        input_size=(32, 32),
+    )
+
+
+def test_model_error_is_one_line(small_photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PYTORCH_GRAD_CAM_DEBUG", raising=False)
+    code = cli.main(["--image-path", str(small_photo), "--output-dir", str(tmp_path)],
+                    models={"broken": _broken_model_entry()}, default_model="broken", prog="cam.py")
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert [line for line in lines if not line.startswith("note: ")] == lines[-1:], captured.err
+    assert lines[-1].startswith("cam.py: error: RuntimeError: mat1 and mat2 shapes cannot be multiplied")
+    assert lines[-1].endswith("(--debug shows the traceback)")
+    assert not list(tmp_path.glob("*.jpg"))
+
+
+def test_library_error_is_one_line_and_debug_shows_it(small_photo: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure deep in the library (here: a multi-line RuntimeError from the CAM)."""
+    monkeypatch.delenv("PYTORCH_GRAD_CAM_DEBUG", raising=False)
+
+    def failing_cam(*args, **kwargs):
+        raise RuntimeError("something broke\n  deep inside")
+
+    monkeypatch.setattr(cli, "compute_cam", failing_cam)
+    arguments = ["--image-path", str(small_photo), "--model", "efficientnet_lite0", "--output-dir", str(tmp_path)]
+    assert cli.main(arguments, prog="cam.py") == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1] == (
+        "cam.py: error: RuntimeError: something broke deep inside (--debug shows the traceback)")
+    assert "Traceback" not in captured.err
+    with pytest.raises(RuntimeError, match="something broke"):
+        cli.main([*arguments, "--debug"], prog="cam.py")
+    monkeypatch.setenv("PYTORCH_GRAD_CAM_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="something broke"):
+        cli.main(arguments, prog="cam.py")
+
+
+# ----------------------------------------------------------------- every model's default layer
+# Boxes (top, bottom, left, right) in the 224x224 model input (the whole photo resized),
+# measured once on the photos: the cat's face from the eyes down to the nose, the cup
+# with the coffee, the motorcycle between its wheels. At the default layer `_swish` every
+# method peaks inside them; at the old default `_bn1` ScoreCAM is empty and XGradCAM and
+# EigenCAM peak on the background (the top of the cat's head, the garage's shelves).
+PHOTO_BOXES = {
+    "cat": (48, 200, 40, 190),
+    "coffee": (0, 130, 60, 170),
+    "motorcycle": (64, 200, 30, 205),
+}
+
+
+def peak(grayscale: np.ndarray) -> tuple:
+    return tuple(int(i) for i in np.unravel_index(grayscale.argmax(), grayscale.shape))
+
+
+def in_box(position: tuple, box: tuple) -> bool:
+    top, bottom, left, right = box
+    return top <= position[0] <= bottom and left <= position[1] <= right
+
+
+@pytest.fixture(scope="module")
+def efficientnet_lite0():
+    entry = cli.MODELS["efficientnet_lite0"]
+    return entry, cli.load_model(entry, "efficientnet_lite0")
+
+
+def default_layer_map(method: str, model, entry, input_tensor, reshape_transform=None) -> np.ndarray:
+    """cam.py's map at the entry's default layer for the top class (in-process)."""
+    category = int(model(input_tensor).argmax())
+    layer = entry.target_layer(model)
+    return cli.compute_cam(method, model, layer, input_tensor, category,
+                           reshape_transform=reshape_transform, batch_size=64, progress=False)
+
+
+@pytest.mark.parametrize("photo", list(PHOTO_BOXES))
+def test_efficientnet_default_layer_finds_the_object_with_every_method(photo: str, efficientnet_lite0) -> None:
+    """Real weights: the default layer's map is finite, non-empty and peaks on the object
+    for every registered method but ScoreCAM (1280 forwards at 224x224; see the next test)."""
+    entry, model = efficientnet_lite0
+    assert cli.layer_name(model, entry.target_layer(model)) == "_swish"
+    input_tensor = cli.model_input(cli.read_photo(ROOT / "examples" / f"{photo}.jpg"), entry)
+    peaks = {}
+    for method in METHODS:
+        if method == "scorecam":
+            continue
+        grayscale = default_layer_map(method, model, entry, input_tensor)
+        assert grayscale.shape == (224, 224) and np.isfinite(grayscale).all()
+        assert grayscale.max() > 0.99, method
+        peaks[method] = peak(grayscale)
+    outside = {method: position for method, position in peaks.items() if not in_box(position, PHOTO_BOXES[photo])}
+    assert not outside, f"peaks outside the {photo}'s box {PHOTO_BOXES[photo]}: {outside}"
+
+
+def test_efficientnet_default_layer_scorecam_is_not_empty(efficientnet_lite0) -> None:
+    """ScoreCAM at the default layer on the cat, with every 40th of its 1280 channels (32
+    forwards instead of 1280; a subset of a layer's channels keeps its signs, and at
+    `_bn1` this very subset gives an all-zero map)."""
+    entry, model = efficientnet_lite0
+    input_tensor = cli.model_input(cli.read_photo(CAT), entry)
+    grayscale = default_layer_map("scorecam", model, entry, input_tensor, reshape_transform=lambda t: t[:, ::40])
+    assert np.isfinite(grayscale).all() and grayscale.max() > 0.99
+    assert in_box(peak(grayscale), PHOTO_BOXES["cat"]), peak(grayscale)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "densenet161", "mobilenet_v3_large"])
+def test_torchvision_default_layer_works_with_every_method(name: str) -> None:
+    """Random weights (nothing can be downloaded), the cat at 64x64 (2x2 maps at the
+    default layers), the top class: every method gives a finite, non-empty map.
+    ScoreCAM and AblationCAM score 32 evenly spaced channels of the layer (a subset keeps
+    the layer's signs) instead of up to 2208 (DenseNet-161).
+
+    With random weights a map can be empty by chance: of seeds 0-4, seeds 0, 3 and 4 give
+    one empty map somewhere (MobileNet's XGradCAM, DenseNet's ScoreCAM at the signed
+    `norm5`, VGG's AblationCAM); seed 2 gives none. What this guards is that each default
+    layer is a spatial layer every method runs on and gets a finite map from."""
+    entry = cli.MODELS[name]
+    torch.manual_seed(2)
+    model = entry.architecture().eval()
+    photo = cv2.resize(cli.read_photo(CAT), (64, 64), interpolation=cv2.INTER_AREA)
+    input_tensor = cli.preprocess_image(photo, mean=entry.mean, std=entry.std)
+    for method in METHODS:
+        subset = (lambda t: t[:, :: t.shape[1] // 32]) if method in ("scorecam", "ablationcam") else None
+        grayscale = default_layer_map(method, model, entry, input_tensor, reshape_transform=subset)
+        assert grayscale.shape == (64, 64) and np.isfinite(grayscale).all(), method
+        assert grayscale.max() > 0.9, f"{name} {method}: empty map at the default layer"

@@ -4,12 +4,15 @@ compute a CAM for one class, guided backpropagation, and write the pictures.
 
 Every mistake a user can make on the command line (a missing or unreadable photo, an
 unknown method, model, layer or class, weights that cannot be had) ends in one line on
-stderr and a non-zero exit code, never a traceback.
+stderr and a non-zero exit code, never a traceback. So does any other exception raised
+by the model or the library (exit code 1); ``--debug`` (or the environment variable
+``PYTORCH_GRAD_CAM_DEBUG=1``) lets it propagate with its traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -36,6 +39,7 @@ from pytorch_grad_cam.utils.model_zoo import (
 )
 
 TOP_K = 5
+DEBUG_VARIABLE = "PYTORCH_GRAD_CAM_DEBUG"
 
 
 class CLIError(Exception):
@@ -100,6 +104,8 @@ def build_parser(
     parser.add_argument("--use-cuda", "--use_cuda", dest="use_cuda", action="store_true",
                         help="use CUDA if there is one (otherwise says so and runs on the CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an unexpected error (or set {DEBUG_VARIABLE}=1)")
     return parser
 
 
@@ -420,14 +426,23 @@ def main(
     """
     models = MODELS if models is None else models
     parser = build_parser(models, default_model, description, prog)
+    args = None
     try:
         with warnings.catch_warnings():  # restores showwarning when done
             warnings.showwarning = _one_line_warning
-            run(parser.parse_args(argv), models)
+            args = parser.parse_args(argv)
+            run(args, models)
     except CLIError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return error.code
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - the model's or the library's: one line unless debugging
+        if (args is not None and args.debug) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            raise
+        message = " ".join(str(error).split()) or "(no message)"
+        print(f"{parser.prog}: error: {type(error).__name__}: {message} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
     return 0

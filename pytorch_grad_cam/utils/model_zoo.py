@@ -127,8 +127,11 @@ def _efficientnet_lite0_pretrained(progress: bool) -> nn.Module:
         )
 
 
-#: The models of ``cam.py --model``. Default layers: the last convolutional block
-#: (or its last batch norm), whose maps are small but still spatial and most semantic.
+#: The models of ``cam.py --model``. Default layers: the last layer with a spatial grid,
+#: after its activation where the model has a module there, so that every method works
+#: (XGradCAM, EigenCAM and ScoreCAM read activations as amounts and fail on a mostly
+#: negative batch norm output). DenseNet is the exception: its last ReLU is a function
+#: call in ``forward``, so ``norm5`` (the batch norm before it) is the last hookable layer.
 MODELS: Dict[str, ModelEntry] = {
     "resnet50": _torchvision_entry("resnet50", lambda model: model.layer4[-1]),
     "resnet18": _torchvision_entry("resnet18", lambda model: model.layer4[-1]),
@@ -137,7 +140,9 @@ MODELS: Dict[str, ModelEntry] = {
     "mobilenet_v3_large": _torchvision_entry("mobilenet_v3_large", lambda model: model.features[-1]),
     "efficientnet_lite0": ModelEntry(
         architecture=_efficientnet_lite0_architecture,
-        target_layer=lambda model: model._bn1,
+        # The head's ReLU6. The model calls this one module after the stem too; the
+        # hooks keep the last call, the head's.
+        target_layer=lambda model: model._swish,
         pretrained=_efficientnet_lite0_pretrained,
         # This model was trained on (x*255 - 127) / 128, not on torchvision's mean/std.
         mean=(127 / 255,) * 3,
