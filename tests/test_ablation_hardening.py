@@ -7,9 +7,7 @@ LayerNorm / Linear, and a target layer the output does not depend on.
 from __future__ import annotations
 
 import copy
-import time
 import warnings
-from typing import List
 
 import numpy as np
 import pytest
