@@ -2,28 +2,61 @@
 output can be changed and only the rest of the network recomputed (AblationCAM).
 
 The tail is extracted with ``torch.fx`` symbolic tracing; it shares the model's
-modules and parameters (nothing is copied, nothing in the model changes). Values
+modules and parameters (nothing is copied, nothing in the model changes). Tensors
 the tail needs from before the layer (skip connections around it) come from the
-traced head, once per image. Where the model cannot be traced there is no tail,
-and the caller falls back to re-running the whole model with the layer's output
-replaced by a forward hook.
+traced head, once per image, broadcast over the copies; sizes read from tensors
+(``B, H, W, C = x.shape``) are recomputed in the tail from those broadcast tensors,
+so the batch dimension is the number of copies. Where the model cannot be traced
+there is no tail, and the caller falls back to re-running the whole model with the
+layer's output replaced by a forward hook.
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Tuple
+import operator
+import threading
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
+# --------------------------------------------------------------------------- shape values
+_METADATA_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}
+_METADATA_METHODS = {"size", "dim", "ndimension", "numel", "nelement", "get_device"}
+_SIZE_ARITHMETIC = {
+    operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv,
+    operator.truediv, operator.mod, operator.neg, operator.pow, max, min,
+}
 
-def _is_batch_size(node: fx.Node) -> bool:
-    """``x.size(0)`` / ``x.size(dim=0)``: the batch size, the same everywhere in the network."""
-    if node.op != "call_method" or node.target != "size":
-        return False
-    dims = list(node.args[1:]) + list(node.kwargs.values())
-    return dims == [0]
+
+def _is_metadata_read(node: fx.Node) -> bool:
+    """``x.shape`` / ``x.size(...)`` / ``x.dim()``...: a value about a tensor, not of it."""
+    if node.op == "call_method":
+        return node.target in _METADATA_METHODS
+    return (
+        node.op == "call_function"
+        and node.target is getattr
+        and len(node.args) == 2
+        and node.args[1] in _METADATA_ATTRIBUTES
+    )
 
 
+def _is_shape_value(node: fx.Node, shape_values: set) -> bool:
+    """A metadata read, or Python arithmetic/indexing on shape values only
+    (``x.shape[0]``, ``H // 7``, ``B * n``). Such values are recomputed in the tail
+    from the tensors they were read from, never frozen from the one-image head."""
+    if _is_metadata_read(node):
+        return True
+    inputs = node.all_input_nodes
+    return (
+        node.op == "call_function"
+        and node.target in _SIZE_ARITHMETIC
+        and bool(inputs)
+        and all(arg in shape_values for arg in inputs)
+    )
+
+
+# --------------------------------------------------------------------------- side effects
 _IN_PLACE_OPERATORS = {
     "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul",
     "iand", "ior", "ixor", "ilshift", "irshift",
@@ -50,23 +83,142 @@ def _graph_module(model: nn.Module, graph: fx.Graph, keep: Callable[[fx.Node], b
     return module
 
 
+# --------------------------------------------------------------------------- what follows the layer
+#: Activations with f(x) -> 0 as x -> -inf: a large negative input switches them off.
+_ZEROING_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.Softplus, nn.Sigmoid, nn.Hardsigmoid,
+)
+_ZEROING_FUNCTIONS = {
+    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.gelu, F.silu, F.hardswish, F.mish,
+    F.softplus, torch.sigmoid, F.sigmoid, F.hardsigmoid,
+}
+_ZEROING_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_"}
+#: Element-wise, channel-preserving steps that carry a large negative value on to an
+#: activation unchanged in sign: adding another tensor, dropout/identity in eval,
+#: rearranging elements, per-channel pooling.
+_PASSING_MODULES = (
+    nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout3d, nn.Flatten,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)
+_PASSING_FUNCTIONS = {
+    operator.add, operator.iadd, torch.add, F.dropout, torch.flatten, torch.reshape, torch.permute,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+}
+_PASSING_METHODS = {
+    "add", "add_", "view", "reshape", "permute", "flatten", "contiguous", "clone", "transpose",
+}
+_SUBTRACTION_FUNCTIONS = {operator.sub, operator.isub, torch.sub}
+_SUBTRACTION_METHODS = {"sub", "sub_"}
+
+
+def _step_kind(user: fx.Node, source: fx.Node, modules: dict) -> Optional[str]:
+    """"zero" for an activation with f(-inf) = 0, "pass" for an element-wise step that
+    carries a large negative ``source`` on unchanged in sign, None for anything else."""
+    if user.op == "call_module":
+        module = modules.get(user.target)
+        if isinstance(module, _ZEROING_MODULES):
+            return "zero"
+        return "pass" if isinstance(module, _PASSING_MODULES) else None
+    if user.op == "call_function":
+        zeroing, passing, subtracting = _ZEROING_FUNCTIONS, _PASSING_FUNCTIONS, _SUBTRACTION_FUNCTIONS
+    elif user.op == "call_method":
+        zeroing, passing, subtracting = _ZEROING_METHODS, _PASSING_METHODS, _SUBTRACTION_METHODS
+    else:
+        return None
+    if user.target in zeroing:
+        return "zero"
+    if user.target in passing:
+        return "pass"
+    first = user.args[0] if user.args else None
+    if user.target in subtracting or user.target is operator.getitem:
+        # x - y keeps x's sign for a large negative x (y - x flips it); x[...] selects.
+        return "pass" if first is source else None
+    return None
+
+
+def _zeroes_in_place(user: fx.Node, modules: dict) -> bool:
+    """An activation that switches its input off in place (``ReLU(inplace=True)``, ``relu_``)."""
+    if user.op == "call_module":
+        return bool(getattr(modules.get(user.target), "inplace", False))
+    name = user.target if user.op == "call_method" else getattr(user.target, "__name__", "")
+    return bool(user.kwargs.get("inplace")) or (name.endswith("_") and not name.endswith("__"))
+
+
+def switched_off_by_activation(graph: fx.Graph, layer_node: fx.Node, modules: dict) -> bool:
+    """Whether every use of the layer's output (its sizes aside) reaches an activation
+    with f(-inf) = 0 (ReLU, GELU, SiLU, ...) through element-wise, channel-preserving
+    steps only: False where it may first reach anything else (a LayerNorm, Linear,
+    convolution, BatchNorm, matmul, the model's output). Uses after an in-place
+    activation of a value (``out += skip; torch.relu_(out)``) read the switched-off value."""
+    order = {node: index for index, node in enumerate(graph.nodes)}
+    pending, seen = [layer_node], set()
+    while pending:
+        node = pending.pop()
+        switched_at = None  # where an in-place activation switched ``node`` itself off
+        for user in sorted(node.users, key=order.__getitem__):
+            if switched_at is not None and order[user] > switched_at:
+                break
+            if user in seen or _is_metadata_read(user):
+                continue
+            seen.add(user)
+            kind = _step_kind(user, node, modules)
+            if kind is None:
+                return False
+            if kind == "pass":
+                pending.append(user)
+            elif _zeroes_in_place(user, modules) and user.args and user.args[0] is node:
+                switched_at = order[user]
+    return bool(seen)
+
+
+def _depends_on(graph: fx.Graph, source: fx.Node) -> bool:
+    """Whether the graph's output depends on the values of ``source`` (not only on its sizes)."""
+    depends = {source}
+    for node in graph.nodes:
+        if node.op == "output":
+            return any(arg in depends for arg in node.all_input_nodes)
+        if not _is_metadata_read(node) and any(arg in depends for arg in node.all_input_nodes):
+            depends.add(node)
+    return False
+
+
+# --------------------------------------------------------------------------- the tail
 class NetworkTail:
     """The network after a layer: ``tail.bind(image)`` gives a function from a batch of
     (changed) layer outputs for that one image to the model's outputs.
 
-    Values that the tail needs from before the layer (a skip connection around it) are
-    computed once per image by the head of the traced graph and broadcast over the batch;
-    ``x.size(0)`` of the input becomes the batch size of the layer outputs.
+    Tensors that the tail needs from before the layer (a skip connection around it) are
+    computed once per image by the head of the traced graph and broadcast over the
+    batch; sizes are recomputed in the tail from the broadcast tensors.
+
+    Attributes:
+        reads_layer: whether the model's output depends on the layer's output values.
+        switched_off: whether every use of the layer's output first reaches an
+            activation with f(-inf) = 0 through element-wise steps only (see
+            :func:`switched_off_by_activation`).
     """
 
-    def __init__(self, tail: fx.GraphModule, head: Optional[fx.GraphModule]) -> None:
+    def __init__(
+        self,
+        tail: fx.GraphModule,
+        head: Optional[fx.GraphModule],
+        values_read: Sequence[bool] = (),
+        reads_layer: bool = True,
+        switched_off: bool = False,
+    ) -> None:
         self.tail = tail
         self.head = head
+        self.values_read = list(values_read)  # per skipped value: read beyond its sizes
+        self.reads_layer = reads_layer
+        self.switched_off = switched_off
 
     def bind(self, image: torch.Tensor) -> Optional[Callable[[torch.Tensor], object]]:
         """The tail for ``image`` (1, C, ...), or None where a tensor from before the
         layer has no leading batch dimension of 1 (it cannot be broadcast). Other
-        values (None, flags, sizes) are passed on as they are."""
+        values (None, flags) are passed on as they are."""
         if self.head is None:
             return self.tail
         with torch.no_grad():
@@ -74,12 +226,18 @@ class NetworkTail:
         if any(torch.is_tensor(value) and (value.ndim == 0 or value.shape[0] != 1) for value in skipped):
             return None
 
+        def broadcast(value: object, copies: int, read: bool) -> object:
+            if not torch.is_tensor(value):
+                return value
+            value = value.expand(copies, *value.shape[1:])
+            # Own copies where the values are read: the tail may add into them in place.
+            return value.clone() if read else value
+
         def run(layer_output: torch.Tensor) -> object:
             copies = layer_output.shape[0]
             return self.tail(
                 layer_output,
-                # Own copies: the tail may add into a skipped value in place.
-                *(v.expand(copies, *v.shape[1:]).clone() if torch.is_tensor(v) else v for v in skipped),
+                *(broadcast(v, copies, read) for v, read in zip(skipped, self.values_read)),
             )
 
         return run
@@ -116,20 +274,25 @@ def extract_tail(model: nn.Module, layer: nn.Module) -> Tuple[Optional[NetworkTa
 
     depends_on_input = set()
     after_layer = {layer_node}
+    shape_values = set()
     for node in graph.nodes:
         if node.op == "placeholder" or any(arg in depends_on_input for arg in node.all_input_nodes):
             depends_on_input.add(node)
         if node is not layer_node and any(arg in after_layer for arg in node.all_input_nodes):
             after_layer.add(node)
+        if _is_shape_value(node, shape_values):
+            shape_values.add(node)
 
     tail = fx.Graph()
     env = {layer_node: tail.placeholder("layer_output")}
-    skipped: List[fx.Node] = []  # values from before the layer that the tail reads
+    skipped: List[fx.Node] = []  # tensors (and other values) from before the layer that the tail reads
 
     def tail_value(node: fx.Node) -> fx.Node:
         if node not in env:  # only input-dependent nodes from before the layer get here
-            if _is_batch_size(node):
-                env[node] = tail.call_method("size", (env[layer_node], 0))
+            if node in shape_values:
+                # Recomputed from the tensor it was read from (broadcast to the copies),
+                # so that e.g. the batch size is the number of copies, not 1.
+                env[node] = tail.node_copy(node, tail_value)
             else:
                 skipped.append(node)
                 env[node] = tail.placeholder(f"skipped_{len(skipped)}")
@@ -147,6 +310,13 @@ def extract_tail(model: nn.Module, layer: nn.Module) -> Tuple[Optional[NetworkTa
     # the layer) go.
     after_layer_copies = {env[node] for node in after_layer if node in env}
     tail_module = _graph_module(model, tail, keep=lambda node: node in after_layer_copies)
+    placeholders = {node.target: node for node in tail_module.graph.nodes if node.op == "placeholder"}
+    values_read = [
+        any(not _is_metadata_read(user) for user in placeholders[f"skipped_{i + 1}"].users)
+        if f"skipped_{i + 1}" in placeholders
+        else False
+        for i in range(len(skipped))
+    ]
 
     head_module = None
     if skipped:
@@ -158,17 +328,52 @@ def extract_tail(model: nn.Module, layer: nn.Module) -> Tuple[Optional[NetworkTa
                 head_env[node] = head.node_copy(node, lambda n: head_env[n])
         head.output(tuple(head_env[node] for node in skipped))
         head_module = _graph_module(model, head, keep=lambda node: False)
-    return NetworkTail(tail_module, head_module), ""
+    modules = dict(model.named_modules())
+    return (
+        NetworkTail(
+            tail_module,
+            head_module,
+            values_read,
+            reads_layer=_depends_on(tail_module.graph, placeholders["layer_output"]),
+            switched_off=switched_off_by_activation(graph, layer_node, modules),
+        ),
+        "",
+    )
 
 
+# --------------------------------------------------------------------------- the fallback
 def replaced_output_runner(
     model: nn.Module, layer: nn.Module, image: torch.Tensor
 ) -> Callable[[torch.Tensor], object]:
     """A function that runs the whole ``model`` on copies of ``image`` (1, C, ...) with
-    ``layer``'s output replaced by the given batch (the slow fallback for a tail)."""
+    ``layer``'s output replaced by the given batch (the slow fallback for a tail).
+
+    A layer called several times per forward pass (a shared activation) has only its
+    last call replaced, the call whose output the CAM recorded; one forward pass of
+    ``image`` counts the calls. Only calls from this thread are counted or replaced.
+    """
+    thread = threading.get_ident()
+
+    def counting_hook(counter: List[int], replacement: Optional[torch.Tensor], last: int) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: object) -> Optional[torch.Tensor]:
+            if threading.get_ident() != thread:
+                return None
+            counter[0] += 1
+            return replacement if counter[0] == last else None
+
+        return hook
+
+    calls = [0]
+    handle = layer.register_forward_hook(counting_hook(calls, None, -1))
+    try:
+        with torch.no_grad():
+            model(image)
+    finally:
+        handle.remove()
+    last = calls[0]
 
     def run(layer_output: torch.Tensor) -> object:
-        handle = layer.register_forward_hook(lambda module, inputs, output: layer_output)
+        handle = layer.register_forward_hook(counting_hook([0], layer_output, last))
         try:
             return model(image.expand(layer_output.shape[0], *image.shape[1:]))
         finally:
