@@ -209,9 +209,12 @@ def test_tail_ablation_equals_whole_model_ablation_and_the_definition(small_cnn,
     forwards = []
     handle = small_cnn.features[0].register_forward_hook(lambda m, i, out: forwards.append(out.shape[0]))
     try:
+        cam = AblationCAM(small_cnn, [layer], progress=False, batch_size=5)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # the tail exists: no fallback warning
-            tail = ablation(small_cnn, layer, x, batch_size=5)
+            cam(x, targets(2))  # the first call also checks the tail against the whole model
+            forwards.clear()
+            tail = cam(x, targets(2))
         assert forwards == [2], "the tail path must not re-run the network before the layer"
         whole = ablation(small_cnn, layer, x, batch_size=5, tail_only=False)
     finally:
@@ -226,9 +229,11 @@ def test_tail_ablation_equals_whole_model_ablation_and_the_definition(small_cnn,
 def test_ablated_copies_go_through_the_tail_in_chunks_of_batch_size(small_cnn):
     layer = small_cnn.features[-1]  # 32 channels
     sizes = []
+    cam = AblationCAM(small_cnn, [layer], progress=False, batch_size=7)
+    cam(images(1), targets(1))  # the first call also checks the tail on two ablated copies
     handle = small_cnn.fc.register_forward_hook(lambda m, i, out: sizes.append(out.shape[0]))
     try:
-        ablation(small_cnn, layer, images(1), batch_size=7)
+        cam(images(1), targets(1))
     finally:
         handle.remove()
     # The forward pass, the unablated score through the tail, then 32 copies by 7.
