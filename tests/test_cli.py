@@ -360,8 +360,11 @@ def test_torchvision_default_layer_works_with_every_method(name: str) -> None:
 
     With random weights a map can be empty by chance: of seeds 0-4, seeds 0, 3 and 4 give
     one empty map somewhere (MobileNet's XGradCAM, DenseNet's ScoreCAM at the signed
-    `norm5`, VGG's AblationCAM); seed 2 gives none. What this guards is that each default
-    layer is a spatial layer every method runs on and gets a finite map from."""
+    `norm5`, VGG's AblationCAM); seed 2 gives none, and with a wide margin: measured on
+    every method and model, the raw map's largest positive value is at least 26 % of its
+    largest magnitude (MobileNet's ScoreCAM; most are 100 %), so no other floating-point
+    summation order can empty a map. What this guards is that each default layer is a
+    spatial layer every method runs on and gets a finite map from."""
     entry = cli.MODELS[name]
     torch.manual_seed(2)
     model = entry.architecture().eval()
