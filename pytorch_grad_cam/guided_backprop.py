@@ -11,7 +11,7 @@ activations (GELU, SiLU, Hardswish, ...) keep their ordinary gradient.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from pytorch_grad_cam.base_cam import BaseCAM, model_device, model_float_dtype
+from pytorch_grad_cam.base_cam import BaseCAM, evaluation_mode, model_device, model_float_dtype, unwrap_parallel
 
 
 class _GuidedReLUFunction(torch.autograd.Function):
@@ -87,20 +87,43 @@ class _GuidedReLUMode(TorchFunctionMode):
 class GuidedBackpropReLUModel:
     """Guided backpropagation of a model's class score to its input.
 
+    Every call computes in eval mode and gives each submodule its own train/eval flag
+    back afterwards (also on error); a model wrapped in ``nn.DataParallel`` or
+    ``DistributedDataParallel`` is unwrapped.
+
     Args:
         model: the network; it is not modified.
-        use_cuda: move the model to CUDA (error if CUDA is unavailable).
+        device: move the model there (``"cuda"``, ``torch.device(...)``); None keeps it
+            where it is.
+        use_cuda: the older spelling of ``device="cuda"``.
+
+    Raises:
+        RuntimeError: if CUDA is asked for and is not available.
     """
 
-    def __init__(self, model: nn.Module, use_cuda: bool = False) -> None:
-        if use_cuda:
-            if not torch.cuda.is_available():
+    def __init__(
+        self,
+        model: nn.Module,
+        device: Optional[Union[str, torch.device]] = None,
+        use_cuda: bool = False,
+    ) -> None:
+        if use_cuda and device is None:
+            device = "cuda"
+        if device is not None:
+            device = torch.device(device)
+            if device.type == "cuda" and not torch.cuda.is_available():
+                spelling = "use_cuda=True" if use_cuda else f"device={str(device)!r}"
+                fix = "use_cuda=False" if use_cuda else "device='cpu'"
                 raise RuntimeError(
-                    "use_cuda=True but CUDA is not available on this machine; "
-                    "pass use_cuda=False to compute on the CPU"
+                    f"{spelling} but CUDA is not available on this machine; pass {fix} "
+                    "to compute on the CPU"
                 )
-            model = model.cuda()
-        self.model = model
+            model = model.to(device)
+        self.model = unwrap_parallel(model)
+
+    def forward(self, input_img: torch.Tensor) -> torch.Tensor:
+        """The model's output on ``input_img`` (moved to the model's device)."""
+        return self.model(input_img.to(model_device(self.model)))
 
     def __call__(self, input_tensor: torch.Tensor, target_category: Optional[int] = None) -> np.ndarray:
         """The guided input gradient.
@@ -120,7 +143,7 @@ class GuidedBackpropReLUModel:
         batch = input_tensor.shape[0]
         targets = BaseCAM._check_targets(None, target_category, batch)
         dtype = model_float_dtype(self.model) or input_tensor.dtype
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), evaluation_mode(self.model):
             image = input_tensor.to(model_device(self.model), dtype).clone().requires_grad_(True)
             with _GuidedReLUMode():
                 # A non-leaf copy, so that an in-place ReLU on the model's input is allowed
@@ -132,5 +155,3 @@ class GuidedBackpropReLUModel:
             (gradient,) = torch.autograd.grad(scores.sum(), image)
         gradient = gradient.float().movedim(1, -1).cpu().numpy()
         return gradient[0] if batch == 1 else gradient
-
-    forward = __call__

@@ -130,3 +130,28 @@ def test_in_place_relu6_statements_are_guided(activation) -> None:
     weights = head.weight[1].detach().reshape(2, 4, 4)
     expected = weights * ((x[0] > 0) & (x[0] < 6)) * (weights > 0)
     np.testing.assert_allclose(gradient, expected.permute(1, 2, 0).numpy(), atol=1e-7)
+
+
+def test_guided_backprop_computes_in_eval_mode_and_restores_modes() -> None:
+    """COMPAT decision 11 and SPEC's mode rule: a train-mode model (dropout, BatchNorm)
+    gives the eval-mode gradient, keeps its BatchNorm statistics and every flag;
+    ``device=`` is accepted and ``forward`` returns the model output."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    )
+    x = torch.randn(2, 3, 8, 8)
+    model.eval()
+    expected = GuidedBackpropReLUModel(model, device="cpu")(x, target_category=1)
+    model.train()
+    model[1].eval()  # a mixed-mode model stays mixed
+    flags = [m.training for m in model.modules()]
+    stats = model[1].running_mean.clone()
+    guided = GuidedBackpropReLUModel(model, device=torch.device("cpu"))
+    np.testing.assert_array_equal(guided(x, target_category=1), expected)
+    assert [m.training for m in model.modules()] == flags
+    assert torch.equal(model[1].running_mean, stats)
+    model.eval()  # forward() is the model's own call, in the model's own mode
+    with torch.no_grad():
+        torch.testing.assert_close(guided.forward(x), model(x))
