@@ -31,7 +31,7 @@ class HiResCAM(BaseCAM):
             warnings.warn(
                 "HiResCAM with eigen_smooth=True: the principal-component projection is not "
                 "a faithful decomposition of the target score any more",
-                stacklevel=2,
+                stacklevel=4,  # the user's call: __call__ -> _forward -> here
             )
             return get_2d_projection(elementwise)
         return elementwise.sum(dim=1)

@@ -391,6 +391,7 @@ def resnet18_maps(model: nn.Module) -> dict:
         options, transform = {}, None
         if name in ("scorecam", "ablationcam"):
             options, transform = {"progress": False, "batch_size": 8}, first_channels
+        torch.manual_seed(0)  # RandomCAM: the same weights in every precision
         maps[name] = cls(model, [model.layer4[-1]], transform, **options)(x, targets())
     return maps
 

@@ -127,7 +127,11 @@ def test_the_trained_model_recognises_the_shapes(shapes_model, held_out):
     assert (predictions == labels).mean() >= 0.9
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+#: RandomCAM's random channel weights are the baseline that does not localise.
+NOT_LOCALISING = {"randomcam"}
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - NOT_LOCALISING))
 def test_peak_lies_on_the_object(method, shapes_model, held_out):
     images, labels, boxes = held_out
     cams = compute(method, shapes_model, images, labels)

@@ -67,8 +67,9 @@ def get_2d_projection_kernel(
     centred; the (n, n) kernel matrix of the rows (``linear`` x·y, ``poly``
     (γ x·y + 1)³, ``rbf`` exp(-γ‖x - y‖²), ``sigmoid`` tanh(γ x·y + 1), ``cosine``
     x·y / (‖x‖‖y‖), a zero row giving 0), double-centred; its top eigenpair (λ, v),
-    λ clipped at 0 and v signed so that its largest-magnitude entry is positive; the
-    map is v·√λ. This is scikit-learn's ``KernelPCA(n_components=1)`` (degree 3,
+    λ clipped at 0 (and set to 0 within the centring's rounding error, so that a
+    constant map gives 0, not noise) and v signed so that its largest-magnitude entry
+    is positive; the map is v·√λ. This is scikit-learn's ``KernelPCA(n_components=1)`` (degree 3,
     coef0 1), batched on the device.
 
     The kernel and its eigendecomposition are computed in float64 (except on devices
@@ -89,11 +90,11 @@ def get_2d_projection_kernel(
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-    matrix, spatial, is_numpy = _centred_positions_by_channels(activation_batch)
-    channels = matrix.shape[-1]
+    device = activation_batch.device if torch.is_tensor(activation_batch) else torch.device("cpu")
+    precise = torch.float32 if device.type == "mps" else torch.float64
+    x, spatial, is_numpy = _centred_positions_by_channels(activation_batch, precise)
+    positions, channels = x.shape[1:]
     gamma = 1.0 / channels if gamma is None else float(gamma)
-    precise = torch.float32 if matrix.device.type == "mps" else torch.float64
-    x = matrix.to(precise)
     if kernel == "cosine":
         norms = x.norm(dim=2, keepdim=True)
         x = x / torch.where(norms > 0, norms, torch.ones_like(norms))
@@ -113,7 +114,10 @@ def get_2d_projection_kernel(
         + gram.mean(dim=(1, 2), keepdim=True)
     )
     eigenvalues, eigenvectors = torch.linalg.eigh(centred)  # ascending
-    top_value = eigenvalues[:, -1].clamp(min=0)
+    # An eigenvalue within the rounding error of the centring (a constant map, whose
+    # centred kernel is 0 up to rounding) is 0: its "component" would be noise.
+    rounding = 16 * positions * torch.finfo(precise).eps * gram.abs().amax(dim=(1, 2))
+    top_value = torch.where(eigenvalues[:, -1] > rounding, eigenvalues[:, -1], torch.zeros_like(rounding))
     top_vector = eigenvectors[..., -1]
     largest = top_vector.gather(1, top_vector.abs().argmax(dim=1, keepdim=True))
     top_vector = torch.where(largest < 0, -top_vector, top_vector)
@@ -122,10 +126,10 @@ def get_2d_projection_kernel(
 
 
 def _centred_positions_by_channels(
-    activation_batch: ArrayLike,
+    activation_batch: ArrayLike, dtype: torch.dtype = torch.float32
 ) -> Tuple[torch.Tensor, Tuple[int, ...], bool]:
-    """(B, positions, K) float32 with NaN/Inf set to 0 and each channel centred over
-    the positions, a new tensor (the caller's array or tensor is never written);
+    """(B, positions, K) of ``dtype`` with NaN/Inf set to 0 and each channel centred
+    over the positions, a new tensor (the caller's array or tensor is never written);
     also the spatial shape and whether the input was numpy."""
     is_numpy = isinstance(activation_batch, np.ndarray)
     if is_numpy:
@@ -143,7 +147,7 @@ def _centred_positions_by_channels(
             "pass a (B, K, h, w) batch"
         )
     batch, channels, *spatial = activations.shape
-    matrix = torch.nan_to_num(activations.float(), nan=0.0, posinf=0.0, neginf=0.0)
+    matrix = torch.nan_to_num(activations.to(dtype), nan=0.0, posinf=0.0, neginf=0.0)
     matrix = matrix.reshape(batch, channels, -1).transpose(1, 2)  # (B, positions, K)
     return matrix - matrix.mean(dim=1, keepdim=True), tuple(spatial), is_numpy
 
