@@ -4,12 +4,18 @@ from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.base_cam import BaseCAM, PerturbationCAM
 from pytorch_grad_cam.eigen_cam import EigenCAM
 from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
+from pytorch_grad_cam.fem import FEM
 from pytorch_grad_cam.grad_cam import GradCAM
+from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
+from pytorch_grad_cam.hirescam import HiResCAM
+from pytorch_grad_cam.kpca_cam import KPCA_CAM
 from pytorch_grad_cam.layer_cam import LayerCAM
+from pytorch_grad_cam.random_cam import RandomCAM
 from pytorch_grad_cam.registry import METHODS, get_method
 from pytorch_grad_cam.score_cam import ScoreCAM
+from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
 from pytorch_grad_cam.xgrad_cam import XGradCAM
 
 __version__ = "1.0.0"
@@ -20,13 +26,19 @@ __all__ = [
     "BaseCAM",
     "EigenCAM",
     "EigenGradCAM",
+    "FEM",
     "GradCAM",
+    "GradCAMElementWise",
     "GradCAMPlusPlus",
     "GuidedBackpropReLUModel",
+    "HiResCAM",
+    "KPCA_CAM",
     "LayerCAM",
     "METHODS",
     "PerturbationCAM",
+    "RandomCAM",
     "ScoreCAM",
+    "SegEigenCAM",
     "XGradCAM",
     "get_method",
 ]

@@ -6,10 +6,16 @@ from pytorch_grad_cam.ablation_cam import AblationCAM
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.eigen_cam import EigenCAM
 from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
+from pytorch_grad_cam.fem import FEM
 from pytorch_grad_cam.grad_cam import GradCAM
+from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
+from pytorch_grad_cam.hirescam import HiResCAM
+from pytorch_grad_cam.kpca_cam import KPCA_CAM
 from pytorch_grad_cam.layer_cam import LayerCAM
+from pytorch_grad_cam.random_cam import RandomCAM
 from pytorch_grad_cam.score_cam import ScoreCAM
+from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
 from pytorch_grad_cam.xgrad_cam import XGradCAM
 
 METHODS: Dict[str, Type[BaseCAM]] = {
@@ -21,6 +27,12 @@ METHODS: Dict[str, Type[BaseCAM]] = {
     "eigencam": EigenCAM,
     "eigengradcam": EigenGradCAM,
     "layercam": LayerCAM,
+    "hirescam": HiResCAM,
+    "gradcamelementwise": GradCAMElementWise,
+    "randomcam": RandomCAM,
+    "fem": FEM,
+    "kpcacam": KPCA_CAM,
+    "segeigencam": SegEigenCAM,
 }
 
 

@@ -216,6 +216,73 @@ def ablationcam_weights(
     return (base - scores) / base
 
 
+# ---------------------------------------------------------------- the drop-in methods (COMPAT.md §1, §2)
+#: RandomCAM draws its (B, K) weights from torch's global generator: the reference
+#: seeds it with this before its draw, and a test seeds it before the engine's call.
+RANDOM_SEED = 0
+
+
+def random_cam_weights(batch: int, channels: int) -> np.ndarray:
+    """RandomCAM's weights: U(-1, 1) of shape (batch, channels), one draw per layer."""
+    return (torch.rand(batch, channels) * 2 - 1).double().numpy()
+
+
+def fem_weights(A: np.ndarray, k: float = 2) -> np.ndarray:
+    """FEM: the fraction of positions where A_k > mean_k + k * std_k (population std, strict)."""
+    flat = A.reshape(A.shape[0], -1)
+    threshold = flat.mean(axis=1, keepdims=True) + k * flat.std(axis=1, ddof=0, keepdims=True)
+    return (flat > threshold).mean(axis=1)
+
+
+def sign_corrected_projection(weighted: np.ndarray) -> np.ndarray:
+    """The first principal component of (K, *spatial) maps, negated where |min| > |max|
+    (whatever sign the SVD returned)."""
+    channels = weighted.shape[0]
+    matrix = np.nan_to_num(weighted.reshape(channels, -1).T)
+    matrix = matrix - matrix.mean(axis=0)
+    _, _, vt = np.linalg.svd(matrix, full_matrices=False)
+    projection = matrix @ vt[0]
+    if abs(projection.min()) > abs(projection.max()):
+        projection = -projection
+    return projection.reshape(weighted.shape[1:])
+
+
+def kernel_matrix(x: np.ndarray, kernel: str, gamma: float) -> np.ndarray:
+    """The (n, n) kernel of the rows of x (scikit-learn's kernels, degree 3, coef0 1)."""
+    if kernel == "linear":
+        return x @ x.T
+    if kernel == "poly":
+        return (gamma * (x @ x.T) + 1) ** 3
+    if kernel == "sigmoid":
+        return np.tanh(gamma * (x @ x.T) + 1)
+    if kernel == "rbf":
+        distances = ((x[:, None, :] - x[None, :, :]) ** 2).sum(axis=2)
+        return np.exp(-gamma * distances)
+    if kernel == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        unit = x / np.where(norms > 0, norms, 1.0)
+        return unit @ unit.T
+    raise KeyError(kernel)
+
+
+def kernel_pca_projection(A: np.ndarray, kernel: str = "sigmoid", gamma=None) -> np.ndarray:
+    """Kernel PCA's first component of one image's (K, *spatial) activations, from
+    COMPAT.md §2: centred positions, kernel, Kc = K - 1n K - K 1n + 1n K 1n, top
+    eigenpair (λ >= 0), the largest |v| entry positive, v * sqrt(λ)."""
+    channels = A.shape[0]
+    x = np.nan_to_num(A.reshape(channels, -1).T)
+    x = x - x.mean(axis=0)
+    n = x.shape[0]
+    gram = kernel_matrix(x, kernel, 1.0 / channels if gamma is None else gamma)
+    ones = np.full((n, n), 1.0 / n)
+    centred = gram - ones @ gram - gram @ ones + ones @ gram @ ones
+    values, vectors = np.linalg.eigh(centred)
+    value, vector = max(values[-1], 0.0), vectors[:, -1]
+    if vector[np.argmax(np.abs(vector))] < 0:
+        vector = -vector
+    return (vector * np.sqrt(value)).reshape(A.shape[1:])
+
+
 def weighted_map(weights: np.ndarray, A: np.ndarray, eigen_smooth: bool) -> np.ndarray:
     weighted = weights.reshape(-1, *[1] * (A.ndim - 1)) * A
     return pc_projection(weighted) if eigen_smooth else weighted.sum(axis=0)
@@ -235,9 +302,12 @@ def reference_cam(
     turns a layer's output into (B, K, *spatial) maps (a reshape_transform); ``ablate``
     makes AblationCAM's K ablated copies of one image's raw layer output."""
     size = tuple(input_tensor.shape[2:])
+    if method == "randomcam":
+        torch.manual_seed(RANDOM_SEED)
     per_layer = []
     for layer in layers:
         A, G, _ = capture(model, layer, input_tensor, classes, transform)
+        random_weights = random_cam_weights(*A.shape[:2]) if method == "randomcam" else None
         maps = []
         for b, category in enumerate(classes):
             a, g = A[b], G[b]
@@ -260,6 +330,19 @@ def reference_cam(
             elif method == "ablationcam":
                 weights = ablationcam_weights(model, layer, input_tensor[b : b + 1], a, category, ablate)
                 raw = weighted_map(weights, a, eigen_smooth)
+            elif method == "hirescam":
+                raw = pc_projection(g * a) if eigen_smooth else (g * a).sum(axis=0)
+            elif method == "gradcamelementwise":
+                weighted = np.maximum(g * a, 0)
+                raw = pc_projection(weighted) if eigen_smooth else weighted.sum(axis=0)
+            elif method == "randomcam":
+                raw = weighted_map(random_weights[b], a, eigen_smooth)
+            elif method == "fem":
+                raw = weighted_map(fem_weights(a), a, False)
+            elif method == "kpcacam":
+                raw = kernel_pca_projection(a)
+            elif method == "segeigencam":
+                raw = sign_corrected_projection(np.abs(g) * a)
             else:
                 raise KeyError(method)
             maps.append(finish_layer(raw, size))

@@ -20,8 +20,10 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 METHOD_NAMES = list(METHODS)
-#: Every method but EigenCAM calls its targets; EigenCAM is class-agnostic.
-TARGETED_METHODS = [name for name in METHOD_NAMES if name != "eigencam"]
+#: Class-agnostic methods never call their targets: they map the activations alone.
+CLASS_AGNOSTIC = {"eigencam", "fem", "kpcacam"}
+#: The methods that call their targets (and so meet a bad class index).
+TARGETED_METHODS = [name for name in METHOD_NAMES if name not in CLASS_AGNOSTIC]
 
 
 class Net(nn.Module):

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cam_reference import (
+    RANDOM_SEED,
     capture,
     finish_layer,
     gradcam_weights,
@@ -43,6 +44,7 @@ def engine_cam(method: str, model: nn.Module, layers, images: torch.Tensor, **kw
     extra = {"progress": False} if method in ("scorecam", "ablationcam") else {}
     cam = cls(model, target_layers=layers, **extra)
     targets = [ClassifierOutputTarget(c) for c in CLASSES]
+    torch.manual_seed(RANDOM_SEED)  # RandomCAM's draw, as the reference's
     return cam(images, targets=targets, **kwargs)
 
 
@@ -212,3 +214,93 @@ def test_reference_projection_sign_rule():
     row, col = np.unravel_index(projection.argmax(), projection.shape)
     assert row in (2, 3) and col in (5, 6)
     assert projection[2:4, 5:7].min() > projection.mean() + 2 * projection.std()
+
+
+# ---------------------------------------------------------------- the drop-in methods
+#: The methods added for the drop-in (COMPAT.md §1); their maps on tokens and volumes
+#: are checked here against the reference too.
+DROP_IN_METHODS = ["hirescam", "gradcamelementwise", "randomcam", "fem", "kpcacam", "segeigencam"]
+
+
+class PatchTokenNet(nn.Module):
+    """A ViT-like token model: 8x8 patches of a 32x32 image (16 tokens) behind a class
+    token, a per-token block (the target layer: (B, 17, 12) tokens), mean, head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(3, 12, 8, stride=8)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, 12))
+        self.block = nn.Sequential(nn.LayerNorm(12), nn.Linear(12, 12))
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls_token.expand(len(x), -1, -1), tokens], dim=1)
+        return self.head(nn.functional.gelu(self.block(tokens)).mean(dim=1))
+
+
+def fold_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + 16, C) -> (B, C, 4, 4), the class token dropped (written independently
+    of the library's vit_reshape_transform)."""
+    return tokens[:, 1:].reshape(tokens.shape[0], 4, 4, -1).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("method", DROP_IN_METHODS)
+def test_drop_in_methods_on_tokens_match_reference(method, images):
+    from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
+
+    torch.manual_seed(3)
+    model = PatchTokenNet().eval()
+    layer = model.block
+    reference = reference_cam(method, model, [layer], images, CLASSES, transform=fold_tokens)
+    assert_nontrivial(reference)
+    cam = METHODS[method](model, [layer], reshape_transform=vit_reshape_transform)
+    torch.manual_seed(RANDOM_SEED)
+    result = cam(images, targets=[ClassifierOutputTarget(c) for c in CLASSES])
+    assert result.shape == (2, 32, 32)
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", DROP_IN_METHODS)
+def test_drop_in_methods_on_volumes_match_reference(method):
+    """(B, C, D, H, W) input: the spatial reductions and projections run over D, H, W."""
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Conv3d(2, 6, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
+        nn.Conv3d(6, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 3),
+    ).eval()
+    volume = torch.randn(2, 2, 6, 8, 10, generator=torch.Generator().manual_seed(1))
+    layer = model[4]
+    classes = [0, 2]
+    reference = reference_cam(method, model, [layer], volume, classes)
+    assert_nontrivial(reference.reshape(2, 6, -1))
+    torch.manual_seed(RANDOM_SEED)
+    result = METHODS[method](model, [layer])(volume, targets=[ClassifierOutputTarget(c) for c in classes])
+    assert result.shape == (2, 6, 8, 10)
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:HiResCAM with eigen_smooth")
+@pytest.mark.parametrize("method", ["hirescam", "gradcamelementwise", "randomcam"])
+def test_drop_in_eigen_smooth_matches_reference(method, small_cnn, images):
+    """eigen_smooth: the principal component of the element-wise (or weighted) maps."""
+    layer = small_cnn.features[-2]
+    reference = reference_cam(method, small_cnn, [layer], images, CLASSES, eigen_smooth=True)
+    assert_nontrivial(reference)
+    plain = reference_cam(method, small_cnn, [layer], images, CLASSES)
+    assert np.abs(reference - plain).max() > 0.05
+    result = engine_cam(method, small_cnn, [layer], images, eigen_smooth=True)
+    np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
+
+
+def test_hirescam_eigen_smooth_warns_that_faithfulness_is_lost(small_cnn, images):
+    with pytest.warns(UserWarning, match="HiResCAM with eigen_smooth=True: .* not a faithful"):
+        engine_cam("hirescam", small_cnn, [small_cnn.features[-1]], images, eigen_smooth=True)
+
+
+@pytest.mark.parametrize("method", ["fem", "kpcacam", "segeigencam"])
+def test_drop_in_projections_ignore_eigen_smooth(method, small_cnn, images):
+    layer = small_cnn.features[-2]
+    plain = engine_cam(method, small_cnn, [layer], images)
+    np.testing.assert_array_equal(engine_cam(method, small_cnn, [layer], images, eigen_smooth=True), plain)

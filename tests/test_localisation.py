@@ -127,7 +127,15 @@ def test_the_trained_model_recognises_the_shapes(shapes_model, held_out):
     assert (predictions == labels).mean() >= 0.9
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+#: Not expected to put the peak on the object: RandomCAM's random channel weights are
+#: the baseline that does not localise; KPCA-CAM's sign rule (the largest-magnitude
+#: entry of the kernel component positive, as the reference) does not look at where
+#: the activation is strong, so its peak lands on the background in a quarter of
+#: these images (75% measured).
+NOT_LOCALISING = {"randomcam", "kpcacam"}
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - NOT_LOCALISING))
 def test_peak_lies_on_the_object(method, shapes_model, held_out):
     images, labels, boxes = held_out
     cams = compute(method, shapes_model, images, labels)

@@ -175,3 +175,21 @@ def deprocess_image(img: np.ndarray) -> np.ndarray:
     img = img * 0.1 + 0.5
     img = np.clip(img, 0, 1)
     return np.uint8(img * 255)
+
+
+def scale_accross_batch_and_channels(tensor: ArrayLike, target_size: Optional[Sequence[int]]) -> ArrayLike:
+    """Min-max scale and resize every (image, channel) map on its own (FullGrad's step).
+
+    (B, C, *spatial) is treated as B·C maps for :func:`scale_cam_image`. The name's
+    spelling is the reference library's.
+
+    Args:
+        tensor: (B, C, h, w) (or (B, C, d, h, w)) numpy array or torch tensor.
+        target_size: (width, height) (OpenCV order), or None to keep the size.
+
+    Returns:
+        float32 (B, C, height, width) of the input's kind, each map in [0, 1].
+    """
+    batch, channels, *spatial = tensor.shape
+    maps = scale_cam_image(tensor.reshape(batch * channels, *spatial), target_size)
+    return maps.reshape(batch, channels, *maps.shape[1:])

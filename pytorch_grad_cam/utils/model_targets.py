@@ -61,11 +61,46 @@ class BinaryClassifierOutputTarget:
         return f"BinaryClassifierOutputTarget({self.category})"
 
 
-class RawScoresOutputTarget:
-    """The sum of the whole output (for models with one score, or any scalar-like output)."""
+class ClassifierOutputReST:
+    """The ReST score of class ``category``: z_c minus the cross-entropy of z for c,
+    that is 2·z_c − logsumexp(z) for one image's logits z.
+
+    For a 2-D output (N, classes) every row is scored on its own: (N,) scores
+    2·z[n, c] − logsumexp(z[n]). (The reference subtracts the cross-entropy averaged
+    over the N rows, which couples the rows; we keep them independent.)
+    """
+
+    def __init__(self, category: int) -> None:
+        self.category = int(category)
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        return model_output.sum()
+        _check_class(self.category, model_output)
+        return 2 * model_output[..., self.category] - torch.logsumexp(model_output, dim=-1)
+
+    def __repr__(self) -> str:
+        return f"ClassifierOutputReST({self.category})"
+
+
+class SoftmaxOutputTarget:
+    """The softmax over the last axis, as a vector (for the metrics, whose scores are
+    then (B, classes); a gradient method needs a scalar target instead)."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model_output, dim=-1)
+
+    def __repr__(self) -> str:
+        return "SoftmaxOutputTarget()"
+
+
+class RawScoresOutputTarget:
+    """The output unchanged: a model with one score, or the raw score vector for the
+    metrics (a gradient method needs a scalar, so one score per image)."""
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return model_output
+
+    def __repr__(self) -> str:
+        return "RawScoresOutputTarget()"
 
 
 class SemanticSegmentationTarget:
@@ -102,3 +137,77 @@ class SimilarityToConceptTarget:
         return torch.nn.functional.cosine_similarity(
             model_output.reshape(-1), concept.reshape(-1), dim=0
         )
+
+
+class FasterRCNNBoxScoreTarget:
+    """Detection: for each reference box, the best-overlapping prediction of the same
+    label adds its IoU and its score.
+
+    Args:
+        labels: the reference boxes' class labels.
+        bounding_boxes: (N, 4) reference boxes, (x1, y1, x2, y2).
+        iou_threshold: a prediction matches when its IoU is strictly greater.
+
+    Called on one image's detections (a dict with ``boxes`` (M, 4), ``labels`` (M,),
+    ``scores`` (M,)), it returns a (1,) tensor of the predicted boxes' device and
+    dtype: Σ over reference boxes whose best-IoU prediction j has IoU_j > threshold
+    and ``labels[j] == label`` of IoU_j + scores[j]; 0 without predictions. The same
+    prediction may match several reference boxes; gradients flow through both the
+    box coordinates and the scores.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        bounding_boxes: Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]],
+        iou_threshold: float = 0.5,
+    ) -> None:
+        self.labels = labels
+        self.bounding_boxes = bounding_boxes
+        self.iou_threshold = iou_threshold
+
+    def __call__(self, model_outputs: dict) -> torch.Tensor:
+        import torchvision
+
+        boxes = model_outputs["boxes"]
+        output = torch.zeros(1, device=boxes.device, dtype=boxes.dtype)
+        if len(boxes) == 0:
+            return output
+        for box, label in zip(self.bounding_boxes, self.labels):
+            box = torch.as_tensor(np.asarray(box) if not torch.is_tensor(box) else box)
+            box = box.to(device=boxes.device, dtype=boxes.dtype).reshape(1, 4)
+            ious = torchvision.ops.box_iou(box, boxes)[0]
+            index = int(ious.argmax())
+            if ious[index] > self.iou_threshold and int(model_outputs["labels"][index]) == int(label):
+                output = output + ious[index] + model_outputs["scores"][index]
+        return output
+
+
+class FinerWeightedTarget:
+    """FinerCAM's target: the main class's logit against similar classes,
+    Σ_j p_j·(z_main − α·z_j) / (Σ_j p_j + 1e-9) over the comparison classes j, with
+    p = softmax(z) (not detached: gradients flow through p too). α = 0 gives z_main.
+
+    The output is indexed on its last axis, so an (N, classes) output gives N scores.
+    """
+
+    def __init__(self, main_category: int, comparison_categories: Sequence[int], alpha: float) -> None:
+        self.main_category = int(main_category)
+        self.comparison_categories = [int(c) for c in comparison_categories]
+        self.alpha = alpha
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        for category in (self.main_category, *self.comparison_categories):
+            _check_class(category, model_output)
+        probabilities = torch.softmax(model_output, dim=-1)
+        main = model_output[..., self.main_category]
+        weighted = torch.zeros_like(main)
+        total = torch.zeros_like(main)
+        for category in self.comparison_categories:
+            p = probabilities[..., category]
+            weighted = weighted + p * (main - self.alpha * model_output[..., category])
+            total = total + p
+        return weighted / (total + 1e-9)
+
+    def __repr__(self) -> str:
+        return f"FinerWeightedTarget({self.main_category}, {self.comparison_categories}, alpha={self.alpha})"
