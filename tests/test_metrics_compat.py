@@ -244,7 +244,7 @@ def test_imputer_on_a_large_hole_converges_and_an_empty_mask_gives_zeros():
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, height), indexing="ij")
     known = (yy**2 + xx**2 > 0.5)[None].expand(2, height, height)
     images = torch.rand(2, 3, height, height, generator=torch.Generator().manual_seed(5))
-    filled, iterations = solve_interpolation(images, known, tolerance=CG_TOLERANCE)
+    filled, iterations = solve_interpolation(images, known, tolerance=CG_TOLERANCE, dtype=torch.float64)
     assert 0 < iterations < 40
     # the residual of the unknowns' equations is within the tolerance
     missing = ~known

@@ -102,25 +102,31 @@ class _Stencil:
         return out
 
 
+def _restrict_last(x: torch.Tensor) -> torch.Tensor:
+    """Full weighting along the last axis: out[i] = x[2i−1]/2 + x[2i] + x[2i+1]/2."""
+    length = x.shape[-1]
+    coarse = (length + 1) // 2
+    padded = F.pad(x, (1, 2 * coarse - length))
+    out = padded[..., 0 : 2 * coarse : 2] + padded[..., 2 : 2 * coarse + 1 : 2]
+    return out.mul_(0.5).add_(padded[..., 1 : 2 * coarse : 2])
+
+
+def _prolong_last(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear interpolation along the last axis, the transpose of :func:`_restrict_last`:
+    out[2i] = x[i], out[2i+1] = (x[i] + x[i+1])/2 (x is 0 past its end)."""
+    odd = F.pad(x[..., 1:], (0, 1)).add_(x).mul_(0.5)
+    return torch.stack((x, odd), dim=-1).flatten(-2)[..., :length]
+
+
 def _restrict(x: torch.Tensor) -> torch.Tensor:
     """Full weighting, the transpose of :func:`_prolong`: (..., H, W) → (..., ⌈H/2⌉, ⌈W/2⌉)."""
-    weights = _BILINEAR.to(device=x.device, dtype=x.dtype)
-    coarse = F.conv2d(x.reshape(-1, 1, *x.shape[-2:]), weights, stride=2, padding=1)
-    return coarse.reshape(*x.shape[:-2], *coarse.shape[-2:])
+    return _restrict_last(_restrict_last(x).transpose(-1, -2)).transpose(-1, -2)
 
 
 def _prolong(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """Bilinear interpolation from the coarse grid (coarse node i sits on fine node 2i):
     (..., ⌈H/2⌉, ⌈W/2⌉) → (..., H, W)."""
-    weights = _BILINEAR.to(device=x.device, dtype=x.dtype)
-    output_padding = tuple(1 - s % 2 for s in size)
-    fine = F.conv_transpose2d(
-        x.reshape(-1, 1, *x.shape[-2:]), weights, stride=2, padding=1, output_padding=output_padding
-    )
-    return fine.reshape(*x.shape[:-2], *size)
-
-
-_BILINEAR = torch.outer(torch.tensor([0.5, 1, 0.5]), torch.tensor([0.5, 1, 0.5]))[None, None]
+    return _prolong_last(_prolong_last(x, size[1]).transpose(-1, -2), size[0]).transpose(-1, -2)
 
 
 class _Level:
@@ -147,6 +153,7 @@ class _Multigrid:
 
     smoothing = 1.0
     coarsest = 8
+    coarsest_sweeps = 4
 
     def __init__(self, missing: torch.Tensor, stencil: _Stencil) -> None:
         self.levels = [_Level(missing, stencil, self.smoothing)]
@@ -162,8 +169,7 @@ class _Multigrid:
         level = self.levels[index]
         correction = level.step * residual
         if index == len(self.levels) - 1:
-            sweeps = 2 * max(level.size)
-            for _ in range(sweeps - 1):
+            for _ in range(self.coarsest_sweeps - 1):
                 correction += level.step * (residual - level.apply(correction))
             return correction
         coarse_residual = _restrict(residual - level.apply(correction))
@@ -179,6 +185,7 @@ def solve_interpolation(
     weighting: Optional[Sequence[Tuple[Offset, float]]] = None,
     tolerance: float = 1e-6,
     max_iterations: int = 200,
+    dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, int]:
     """Fill the missing pixels of ``images`` by the linear interpolation system, no noise.
 
@@ -190,17 +197,19 @@ def solve_interpolation(
         tolerance: stop when every system's residual norm is at most
             ``tolerance`` × the norm of its right-hand side (per image and channel).
         max_iterations: cap on the conjugate-gradient iterations (a warning if reached).
+        dtype: the precision of the solve; None for the images' (at least float32).
 
     Returns:
         ``(filled, iterations)``: a new tensor like ``images``, known pixels unchanged and
-        missing ones the solution (computed in float64, on ``images``' device); pixels of an
+        missing ones the solution (computed on ``images``' device); pixels of an
         image with no known pixel at all become 0 (the minimum-norm solution of its
         singular system). ``iterations`` is the number of conjugate-gradient steps.
     """
-    batch, channels, height, width = images.shape
+    if dtype is None:
+        dtype = torch.promote_types(images.dtype, torch.float32)
     stencil = _Stencil(_kernel(weighting).to(images.device))
-    missing = (~known).to(torch.float64)[:, None]
-    values = images.to(torch.float64) * (1 - missing)
+    missing = (~known).to(dtype)[:, None]
+    values = images.to(dtype) * (1 - missing)
     # Systems are (image, channel) pairs; the mask is shared by an image's channels.
     preconditioner = _Multigrid(missing, stencil)
     level = preconditioner.levels[0]
@@ -211,10 +220,11 @@ def solve_interpolation(
     limit = tolerance * rhs_norm
     direction = preconditioner(residual)
     rz = (residual * direction).sum((2, 3), keepdim=True)
+    tiny = torch.finfo(dtype).tiny
     iterations = 0
     while not bool((residual.flatten(2).norm(dim=2)[..., None, None] <= limit).all()):
         if iterations == max_iterations:
-            worst = (residual.flatten(2).norm(dim=2) / rhs_norm[..., 0, 0].clamp_min(1e-300)).max()
+            worst = (residual.flatten(2).norm(dim=2) / rhs_norm[..., 0, 0].clamp_min(tiny)).max()
             warnings.warn(
                 f"ROAD imputation stopped after {max_iterations} iterations at a relative "
                 f"residual of {float(worst):.1e} (tolerance {tolerance:.0e})",
@@ -225,12 +235,12 @@ def solve_interpolation(
         iterations += 1
         product = level.apply(direction)
         curvature = (direction * product).sum((2, 3), keepdim=True)
-        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(1e-300), torch.zeros_like(rz))
+        alpha = torch.where(curvature > 0, rz / curvature.clamp_min(tiny), torch.zeros_like(rz))
         solution.add_(alpha * direction)
         residual.sub_(alpha * product)
         preconditioned = preconditioner(residual)
         rz_next = (residual * preconditioned).sum((2, 3), keepdim=True)
-        beta = torch.where(rz > 0, rz_next / rz.clamp_min(1e-300), torch.zeros_like(rz))
+        beta = torch.where(rz > 0, rz_next / rz.clamp_min(tiny), torch.zeros_like(rz))
         direction = preconditioned + beta * direction
         rz = rz_next
     filled = values + solution * missing
