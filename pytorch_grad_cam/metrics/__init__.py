@@ -5,6 +5,29 @@ returns one number per image (numpy float32, shape (B,)). ``cams`` may be a nump
 array (B, H, W), a list of (H, W) arrays, or a torch tensor; float, bool or uint8.
 """
 
+# grad-cam's metrics, at its import paths.
+from pytorch_grad_cam.metrics.arcc import ARCC, Coherency, Complexity, batch_pearson_coherency
+from pytorch_grad_cam.metrics.cam_mult_image import (
+    CamMultImageConfidenceChange,
+    DropInConfidence,
+    IncreaseInConfidence,
+    multiply_tensor_with_cam,
+)
+from pytorch_grad_cam.metrics.perturbation_confidence import (
+    AveragerAcrossThresholds,
+    PerturbationConfidenceMetric,
+    RemoveLeastRelevantFirst,
+    RemoveMostRelevantFirst,
+)
+from pytorch_grad_cam.metrics.road import (
+    NoisyLinearImputer,
+    ROADCombined,
+    ROADLeastRelevantFirst,
+    ROADLeastRelevantFirstAverage,
+    ROADMostRelevantFirst,
+    ROADMostRelevantFirstAverage,
+)
+
 # Faithfulness and localisation protocols: Deletion/Insertion, the pointing games,
 # relevance mass and rank accuracy, and the model-randomisation sanity check.
 from pytorch_grad_cam.metrics.deletion_insertion import DeletionMetric, InsertionMetric, gaussian_blur
@@ -18,16 +41,34 @@ from pytorch_grad_cam.metrics.sanity import (
 )
 
 __all__ = [
+    "ARCC",
+    "AveragerAcrossThresholds",
+    "batch_pearson_coherency",
+    "CamMultImageConfidenceChange",
+    "Coherency",
+    "Complexity",
     "DeletionMetric",
-    "InsertionMetric",
-    "SanityCheckResult",
+    "DropInConfidence",
     "energy_pointing_game",
     "gaussian_blur",
+    "IncreaseInConfidence",
+    "InsertionMetric",
+    "multiply_tensor_with_cam",
+    "NoisyLinearImputer",
+    "PerturbationConfidenceMetric",
     "pointing_game",
     "region_masks",
     "relevance_mass",
     "relevance_rank_accuracy",
+    "RemoveLeastRelevantFirst",
+    "RemoveMostRelevantFirst",
+    "ROADCombined",
+    "ROADLeastRelevantFirst",
+    "ROADLeastRelevantFirstAverage",
+    "ROADMostRelevantFirst",
+    "ROADMostRelevantFirstAverage",
     "sanity_check",
+    "SanityCheckResult",
     "spearman_rank_correlation",
     "structural_similarity",
 ]
