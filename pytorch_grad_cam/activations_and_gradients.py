@@ -99,6 +99,11 @@ class ActivationsAndGradients:
         if torch.is_grad_enabled() and not output.requires_grad:
             output = output.detach().requires_grad_(True)
         if output.requires_grad:
+            if key is not None:
+                # A new node: a part of a structure may also feed a later part inside the
+                # layer (an FPN level feeds the next); its gradient is the layer output's
+                # partial one, from the network after the layer only.
+                output = output.view_as(output)
             output.register_hook(self._make_gradient_hook(index, key))
         return output
 
