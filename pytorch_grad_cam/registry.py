@@ -11,6 +11,11 @@ from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.layer_cam import LayerCAM
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.xgrad_cam import XGradCAM
+# drop-in methods of grad-cam 1.5.x (COMPAT.md §3-§6)
+from pytorch_grad_cam.finer_cam import FinerCAM
+from pytorch_grad_cam.full_grad import FullGrad
+from pytorch_grad_cam.refine_cam import RefineCAM
+from pytorch_grad_cam.shapley_cam import ShapleyCAM
 
 METHODS: Dict[str, Type[BaseCAM]] = {
     "gradcam": GradCAM,
@@ -21,6 +26,11 @@ METHODS: Dict[str, Type[BaseCAM]] = {
     "eigencam": EigenCAM,
     "eigengradcam": EigenGradCAM,
     "layercam": LayerCAM,
+    # drop-in methods of grad-cam 1.5.x (COMPAT.md §3-§6)
+    "fullgrad": FullGrad,
+    "shapleycam": ShapleyCAM,
+    "finercam": FinerCAM,
+    "refinecam": RefineCAM,
 }
 
 

@@ -102,3 +102,29 @@ class SimilarityToConceptTarget:
         return torch.nn.functional.cosine_similarity(
             model_output.reshape(-1), concept.reshape(-1), dim=0
         )
+
+
+class FinerWeightedTarget:
+    """FinerCAM's target: the main class's logit minus α times similar classes' logits,
+    weighted by their softmax probabilities (not detached):
+    Σ_j p_j·(z_main − α·z_j) / (Σ_j p_j + 1e-9). With α = 0 it is z_main."""
+
+    def __init__(self, main_category: int, comparison_categories: Sequence[int], alpha: float) -> None:
+        self.main_category = int(main_category)
+        self.comparison_categories = [int(c) for c in comparison_categories]
+        self.alpha = alpha
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(model_output, dim=-1)
+        main = model_output[..., self.main_category]
+        total = 0.0
+        for category in self.comparison_categories:
+            total = total + probabilities[..., category] * (main - self.alpha * model_output[..., category])
+        weight = sum(probabilities[..., c] for c in self.comparison_categories)
+        return total / (weight + 1e-9)
+
+    def __repr__(self) -> str:
+        return (
+            f"FinerWeightedTarget({self.main_category}, {self.comparison_categories}, "
+            f"alpha={self.alpha})"
+        )
