@@ -27,7 +27,7 @@ class ShapleyCAM(BaseCAM):
         for index, out in enumerate(outputs):
             if not out.requires_grad:
                 continue
-            grad = grads[wanted.index(out)]
+            grad = grads[next(i for i, w in enumerate(wanted) if w is out)]
             if grad is None:
                 recorder.gradients[index] = None
                 continue
