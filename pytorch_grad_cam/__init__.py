@@ -17,6 +17,11 @@ from pytorch_grad_cam.registry import METHODS, get_method
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
 from pytorch_grad_cam.xgrad_cam import XGradCAM
+# drop-in methods of grad-cam 1.5.x
+from pytorch_grad_cam.finer_cam import FinerCAM
+from pytorch_grad_cam.full_grad import FullGrad
+from pytorch_grad_cam.refine_cam import RefineCAM
+from pytorch_grad_cam.shapley_cam import ShapleyCAM
 
 __version__ = "1.0.0"
 
@@ -41,4 +46,9 @@ __all__ = [
     "SegEigenCAM",
     "XGradCAM",
     "get_method",
+    # drop-in methods of grad-cam 1.5.x
+    "FinerCAM",
+    "FullGrad",
+    "RefineCAM",
+    "ShapleyCAM",
 ]

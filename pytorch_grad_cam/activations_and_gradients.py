@@ -9,6 +9,7 @@ their device; nothing is copied to the CPU here.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -48,45 +49,95 @@ class ActivationsAndGradients:
         self.activations: List[Optional[torch.Tensor]] = [None] * len(self.target_layers)
         self.gradients: List[Optional[torch.Tensor]] = [None] * len(self.target_layers)
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
+        # Gradients of the tensors inside a dict/tuple output, by layer index and key.
+        self._parts: Dict[int, Dict[object, torch.Tensor]] = {}
         for index, layer in enumerate(self.target_layers):
             self._handles.append(layer.register_forward_hook(self._make_forward_hook(index)))
 
     def _make_forward_hook(self, index: int) -> Callable:
-        def hook(module: nn.Module, inputs: tuple, output: object) -> Optional[torch.Tensor]:
+        def hook(module: nn.Module, inputs: tuple, output: object) -> object:
             if threading.get_ident() != self._thread:
                 return None
-            if not isinstance(output, torch.Tensor):
+            if torch.is_tensor(output):
+                output = self._prepare(output, index, None)
+                self.layer_outputs[index] = output
+                self.activations[index] = self._reshape(output)
+                # Hand the rest of the network a copy, so that an in-place operation after
+                # this layer (ReLU(inplace=True), `out += identity`) cannot change what we
+                # recorded, with or without gradients; the copy's gradient is the original's.
+                return output.clone()
+            parts = _tensor_parts(output)
+            if parts is None:
                 raise TypeError(
                     f"target layer {type(module).__name__} returned {type(output).__name__}, "
-                    "not a tensor; choose a layer whose output is a single tensor "
-                    "(for example a child module of this one)"
+                    "not a tensor (nor a dict/tuple of tensors); choose a layer whose output "
+                    "is a tensor (for example a child module of this one)"
                 )
-            if self.record_gradients and torch.is_grad_enabled() and not output.requires_grad:
-                # Frozen weights (or a no_grad prefix): start the graph here, so the
-                # gradient with respect to this layer's output still exists.
-                output = output.detach().requires_grad_(True)
-            if self.record_gradients and output.requires_grad:
-                output.register_hook(self._make_gradient_hook(index))
-            self.layer_outputs[index] = output
-            self.activations[index] = self._reshape(output)
-            # Hand the rest of the network a copy, so that an in-place operation after
-            # this layer (ReLU(inplace=True), `out += identity`) cannot change what we
-            # recorded, with or without gradients; the copy's gradient is the original's.
-            return output.clone()
+            if self.reshape_transform is None:
+                raise ValueError(
+                    f"target layer {type(module).__name__} returns a {type(output).__name__} "
+                    f"with keys {list(parts)}; pass reshape_transform=... that turns it into one "
+                    "(B, C, h, w) tensor, e.g. pytorch_grad_cam.utils.reshape_transforms."
+                    "fasterrcnn_reshape_transform for a Faster R-CNN FPN backbone"
+                )
+            # A dict or tuple (an FPN's feature maps): every tensor inside is recorded and
+            # gets its own gradient hook; the reshape transform receives the same structure.
+            self._parts[index] = {}
+            prepared = {key: self._prepare(value, index, key) for key, value in parts.items()}
+            recorded = _rebuild(output, prepared)
+            self.layer_outputs[index] = recorded
+            self.activations[index] = self._reshape(recorded)
+            return _rebuild(output, {key: value.clone() for key, value in prepared.items()})
 
         return hook
 
-    def _make_gradient_hook(self, index: int) -> Callable:
+    def _prepare(self, output: torch.Tensor, index: int, key: object) -> torch.Tensor:
+        """Make ``output`` part of the graph (frozen weights, a no_grad prefix) and hook
+        its gradient; ``key`` names the part of a structured output (None for a tensor)."""
+        if not self.record_gradients or not output.is_floating_point():
+            return output
+        if torch.is_grad_enabled() and not output.requires_grad:
+            output = output.detach().requires_grad_(True)
+        if output.requires_grad:
+            if key is not None:
+                # A new node: a part of a structure may also feed a later part inside the
+                # layer (an FPN level feeds the next); its gradient is the layer output's
+                # partial one, from the network after the layer only.
+                output = output.view_as(output)
+            output.register_hook(self._make_gradient_hook(index, key))
+        return output
+
+    def _make_gradient_hook(self, index: int, key: object = None) -> Callable:
         def hook(grad: torch.Tensor) -> None:
-            self.gradients[index] = self._reshape(grad)
+            if key is None:
+                self.gradients[index] = self._reshape(grad)
+            else:
+                self._parts[index][key] = grad.detach()
 
         return hook
 
-    def _reshape(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.detach()
+    def finish_gradients(self) -> None:
+        """Assemble the gradients of structured outputs after the backward pass: the
+        reshape transform gets the same structure of gradients (zeros for a part no
+        gradient reached); a layer no gradient reached at all keeps None."""
+        for index, received in self._parts.items():
+            output = self.layer_outputs[index]
+            if not received or output is None:
+                continue
+            parts = _tensor_parts(output)
+            grads = {
+                key: received.get(key, torch.zeros_like(value)) for key, value in parts.items()
+            }
+            self.gradients[index] = self._reshape(_rebuild(output, grads))
+
+    def _reshape(self, output: object) -> torch.Tensor:
+        if torch.is_tensor(output):
+            output = output.detach()
+        else:
+            output = _rebuild(output, {k: v.detach() for k, v in _tensor_parts(output).items()})
         if self.reshape_transform is not None:
-            tensor = self.reshape_transform(tensor)
-        return tensor
+            output = self.reshape_transform(output)
+        return output
 
     def __call__(self, input_tensor: torch.Tensor) -> torch.Tensor:
         """Run the model on ``input_tensor`` and return its output."""
@@ -100,9 +151,37 @@ class ActivationsAndGradients:
         self.layer_outputs = [None] * len(self.target_layers)
         self.activations = [None] * len(self.target_layers)
         self.gradients = [None] * len(self.target_layers)
+        self._parts = {}
 
     def __enter__(self) -> "ActivationsAndGradients":
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.release()
+
+
+def _tensor_parts(output: object) -> Optional[Dict[object, torch.Tensor]]:
+    """The tensors of a dict (by key) or tuple/list (by position), or None if ``output``
+    is not such a structure of tensors."""
+    if isinstance(output, Mapping):
+        items = list(output.items())
+    elif isinstance(output, (tuple, list)):
+        items = list(enumerate(output))
+    else:
+        return None
+    if not items or not all(torch.is_tensor(value) for _, value in items):
+        return None
+    return dict(items)
+
+
+def _rebuild(template: object, parts: Dict[object, torch.Tensor]) -> object:
+    """A structure like ``template`` (same type and keys) holding ``parts``."""
+    if isinstance(template, Mapping):
+        try:
+            return type(template)((key, parts[key]) for key in template)
+        except TypeError:
+            return {key: parts[key] for key in template}
+    values = [parts[i] for i in range(len(template))]
+    if hasattr(template, "_fields"):
+        return type(template)(*values)
+    return type(template)(values)

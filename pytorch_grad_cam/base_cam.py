@@ -12,6 +12,7 @@ once, when it is returned.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Union
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
+from pytorch_grad_cam.layer_search import find_target_layer
 from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
 from pytorch_grad_cam.utils.model_targets import (
     BinaryClassifierOutputTarget,
@@ -56,7 +58,7 @@ def resolve_target_layers(
     model: nn.Module,
     target_layers: Union[LayerSpec, Sequence[LayerSpec], None],
     target_layer: Optional[LayerSpec] = None,
-) -> List[nn.Module]:
+) -> Optional[List[nn.Module]]:
     """Turn the user's layer arguments into a list of modules inside ``model``.
 
     Layers may be given as modules or as dotted names (``"layer4.2"``). For a model
@@ -64,7 +66,8 @@ def resolve_target_layers(
     wrapper's ``module.`` prefix or not.
 
     Returns:
-        The target modules, in the order given.
+        The target modules, in the order given; None when no layer is given (BaseCAM
+        then finds one at its first call).
 
     Raises:
         ValueError: if neither or both of ``target_layers``/``target_layer`` are given,
@@ -74,10 +77,7 @@ def resolve_target_layers(
         raise ValueError("pass target_layers=[...] or target_layer=..., not both")
     layers = target_layers if target_layers is not None else target_layer
     if layers is None:
-        raise ValueError(
-            "no target layer given; pass target_layers=[a module of the model], "
-            "e.g. [model.layer4[-1]] for a ResNet (see the README's 'Choosing the target layer')"
-        )
+        return None  # found at the first call (pytorch_grad_cam.layer_search)
     if isinstance(layers, (nn.Module, str)):
         layers = [layers]
     layers = list(layers)
@@ -248,6 +248,17 @@ def per_image_outputs(outputs: object, count: int, targets: Sequence[Target]) ->
     )
 
 
+def _tensors_in(output: object) -> List[torch.Tensor]:
+    """The tensors of a layer output: the tensor itself, or those inside a dict/tuple."""
+    if torch.is_tensor(output):
+        return [output]
+    if isinstance(output, Mapping):
+        return [v for v in output.values() if torch.is_tensor(v)]
+    if isinstance(output, (list, tuple)):
+        return [v for v in output if torch.is_tensor(v)]
+    return []
+
+
 def _detached(outputs: object) -> object:
     """``outputs`` with every tensor inside (dicts, lists, tuples) detached."""
     if torch.is_tensor(outputs):
@@ -272,7 +283,9 @@ class BaseCAM:
             Every call computes in eval mode (see :func:`evaluation_mode`). A model
             wrapped in ``nn.DataParallel``/``DistributedDataParallel`` is unwrapped:
             the CAM runs ``model.module`` (``self.model``) in the calling process.
-        target_layers: a module, a dotted name, or a list of them, inside ``model``.
+        target_layers: a module, a dotted name, or a list of them, inside ``model``;
+            None: the first call picks the last module whose output is a spatial grid
+            (see ``pytorch_grad_cam.layer_search``) and warns which.
         reshape_transform: maps a layer's output (and gradient) to (B, C, h, w) (or
             (B, C, d, h, w)); needed for transformers, see ``utils.reshape_transforms``.
         target_layer: the older spelling of ``target_layers`` (one module).
@@ -286,6 +299,15 @@ class BaseCAM:
 
     #: Whether the method needs dL/dA (one backward pass) or only activations.
     uses_gradients: bool = True
+    #: Whether the method needs targets (with ``targets=None``: each image's top class,
+    #: which needs a tensor output). Class-agnostic methods (EigenCAM) never build or
+    #: call targets, so they work on models whose output is not a tensor (detectors).
+    needs_targets: bool = True
+    #: Whether the backward pass also computes the input's gradient (FullGrad).
+    compute_input_gradient: bool = False
+    #: Whether a target layer no gradient reaches is allowed (its gradient is then zero)
+    #: rather than an error; FullGrad, whose layers are every bias layer, sets it.
+    allow_unreached_layers: bool = False
 
     def __init__(
         self,
@@ -300,7 +322,11 @@ class BaseCAM:
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError("reshape_transform must be a function of a tensor, or None")
-        self.target_layers = resolve_target_layers(model, target_layers, target_layer)
+        resolved = resolve_target_layers(model, target_layers, target_layer)
+        # No layer given: the first call finds one (see pytorch_grad_cam.layer_search).
+        self._find_target_layers = resolved is None
+        self.target_layers: List[nn.Module] = resolved or []
+        self._input_gradient: Optional[torch.Tensor] = None
         if use_cuda:
             if not torch.cuda.is_available():
                 raise RuntimeError(
@@ -339,6 +365,8 @@ class BaseCAM:
         """The raw map (B, *spatial) of one layer: Σ_k w_k·A_k, or with ``eigen_smooth``
         the first-principal-component projection of (w_k·A_k)."""
         weights = self.get_cam_weights(input_tensor, target_layer, targets, activations, grads)
+        # A subclass of one's own may compute its weights in numpy, as the reference's do.
+        weights = torch.as_tensor(weights, device=activations.device, dtype=activations.dtype)
         weighted = weights.reshape(*weights.shape, *[1] * (activations.ndim - 2)) * activations
         if eigen_smooth:
             return get_2d_projection(weighted)
@@ -392,6 +420,8 @@ class BaseCAM:
             input_tensor = input_tensor.to(device=device, dtype=dtype)
             if input_tensor.is_inference():
                 input_tensor = input_tensor.clone()
+            if self._find_target_layers:
+                self._choose_target_layer(input_tensor, targets)
             try:
                 if aug_smooth is not False and aug_smooth is not None:
                     cams = self._forward_augmented(input_tensor, targets, eigen_smooth, aug_smooth)
@@ -401,7 +431,15 @@ class BaseCAM:
                 self._layer_outputs = {}
         return cams.detach().cpu().numpy().astype(np.float32, copy=False)
 
-    forward = __call__
+    def forward(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[Sequence[Target]] = None,
+        eigen_smooth: bool = False,
+    ) -> np.ndarray:
+        """The reference's ``forward(input_tensor, targets, eigen_smooth)``, in that
+        positional order (``__call__``'s third positional argument is ``aug_smooth``)."""
+        return self(input_tensor, targets, eigen_smooth=eigen_smooth)
 
     # ----------------------------------------------------------------- pipeline
     def _forward(
@@ -415,20 +453,24 @@ class BaseCAM:
         ``copies`` > 1 the batch holds augmented copies of B images, and default
         targets come from their mean output."""
         grad_mode = torch.enable_grad() if self.uses_gradients else torch.no_grad()
+        if self.compute_input_gradient and self.uses_gradients:
+            input_tensor = input_tensor.detach().requires_grad_(True)
         with ActivationsAndGradients(
             self.model, self.target_layers, self.reshape_transform, self.uses_gradients
         ) as recorder, grad_mode:
-            with _autograd_from(self.target_layers) if self.uses_gradients else nullcontext():
+            # The graph starts at the first target layer, unless the input's gradient is wanted.
+            lazy_graph = self.uses_gradients and not self.compute_input_gradient
+            with _autograd_from(self.target_layers) if lazy_graph else nullcontext():
                 outputs = self.model(input_tensor)
             self._check_outputs(outputs)
-            if targets is None:
-                targets = self._top_class_targets(outputs, copies)
-            elif copies > 1:
+            if targets is None and self.needs_targets:
+                targets = self.default_targets(outputs, copies)
+            elif targets is not None and copies > 1:
                 targets = list(targets) * copies
             self._check_layers_ran(recorder)
+            self._input_gradient = None
             if self.uses_gradients:
                 scores = self.score(targets, outputs)
-                differentiable = [out for out in recorder.layer_outputs if out.requires_grad]
                 if not scores.requires_grad:
                     if torch.is_tensor(outputs) and not outputs.requires_grad:
                         self._raise_disconnected(self.target_layers[0])
@@ -436,12 +478,13 @@ class BaseCAM:
                         "the target scores do not depend on the target layers; check that "
                         "the targets use the model output"
                     )
-                torch.autograd.backward(scores.sum(), inputs=differentiable)
+                self.backward(scores.sum(), input_tensor, recorder)
+                recorder.finish_gradients()
                 # Structural, not numeric: a gradient that is exactly zero (a dead ReLU,
                 # a constant target) is recorded as zeros; no gradient at all means the
                 # layer's output is not in the graph of the score.
                 for layer, grads in zip(self.target_layers, recorder.gradients):
-                    if grads is None:
+                    if grads is None and not self.allow_unreached_layers:
                         self._raise_disconnected(layer)
             self.outputs = self._mean_over_copies(outputs, copies)
             self._layer_outputs = dict(zip(self.target_layers, recorder.layer_outputs))
@@ -449,16 +492,46 @@ class BaseCAM:
         # The hooks are gone before the maps are computed: the extra forward passes of
         # ScoreCAM/AblationCAM must not overwrite what the first pass recorded (for the
         # next target layer) nor pay for recording themselves.
-        cams = []
         with torch.no_grad():
-            for layer, (activations, grads) in zip(self.target_layers, recorded):
-                activations = self._checked_activations(activations, layer)
-                grads = torch.zeros_like(activations) if grads is None else grads.float()
-                cam = self.get_cam_image(
-                    input_tensor, layer, targets, activations, grads, eigen_smooth
-                )
-                cam = min_max_scale(torch.relu(cam.float()))
-                cams.append(resize_maps(cam, input_tensor.shape[2:]))
+            cams = self.compute_cam_per_layer(input_tensor.detach(), targets, recorded, eigen_smooth)
+            return self.aggregate_multi_layers(cams)
+
+    def backward(
+        self, loss: torch.Tensor, input_tensor: torch.Tensor, recorder: ActivationsAndGradients
+    ) -> None:
+        """One backward pass of ``loss`` to the target layers' outputs (their tensor hooks
+        record the gradients) and, with ``compute_input_gradient``, to the input
+        (kept as ``self._input_gradient``). Methods needing more (ShapleyCAM) override it."""
+        inputs = [t for out in recorder.layer_outputs for t in _tensors_in(out) if t.requires_grad]
+        if self.compute_input_gradient:
+            inputs.append(input_tensor)
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        if self.compute_input_gradient:
+            self._input_gradient = (
+                torch.zeros_like(input_tensor) if grads[-1] is None else grads[-1].detach()
+            )
+
+    def compute_cam_per_layer(
+        self,
+        input_tensor: torch.Tensor,
+        targets: Optional[List[Target]],
+        recorded: List[tuple],
+        eigen_smooth: bool,
+    ) -> List[torch.Tensor]:
+        """One map (N, *spatial) per target layer: the method's raw map, ReLU, per-image
+        min-max, resized to the input. ``recorded`` holds (activations, grads) per layer."""
+        cams = []
+        for layer, (activations, grads) in zip(self.target_layers, recorded):
+            activations = self._checked_activations(activations, layer)
+            grads = torch.zeros_like(activations) if grads is None else grads.float()
+            cam = self.get_cam_image(input_tensor, layer, targets, activations, grads, eigen_smooth)
+            cam = torch.as_tensor(cam, device=activations.device)
+            cam = min_max_scale(torch.relu(cam.float()))
+            cams.append(resize_maps(cam, input_tensor.shape[2:]))
+        return cams
+
+    def aggregate_multi_layers(self, cams: List[torch.Tensor]) -> torch.Tensor:
+        """The maps of several layers combined: their mean, then min-max again."""
         cam = torch.stack(cams).mean(dim=0) if len(cams) > 1 else cams[0]
         return min_max_scale(cam)
 
@@ -484,6 +557,33 @@ class BaseCAM:
             for t, chunk in zip(transformers, cams.split(batch))
         ]
         return torch.stack(restored).mean(dim=0)
+
+    def _choose_target_layer(
+        self, input_tensor: torch.Tensor, targets: Optional[List[Target]]
+    ) -> None:
+        """Find the target layer with one dry forward of the first image (and, for
+        gradient methods, a backward of its target) and say which was chosen.
+
+        A warning, not logging: it is shown once by default, where a user who omitted
+        the layer looks, and says how to silence it (pass the layer)."""
+        score = None
+        if self.uses_gradients and (targets is not None or self.needs_targets):
+
+            def score(outputs: object) -> torch.Tensor:
+                chosen = targets[:1] if targets is not None else self.default_targets(outputs, 1)
+                return self.score(chosen, outputs).sum()
+
+        name, layer = find_target_layer(
+            self.model, input_tensor[:1], self.reshape_transform, score
+        )
+        self.target_layers = [layer]
+        self._find_target_layers = False
+        warnings.warn(
+            f"{type(self).__name__}: target_layers not given; using {name!r} "
+            f"({type(layer).__name__}), the last module whose output is a spatial grid; "
+            f"pass target_layers=['{name}'] (or another layer) to choose",
+            stacklevel=3,
+        )
 
     # ----------------------------------------------------------------- helpers
     @staticmethod
@@ -590,6 +690,10 @@ class BaseCAM:
                     f"the model output contains NaN or Inf for image(s) {bad}; check the "
                     "input and the model (a float16 model may overflow)"
                 )
+
+    def default_targets(self, outputs: object, copies: int) -> List[Target]:
+        """The targets used when none are given: each image's top class."""
+        return self._top_class_targets(outputs, copies)
 
     @staticmethod
     def _top_class_targets(outputs: torch.Tensor, copies: int) -> List[Target]:

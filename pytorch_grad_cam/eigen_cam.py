@@ -13,6 +13,7 @@ class EigenCAM(BaseCAM):
     """map = projection of A on its first principal component."""
 
     uses_gradients = False
+    needs_targets = False
 
     def get_cam_image(
         self,

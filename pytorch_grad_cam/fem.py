@@ -23,6 +23,7 @@ class FEM(BaseCAM):
     """
 
     uses_gradients = False
+    needs_targets = False  # COMPAT decision 1: never builds or calls targets
 
     def __init__(
         self,

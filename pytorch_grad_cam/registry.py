@@ -17,6 +17,11 @@ from pytorch_grad_cam.random_cam import RandomCAM
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
 from pytorch_grad_cam.xgrad_cam import XGradCAM
+# drop-in methods of grad-cam 1.5.x (COMPAT.md §3-§6)
+from pytorch_grad_cam.finer_cam import FinerCAM
+from pytorch_grad_cam.full_grad import FullGrad
+from pytorch_grad_cam.refine_cam import RefineCAM
+from pytorch_grad_cam.shapley_cam import ShapleyCAM
 
 METHODS: Dict[str, Type[BaseCAM]] = {
     "gradcam": GradCAM,
@@ -33,6 +38,11 @@ METHODS: Dict[str, Type[BaseCAM]] = {
     "fem": FEM,
     "kpcacam": KPCA_CAM,
     "segeigencam": SegEigenCAM,
+    # drop-in methods of grad-cam 1.5.x (COMPAT.md §3-§6)
+    "fullgrad": FullGrad,
+    "shapleycam": ShapleyCAM,
+    "finercam": FinerCAM,
+    "refinecam": RefineCAM,
 }
 
 

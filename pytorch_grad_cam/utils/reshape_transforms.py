@@ -177,3 +177,16 @@ def swin_reshape_transform(
         )
     grid_h, grid_w = _grid(tensor.shape[1], height, width)
     return tensor.reshape(tensor.shape[0], grid_h, grid_w, tensor.shape[2]).permute(0, 3, 1, 2)
+
+
+def fasterrcnn_reshape_transform(x: "dict") -> torch.Tensor:
+    """A Faster R-CNN FPN backbone's dict of feature maps ('0', '1', ..., 'pool', each
+    (B, 256, h_i, w_i)) -> (B, levels*256, h_pool, w_pool): every level's absolute value
+    resized bilinearly to the 'pool' level's size, concatenated on channels in dict order.
+    Applied to a dict of gradients with the same keys it reshapes them the same way."""
+    target_size = x["pool"].shape[-2:]
+    levels = [
+        torch.nn.functional.interpolate(value.abs(), size=target_size, mode="bilinear")
+        for value in x.values()
+    ]
+    return torch.cat(levels, dim=1)

@@ -1,0 +1,72 @@
+"""FinerCAM (Zhang et al., 2025): explain what separates the main class from the
+classes the model finds most similar, by a base method's map of the target
+z_main − α·z_similar (``FinerWeightedTarget``)."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Type
+
+import numpy as np
+import torch
+from torch import nn
+
+from pytorch_grad_cam.base_cam import BaseCAM, Target
+from pytorch_grad_cam.grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+
+
+class FinerCAM(BaseCAM):
+    """``base_method``'s map (GradCAM by default) for FinerWeightedTarget(main, similar,
+    α). With ``targets=None``: classes are ranked by |z − z_ref| (z_ref the top logit, or
+    ``z[target_idx]``); rank 0 is the main class and ``comparison_categories`` are
+    *ranks* (1, 2, 3: the three logits closest to the main one)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layers=None,
+        reshape_transform=None,
+        base_method: Type[BaseCAM] = GradCAM,
+        **kwargs,
+    ) -> None:
+        own = {k: kwargs.pop(k) for k in ("target_layer", "use_cuda") if k in kwargs}
+        super().__init__(model, target_layers, reshape_transform, **own)
+        self.base = base_method(model, self.target_layers or None, reshape_transform, **kwargs)
+        self.uses_gradients = self.base.uses_gradients
+        self.compute_input_gradient = self.base.compute_input_gradient
+        self.alpha: float = 1.0
+        self.comparison_categories: Sequence[int] = (1, 2, 3)
+        self.target_idx: Optional[int] = None
+
+    def __call__(self, input_tensor, targets=None, aug_smooth=False, eigen_smooth=False, *,
+                 alpha: float = 1.0, comparison_categories: Sequence[int] = (1, 2, 3),
+                 target_idx: Optional[int] = None, target_category=None) -> np.ndarray:
+        self.alpha, self.comparison_categories, self.target_idx = alpha, comparison_categories, target_idx
+        return super().__call__(input_tensor, targets, aug_smooth, eigen_smooth, target_category=target_category)
+
+    def forward(self, input_tensor, targets=None, eigen_smooth=False, alpha=1.0,
+                comparison_categories=(1, 2, 3), target_idx=None) -> np.ndarray:
+        return self(input_tensor, targets, eigen_smooth=eigen_smooth, alpha=alpha,
+                    comparison_categories=comparison_categories, target_idx=target_idx)
+
+    def default_targets(self, outputs: object, copies: int) -> List[Target]:
+        if not torch.is_tensor(outputs) or outputs.ndim != 2:
+            return self._top_class_targets(outputs, copies)  # its clear error
+        scores = outputs.detach().reshape(copies, -1, outputs.shape[-1]).mean(dim=0)
+        if self.target_idx is None:
+            reference = scores.max(dim=-1, keepdim=True).values
+        else:
+            reference = scores[:, self.target_idx : self.target_idx + 1]
+        order = (scores - reference).abs().argsort(dim=-1, stable=True).tolist()
+        targets = [
+            FinerWeightedTarget(
+                ranked[0] if self.target_idx is None else self.target_idx,
+                [ranked[rank] for rank in self.comparison_categories],
+                self.alpha,
+            )
+            for ranked in order
+        ]
+        return targets * copies
+
+    def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
+        self.base._layer_outputs = self._layer_outputs
+        return self.base.get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)

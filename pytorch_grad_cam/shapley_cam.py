@@ -1,0 +1,51 @@
+"""ShapleyCAM (Cai et al., 2025): GradCAM's weights with a second-order correction,
+w_k = mean over positions of (G − ½·H·A)_k, where H·A is the Hessian of the score with
+respect to the layer output times that output (one double-backward pass)."""
+from __future__ import annotations
+
+from typing import Dict
+
+import torch
+from torch import nn
+
+from pytorch_grad_cam.base_cam import BaseCAM
+
+
+class ShapleyCAM(BaseCAM):
+    """w_k = mean_ij (G − ½·HVP)_k with HVP = ∂(G·A)/∂A at fixed A (autograd double
+    backward); map = Σ_k w_k·A_k. A linear head after the layer (avgpool + fc) has no
+    curvature: HVP = 0 and ShapleyCAM equals GradCAM. With a ``reshape_transform`` the
+    transform is applied alike to HVP, A and G (the map uses the reshaped A)."""
+
+    def backward(self, loss: torch.Tensor, input_tensor: torch.Tensor, recorder) -> None:
+        outputs = recorder.layer_outputs
+        if not all(torch.is_tensor(out) for out in outputs):
+            raise ValueError("ShapleyCAM needs target layers whose output is one tensor")
+        wanted = [out for out in outputs if out.requires_grad]
+        grads = torch.autograd.grad(loss, wanted, create_graph=True, allow_unused=True)
+        self._hessian_products: Dict[int, torch.Tensor] = {}
+        for index, out in enumerate(outputs):
+            if not out.requires_grad:
+                continue
+            grad = grads[next(i for i, w in enumerate(wanted) if w is out)]
+            if grad is None:
+                recorder.gradients[index] = None
+                continue
+            hvp = None
+            if grad.requires_grad:
+                (hvp,) = torch.autograd.grad(grad, out, grad_outputs=out.detach(), retain_graph=True, allow_unused=True)
+            hvp = torch.zeros_like(out) if hvp is None else hvp
+            # Set here, after the second pass (whose tensor hooks would overwrite them).
+            recorder.gradients[index] = recorder._reshape(grad)
+            self._hessian_products[id(self.target_layers[index])] = recorder._reshape(hvp)
+
+    def get_cam_weights(
+        self,
+        input_tensor: torch.Tensor,
+        target_layer: nn.Module,
+        targets,
+        activations: torch.Tensor,
+        grads: torch.Tensor,
+    ) -> torch.Tensor:
+        hvp = self._hessian_products[id(target_layer)].to(grads)
+        return (grads - 0.5 * hvp).flatten(2).mean(dim=2)
