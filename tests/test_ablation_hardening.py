@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cam_reference import reference_cam, single_thread_module  # noqa: F401 - autouse fixture
+from cam_reference import RANDOM_SEED, reference_cam, single_thread_module  # noqa: F401 - autouse fixture
 from pytorch_grad_cam import METHODS, AblationCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.network_tail import extract_tail, replaced_output_runner
