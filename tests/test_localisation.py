@@ -1,17 +1,26 @@
 """The maps point at the object that the model's decision is about.
 
-Synthetic: a small CNN is trained in the session (about ten seconds on one CPU
-thread) on 32x32 noise images holding one coloured shape (red square, green disc,
-blue plus) at a random position, or nothing (a fourth class, so that every shape
-class needs evidence of its own and cannot be "whatever is not the others"). On
-held-out images every method's peak must fall on the object.
+Synthetic: a small CNN is trained in the session (a few seconds on one CPU thread)
+on 32x32 noise images holding one coloured shape (red square, green disc, blue
+plus) at a random position, or nothing (a fourth class, so that every shape class
+needs evidence of its own and cannot be "whatever is not the others"), or two
+shapes of different classes (labelled half and half, so that each class's score
+rests on its own shape and not on "a shape is here"). On held-out images every
+method's peak must fall on the object.
+
+The training converges with a margin, not to a threshold it barely clears: a
+float summation order that differs between CPUs (SIMD width, BLAS, threads)
+changes the trajectory as much as a different seed would, so the recipe was
+checked to reach 100 % held-out accuracy from many seeds and under every kernel
+dispatch we can select here (ATEN_CPU_CAPABILITY, oneDNN ISA, threads).
 
 Real photo: the packaged, really pretrained EfficientNet-Lite0 on scikit-image's
 cat, alone and in a 2x2 mosaic with three other photos.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+import contextlib
+from typing import Iterator, List, Tuple
 
 import cv2
 import numpy as np
@@ -68,12 +77,15 @@ def make_images(count: int, seed: int, with_empty: bool) -> Tuple[torch.Tensor, 
 
 
 class ShapesCNN(nn.Module):
+    """Batch norm keeps the optimisation well conditioned: without it some seeds
+    stall for hundreds of steps with the plus confused for the empty class."""
+
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         )
         self.fc = nn.Linear(32, 4)
 
@@ -81,20 +93,51 @@ class ShapesCNN(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
-def train_shapes_model() -> ShapesCNN:
-    """250 Adam steps of 32 images: about 10 s on one busy CPU thread."""
-    torch.manual_seed(0)
-    images, labels, _ = make_images(2000, seed=0, with_empty=True)
-    labels = torch.from_numpy(labels)
-    model = ShapesCNN()
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    batches = np.random.default_rng(1)
-    for _ in range(250):
-        index = torch.from_numpy(batches.integers(0, len(images), 32))
-        loss = F.cross_entropy(model(images[index]), labels[index])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+@contextlib.contextmanager
+def reproducible_training() -> Iterator[None]:
+    """One thread and deterministic kernels, restored afterwards: the same CPU gives
+    the same model run after run (another CPU may not, hence the margins)."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.set_num_threads(threads)
+
+
+def training_set(seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """2000 images of one shape or none (one-hot labels) and 1000 of two shapes
+    (half of the probability on each), with seeds apart from the held-out ones."""
+    single, labels, _ = make_images(2000, seed=seed, with_empty=True)
+    targets = F.one_hot(torch.from_numpy(labels), 4).float()
+    double, pairs = two_object_images(1000, seed=seed + 7)
+    double_targets = torch.zeros(len(pairs), 4)
+    for row, ((first, _), (second, _)) in enumerate(pairs):
+        double_targets[row, [first, second]] = 0.5
+    return torch.cat([single, double]), torch.cat([targets, double_targets])
+
+
+def train_shapes_model(seed: int = 0, steps: int = 300) -> ShapesCNN:
+    """300 Adam steps of 32 images with a cosine learning-rate decay: 100 % on
+    held-out images from every seed tried (about 4 s on one idle CPU thread)."""
+    images, targets = training_set()
+    with reproducible_training():
+        torch.manual_seed(seed)
+        model = ShapesCNN()
+        optimiser = torch.optim.Adam(model.parameters(), lr=5e-3)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
+        batches = np.random.default_rng(seed + 1)
+        for _ in range(steps):
+            index = torch.from_numpy(batches.integers(0, len(images), 32))
+            loss = F.cross_entropy(model(images[index]), targets[index])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
     return model.eval()
 
 
@@ -109,9 +152,14 @@ def held_out() -> Tuple[torch.Tensor, np.ndarray, List[Box]]:
 
 
 def peak_in_box(cam: np.ndarray, box: Box) -> bool:
+    """The map's peak lies on the shape: inside its box grown by one pixel. The
+    hooked layer is 16x16, one cell per 2x2 pixels, so a peak on a shape's edge cell
+    can land a pixel outside it after the bilinear upsampling. Shapes sharing an
+    image are at least 2 px apart, so grown boxes never overlap: a peak on the
+    other shape never counts."""
     row, col = np.unravel_index(cam.argmax(), cam.shape)
     top, left, side = box
-    return top <= row < top + side and left <= col < left + side
+    return top - 1 <= row <= top + side and left - 1 <= col <= left + side
 
 
 def compute(method: str, model: nn.Module, images: torch.Tensor, categories) -> np.ndarray:
@@ -120,11 +168,13 @@ def compute(method: str, model: nn.Module, images: torch.Tensor, categories) -> 
     return cam(images, targets=[ClassifierOutputTarget(int(c)) for c in categories])
 
 
-def test_the_trained_model_recognises_the_shapes(shapes_model, held_out):
-    images, labels, _ = held_out
+def test_the_trained_model_recognises_the_shapes(shapes_model):
+    """100 % of 400 held-out images (all four classes) under every seed and kernel
+    dispatch measured; 97 % leaves room for a dozen misses on a CPU not seen yet."""
+    images, labels, _ = make_images(400, seed=101, with_empty=True)
     with torch.no_grad():
         predictions = shapes_model(images).argmax(dim=1).numpy()
-    assert (predictions == labels).mean() >= 0.9
+    assert (predictions == labels).mean() >= 0.97, f"accuracy {(predictions == labels).mean():.1%}"
 
 
 #: Not expected to put the peak on the object: RandomCAM's random channel weights are
@@ -135,13 +185,17 @@ def test_the_trained_model_recognises_the_shapes(shapes_model, held_out):
 NOT_LOCALISING = {"randomcam", "kpcacam"}
 
 
+# Hit rates below are measured on models trained from 16 seeds (a different CPU's
+# summation order perturbs the training no more than a different seed does) and on
+# the seed-0 model under 11 kernel dispatches; the thresholds sit under the worst seed.
 @pytest.mark.parametrize("method", sorted(set(METHODS) - NOT_LOCALISING))
 def test_peak_lies_on_the_object(method, shapes_model, held_out):
+    """Every method, 40 held-out images: 100 % for most seeds, 95 % at worst."""
     images, labels, boxes = held_out
     cams = compute(method, shapes_model, images, labels)
     hits = [peak_in_box(cam, box) for cam, box in zip(cams, boxes)]
-    assert np.mean(hits) >= 0.9, f"{method}: peak on the object in {np.mean(hits):.0%} of {len(hits)} images"
-    # The criterion has teeth: the transposed maps (a swapped x/y) mostly miss.
+    assert np.mean(hits) >= 0.85, f"{method}: peak on the object in {np.mean(hits):.0%} of {len(hits)} images"
+    # The criterion has teeth: the transposed maps (a swapped x/y) mostly miss (at most 33 %).
     transposed = [peak_in_box(cam.T, box) for cam, box in zip(cams, boxes)]
     assert np.mean(transposed) <= 0.5
 
@@ -160,15 +214,17 @@ def two_object_images(count: int, seed: int):
 @pytest.mark.parametrize(
     "method, target_type, required",
     [
-        ("gradcam", ClassifierOutputTarget, 0.9),
-        ("xgradcam", ClassifierOutputTarget, 0.9),
-        ("gradcam++", ClassifierOutputTarget, 0.7),
-        ("layercam", ClassifierOutputTarget, 0.7),
-        ("scorecam", ClassifierOutputTarget, 0.7),
-        ("eigengradcam", ClassifierOutputTarget, 0.7),
-        # (s - s_k) / s flips sign where the raw logit s is negative, as it is here for
-        # one of two shapes; the softmax probability is always positive.
-        ("ablationcam", ClassifierOutputSoftmaxTarget, 0.9),
+        # (worst of 16 seeds, median) of 60 hits; a class-agnostic map scores about 50 %.
+        ("gradcam", ClassifierOutputTarget, 0.85),  # (93 %, 100 %)
+        ("xgradcam", ClassifierOutputTarget, 0.85),  # (93 %, 100 %)
+        ("gradcam++", ClassifierOutputTarget, 0.8),  # (90 %, 100 %)
+        ("layercam", ClassifierOutputTarget, 0.8),  # (90 %, 100 %)
+        ("scorecam", ClassifierOutputTarget, 0.8),  # (92 %, 100 %)
+        ("eigengradcam", ClassifierOutputTarget, 0.7),  # (80 %, 98 %): a principal component, not a class score
+        # (s - s_k) / s flips sign where the score s is negative, as a raw logit can be;
+        # the softmax probability is always positive, and it does not saturate at 1.0
+        # here because the model learnt to split it between two shapes.
+        ("ablationcam", ClassifierOutputSoftmaxTarget, 0.85),  # (95 %, 100 %)
     ],
 )
 def test_map_follows_the_target_class(method, target_type, required, shapes_model):

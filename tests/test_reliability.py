@@ -591,10 +591,18 @@ _MEMORY_SCRIPT = textwrap.dedent(
     warnings.simplefilter("ignore")
 
     def rss_kib(field):
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
+        # Linux's /proc; elsewhere (or in a sandbox without it) the field is None.
+        try:
+            with open("/proc/self/status") as status:
+                for line in status:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1])
+        except OSError:
+            return None
+
+    if rss_kib("VmRSS") is None or rss_kib("VmHWM") is None:
+        print(json.dumps({"unavailable": "no VmRSS/VmHWM in /proc/self/status"}))
+        sys.exit(0)
 
     torch.manual_seed(0)
     model = nn.Sequential(
@@ -641,6 +649,8 @@ MEMORY_METHODS = ["gradcam", "scorecam", "ablationcam"]
 
 
 def test_memory_is_flat_over_200_calls_and_200_object_cycles() -> None:
+    if not os.path.isfile("/proc/self/status"):
+        pytest.skip("resident memory is read from /proc/self/status (Linux), absent here")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.run(
         [sys.executable, "-c", _MEMORY_SCRIPT, str(REPO), *MEMORY_METHODS],
@@ -648,6 +658,8 @@ def test_memory_is_flat_over_200_calls_and_200_object_cycles() -> None:
     )
     assert process.returncode == 0, process.stderr[-3000:]
     growth = json.loads(process.stdout.strip().splitlines()[-1])
+    if "unavailable" in growth:
+        pytest.skip(growth["unavailable"])
     print(json.dumps(growth, indent=1))  # shown with -s: the numbers of the report
     assert len(growth) == 2 * len(MEMORY_METHODS)
     for key, value in growth.items():
