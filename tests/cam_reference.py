@@ -160,6 +160,40 @@ def xgradcam_weights(A: np.ndarray, G: np.ndarray) -> np.ndarray:
     return (G.reshape(G.shape[0], -1) * flat_a).sum(axis=1) / (flat_a.sum(axis=1) + 1e-7)
 
 
+# ---------------------------------------------------------------- conditioning
+UNIT_ROUNDOFF_32 = 2.0**-24  # float32: a rounding moves a value by at most this, relatively
+
+
+def xgradcam_weight_errors(A: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """The float32 rounding scale of each XGradCAM weight w_k = sum G*A / (sum A + 1e-7):
+    numerator and denominator off by one rounding of their magnitude, u * sum |terms|
+    (in any summation order the error is of this size; pairwise and blocked sums stay
+    under it). Where sum A nearly cancels, as on LayerNorm outputs, w_k's error grows
+    as 1 / |sum A|."""
+    flat_a, flat_g = A.reshape(A.shape[0], -1), G.reshape(G.shape[0], -1)
+    denominator = np.abs(flat_a.sum(axis=1) + 1e-7)
+    weights = np.abs(xgradcam_weights(A, G))
+    numerator_error = np.abs(flat_g * flat_a).sum(axis=1)
+    denominator_error = np.abs(flat_a).sum(axis=1)
+    return UNIT_ROUNDOFF_32 * (numerator_error + weights * denominator_error) / denominator
+
+
+def weight_rounding_tolerance(
+    A: np.ndarray, weights: np.ndarray, errors: np.ndarray, size: Sequence[int], samples: int = 16
+) -> float:
+    """How far one image's finished map (ReLU, min-max, resize) moves when each channel
+    weight w_k moves by its rounding scale: the largest change over ``samples`` draws of
+    w_k + z_k * errors_k, z ~ N(0, 1) from a fixed seed. The min-max scaling removes a
+    common scale of the weights, so a badly conditioned channel that dominates the map
+    moves it far less than the first-order bound sum_k errors_k |A_k| / range."""
+    base = finish_layer(weighted_map(weights, A, eigen_smooth=False), size)
+    draws = np.random.default_rng(0).standard_normal((samples, len(weights)))
+    return max(
+        float(np.abs(finish_layer(weighted_map(weights + z * errors, A, eigen_smooth=False), size) - base).max())
+        for z in draws
+    )
+
+
 def scorecam_weights(
     model: nn.Module, image: torch.Tensor, A: np.ndarray, category: int
 ) -> np.ndarray:

@@ -98,3 +98,15 @@ def swin_tiny():
 
     torch.manual_seed(0)
     return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).eval()
+
+
+# ---------------------------------------------------------------- hypothesis
+# The same examples on every run and machine: derandomized (the draws follow from each
+# test's name) and no example database (nothing carried over from earlier local runs),
+# so a property test passes or fails because of the code, not the draw.
+# HYPOTHESIS_PROFILE=explore draws fresh examples, for hunting new failures locally.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+_hypothesis_settings.register_profile("explore", derandomize=False, database=None)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

