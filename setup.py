@@ -7,6 +7,7 @@ HERE = Path(__file__).parent
 
 TEST_REQUIRES = [
     "pytest>=7.0",
+    "scipy>=1.8",  # an oracle in the metrics tests only; never imported by the library
     "pytest-xdist>=3.0",
     "hypothesis>=6.0",
     "scikit-image>=0.19",
