@@ -7,7 +7,8 @@ HERE = Path(__file__).parent
 
 TEST_REQUIRES = [
     "pytest>=7.0",
-    "scipy>=1.8",  # an oracle in the metrics tests only; never imported by the library
+    "scipy>=1.8",  # oracles in the tests only (never imported by the library):
+    "scikit-learn>=1.2",  # NMF and KernelPCA for DFF and KPCA-CAM
     "pytest-xdist>=3.0",
     "hypothesis>=6.0",
     "scikit-image>=0.19",
