@@ -66,6 +66,14 @@ def assert_unit_maps(maps: np.ndarray, shape, allow_empty: bool = False) -> None
 
 
 # ---------------------------------------------------------------- batches and targets
+#: Batched and single calls sum in different orders. AblationCAM's weights (s - s_k)/s
+#: are differences of nearly equal scores, which amplify float32 rounding by |s|/|s - s_k|:
+#: it measured 1.9e-6 here (5x inside 1e-5, thin for another CPU's order), the others
+#: at least 13x inside 1e-5.
+def batch_atol(name: str) -> float:
+    return 5e-5 if name == "ablationcam" else 1e-5
+
+
 @pytest.mark.parametrize("name", [n for n in METHOD_NAMES if n not in RANDOM_WEIGHTS])
 def test_map_in_a_batch_equals_the_map_alone(name, varied_cnn, batch):
     cam = make_cam(name, varied_cnn)
@@ -73,7 +81,7 @@ def test_map_in_a_batch_equals_the_map_alone(name, varied_cnn, batch):
     assert_unit_maps(together, (3, 32, 32), allow_empty=True)
     for index in range(3):
         alone = cam(batch[index : index + 1])
-        np.testing.assert_allclose(together[index], alone[0], atol=1e-5)
+        np.testing.assert_allclose(together[index], alone[0], atol=batch_atol(name))
     assert np.abs(together[0] - together[1]).max() > 0.1  # three different maps
 
 
@@ -210,7 +218,7 @@ def test_volume_input_gives_volume_maps(name):
     assert_unit_maps(maps, (2, 8, 12, 10))
     assert maps.std() > 0.05
     if name not in RANDOM_WEIGHTS:
-        np.testing.assert_allclose(maps[1], cam(volume[1:])[0], atol=1e-5)
+        np.testing.assert_allclose(maps[1], cam(volume[1:])[0], atol=batch_atol(name))
     for options in ({"eigen_smooth": True}, {"aug_smooth": True}):
         smoothed = cam(volume, **options)
         assert smoothed.shape == (2, 8, 12, 10) and np.isfinite(smoothed).all()
