@@ -370,3 +370,22 @@ def test_run_dff_on_image_uses_huggingface_labels(resnet18, cat_224, monkeypatch
     result = run_dff_on_image(model, model.layer4, model.fc, Image.fromarray(rgb), tensor, n_components=2)
     assert seen["labels"] is names
     assert result.shape == (SIZE, 3 * SIZE, 3)
+
+
+def test_readme_dff_block_gives_what_it_says(resnet18, images, cat_224):
+    """The README's DFF block (also run by test_readme_snippets.py in its namespace),
+    here on ResNet-18: the shapes its comments state."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "DeepFeatureFactorization" in b]
+    assert len(blocks) == 1
+    namespace = {"model": resnet18, "input_tensor": images, "rgb_img": np.float32(cat_224[0]) / 255}
+    exec(compile(blocks[0], "<README DFF block>", "exec"), namespace)
+    assert namespace["concepts"].shape == (512, 4)
+    assert len(namespace["explanations"]) == 2 and namespace["explanations"][0].shape == (4, SIZE, SIZE)
+    assert namespace["concept_outputs"].shape == (4, 1000)
+    np.testing.assert_allclose(namespace["scores"].sum(axis=1), 1, atol=1e-5)
+    assert len(namespace["labels"]) == 4 and all(label.count("\n") == 1 for label in namespace["labels"])
+    assert namespace["overlay"].shape == (SIZE, 2 * SIZE, 3) and namespace["overlay"].dtype == np.uint8
