@@ -389,3 +389,34 @@ def test_readme_dff_block_gives_what_it_says(resnet18, images, cat_224):
     np.testing.assert_allclose(namespace["scores"].sum(axis=1), 1, atol=1e-5)
     assert len(namespace["labels"]) == 4 and all(label.count("\n") == 1 for label in namespace["labels"])
     assert namespace["overlay"].shape == (SIZE, 2 * SIZE, 3) and namespace["overlay"].dtype == np.uint8
+
+
+def test_reference_import_paths_and_signatures():
+    """grad-cam's import paths, argument order and defaults (COMPAT §8, §11)."""
+    import inspect
+
+    import pytorch_grad_cam
+    from pytorch_grad_cam.feature_factorization.deep_feature_factorization import (
+        DeepFeatureFactorization as ByPath,
+    )
+
+    assert ByPath is DeepFeatureFactorization
+    assert {"DeepFeatureFactorization", "run_dff_on_image"} <= set(pytorch_grad_cam.__all__)
+
+    def parameters(function):
+        return {name: p.default for name, p in inspect.signature(function).parameters.items()}
+
+    empty = inspect.Parameter.empty
+    assert parameters(dff) == {"activations": empty, "n_components": 5}
+    assert parameters(DeepFeatureFactorization) == {
+        "model": empty, "target_layer": empty, "reshape_transform": None, "computation_on_concepts": None,
+    }
+    assert parameters(DeepFeatureFactorization.__call__) == {"self": empty, "input_tensor": empty, "n_components": 16}
+    assert parameters(run_dff_on_image) == {
+        "model": empty, "target_layer": empty, "classifier": empty, "img_pil": empty, "img_tensor": empty,
+        "reshape_transform": None, "n_components": 5, "top_k": 2,
+    }
+    assert parameters(create_labels_legend) == {"concept_scores": empty, "labels": empty, "top_k": 2}
+    assert parameters(show_factorization_on_image) == {
+        "img": empty, "explanations": empty, "colors": None, "image_weight": 0.5, "concept_labels": None,
+    }
