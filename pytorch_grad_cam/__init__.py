@@ -22,6 +22,8 @@ from pytorch_grad_cam.finer_cam import FinerCAM
 from pytorch_grad_cam.full_grad import FullGrad
 from pytorch_grad_cam.refine_cam import RefineCAM
 from pytorch_grad_cam.shapley_cam import ShapleyCAM
+# Deep Feature Factorization
+from pytorch_grad_cam.feature_factorization import DeepFeatureFactorization, run_dff_on_image
 
 __version__ = "1.0.0"
 
@@ -51,4 +53,7 @@ __all__ = [
     "FullGrad",
     "RefineCAM",
     "ShapleyCAM",
+    # Deep Feature Factorization
+    "DeepFeatureFactorization",
+    "run_dff_on_image",
 ]

@@ -2,7 +2,7 @@
 scaling-and-resizing step that every CAM method ends with."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import List, Mapping, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -193,3 +193,153 @@ def scale_accross_batch_and_channels(tensor: ArrayLike, target_size: Optional[Se
     batch, channels, *spatial = tensor.shape
     maps = scale_cam_image(tensor.reshape(batch * channels, *spatial), target_size)
     return maps.reshape(batch, channels, *maps.shape[1:])
+
+
+# ------------------------------------------------------------- Deep Feature Factorization
+def create_labels_legend(
+    concept_scores: ArrayLike, labels: Union[Mapping, Sequence[str]], top_k: int = 2
+) -> List[str]:
+    """One legend entry per concept: its ``top_k`` classes by descending score.
+
+    Args:
+        concept_scores: (n concepts, classes) scores, e.g. the softmax of DFF's concept outputs.
+        labels: class names, a dict (HuggingFace's ``config.id2label``) or a list, indexed
+            by class; a name with commas ("tabby, tabby cat") keeps its first three parts.
+        top_k: classes per concept.
+
+    Returns:
+        n strings, each of ``top_k`` lines ``"name:score"`` (score with 2 decimals) joined
+        by newlines.
+    """
+    scores = np.asarray(concept_scores.detach().cpu() if torch.is_tensor(concept_scores) else concept_scores)
+    if scores.ndim != 2:
+        raise ValueError(f"concept_scores must be (concepts, classes), got shape {scores.shape}")
+    # Descending; on a tie the higher class index first (the reverse of a stable ascending sort).
+    ranked = np.argsort(scores, axis=1, kind="stable")[:, ::-1][:, :top_k]
+    legend = []
+    for concept, categories in enumerate(ranked):
+        lines = []
+        for category in categories:
+            name = ",".join(str(labels[int(category)]).split(",")[:3])
+            lines.append(f"{name}:{scores[concept, category]:.2f}")
+        legend.append("\n".join(lines))
+    return legend
+
+
+def concept_colors(count: int) -> np.ndarray:
+    """``count`` distinct RGB colours in [0, 1], (count, 3): full-saturation hues 300°·i/count,
+    red through yellow, green, cyan and blue towards magenta.
+
+    This follows the hue sweep of matplotlib's ``gist_rainbow`` (red at 0, magenta near 1),
+    the reference's colours, closely without matplotlib; the exact shades differ slightly.
+    """
+    hues = 300.0 * np.arange(count, dtype=np.float32) / max(count, 1)
+    hsv = np.stack([hues, np.ones_like(hues), np.ones_like(hues)], axis=-1)[None].astype(np.float32)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0].astype(np.float64)
+
+
+def show_factorization_on_image(
+    img: np.ndarray,
+    explanations: ArrayLike,
+    colors: Optional[Sequence[Sequence[float]]] = None,
+    image_weight: float = 0.5,
+    concept_labels: Optional[Sequence[str]] = None,
+) -> np.ndarray:
+    """Colour every pixel by the concept that explains it most, over the image.
+
+    Each pixel takes the colour of its strongest concept (argmax over ``explanations``),
+    with that colour's HSV value set to 255 × the concept's strength there (OpenCV's uint8
+    HSV); the overlay is ``img·image_weight + colours·(1 − image_weight)``. The caller's
+    ``explanations`` are not changed.
+
+    Args:
+        img: (H, W, 3) float RGB image in [0, 1].
+        explanations: (n, H, W) concept maps in [0, 1] (one image of DFF's explanations).
+        colors: n RGB (or RGBA) colours in [0, 1]; default :func:`concept_colors`.
+        image_weight: the image's share of the blend, in [0, 1].
+        concept_labels: n legend texts (lines separated by "\\n", see
+            :func:`create_labels_legend`); a legend panel (H, W, 3) drawn with OpenCV,
+            a colour swatch and the text per concept, is then placed to the right.
+
+    Returns:
+        uint8 RGB (H, W, 3), or (H, 2W, 3) with ``concept_labels``.
+
+    Raises:
+        ValueError: on shapes that do not fit together, values outside [0, 1], or too few
+            colours or labels.
+    """
+    img = np.asarray(img)
+    maps = np.asarray(explanations.detach().cpu() if torch.is_tensor(explanations) else explanations)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"img must be (H, W, 3), got shape {img.shape}")
+    if not np.issubdtype(img.dtype, np.floating) or img.size and not (
+        np.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
+    ):
+        raise ValueError(
+            f"img must be a float RGB image with values in [0, 1] (got dtype {img.dtype}); "
+            "pass np.float32(img) / 255 for a uint8 photo"
+        )
+    if maps.ndim != 3 or maps.shape[1:] != img.shape[:2] or maps.shape[0] == 0:
+        raise ValueError(
+            f"explanations must be (n, H, W) maps of the image's size {img.shape[:2]}, got shape "
+            f"{maps.shape}; pass one image's explanations from DeepFeatureFactorization"
+        )
+    if not 0 <= image_weight <= 1:
+        raise ValueError(f"image_weight must be in [0, 1], got {image_weight}")
+    count = maps.shape[0]
+    if colors is None:
+        palette = concept_colors(count)
+    else:
+        if len(colors) < count:
+            raise ValueError(f"{len(colors)} colours for {count} concepts; pass one colour per concept")
+        palette = np.array([np.asarray(color, dtype=np.float64)[:3] for color in colors[:count]])
+    if concept_labels is not None and len(concept_labels) != count:
+        raise ValueError(f"{len(concept_labels)} concept labels for {count} concepts; pass one per concept")
+
+    maps = np.nan_to_num(maps.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    winner = maps.argmax(axis=0)
+    strength = np.take_along_axis(maps, winner[None], axis=0)[0]
+    # Each concept's colour as OpenCV uint8 HSV; the winner's hue and saturation, and its
+    # strength as the value, then back to RGB (the losing concepts add black).
+    palette_hsv = cv2.cvtColor(np.uint8(np.clip(palette, 0, 1) * 255)[None], cv2.COLOR_RGB2HSV)[0]
+    hsv = palette_hsv[winner]
+    hsv[..., 2] = np.uint8(np.clip(255 * strength, 0, 255))
+    overlay = np.float32(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)) / 255
+    result = np.uint8(np.clip((img * image_weight + overlay * (1 - image_weight)) * 255, 0, 255))
+    if concept_labels is None:
+        return result
+    legend = _legend_panel(result.shape[0], result.shape[1], palette, list(concept_labels))
+    return np.hstack((result, legend))
+
+
+def _legend_panel(height: int, width: int, palette: np.ndarray, labels: List[str]) -> np.ndarray:
+    """A white (height, width, 3) RGB panel: per concept a colour swatch and its lines of text,
+    the font as large as fits (at most about the reference's 14 pt per 256 pixels)."""
+    panel = np.full((height, width, 3), 255, dtype=np.uint8)
+    entries = [str(label).split("\n") for label in labels]
+    total_lines = sum(len(lines) for lines in entries)
+    margin = max(2, round(0.03 * min(height, width)))
+    swatch_width = max(4, round(0.12 * width))
+    text_left = 2 * margin + swatch_width
+    text_width = max(1, width - text_left - margin)
+    # Half a line of space between concepts.
+    line_height = (height - 2 * margin) / max(1.0, total_lines + 0.5 * (len(entries) - 1))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    longest = max((line for lines in entries for line in lines), key=len, default="")
+    (text_w, text_h), baseline = cv2.getTextSize(longest or " ", font, 1.0, 1)
+    largest = 0.65 * height / 256 / max(1.0, len(entries) / 6)
+    scale = max(0.2, min(0.8 * line_height / (text_h + baseline), text_width / max(1, text_w), largest))
+    thickness = max(1, round(scale * 1.5))
+    swatch_height = max(2, min(round(5 * height / 256), round(0.6 * line_height)))
+    y = margin
+    for color, lines in zip(palette, entries):
+        centre = round(y + line_height / 2)
+        rgb = tuple(int(c) for c in np.uint8(np.clip(color, 0, 1) * 255))
+        top = centre - swatch_height // 2
+        cv2.rectangle(panel, (margin, top), (margin + swatch_width, top + swatch_height), rgb, -1)
+        for line in lines:
+            base = round(y + line_height / 2 + text_h * scale / 2)
+            cv2.putText(panel, line, (text_left, base), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
+            y += line_height
+        y += 0.5 * line_height
+    return panel
