@@ -415,21 +415,27 @@ def insertion(cams, data, model, **options):
 
 
 # (name, metric(maps, data, model), higher is better, the margin GradCAM must win by).
-# Measured means, GradCAM vs RandomCAM (seed 0), 40 held-out images: deletion 0.13 vs
-# 0.49, deletion (blur) 0.64 vs 0.78, insertion 0.91 vs 0.78, pointing game 1.00 vs
-# 0.50, pointing game on the shape's mask without tolerance 1.00 vs 0.35, energy 0.59
-# vs 0.19, relevance mass (mask) 0.48 vs 0.15, rank accuracy box 0.91 vs 0.34, mask
-# 0.86 vs 0.33.
+# GradCAM vs RandomCAM (seed 0), means over the 40 held-out images, measured on the
+# shapes CNN trained from seeds 0-5 (a different CPU's float order moves training no
+# more than a different seed): each margin sits at about half the smallest gap seen.
+#   deletion 0.14 vs 0.45 (smallest gap 0.26), deletion (blur) 0.13 vs 0.43 (0.21),
+#   insertion 0.93 vs 0.66 (0.18), pointing game on the box 1.00 vs 0.52 (0.40; GradCAM
+#   1.00 on every seed), on the shape's mask 0.93 vs 0.47 (0.32), energy 0.48 vs 0.19
+#   (0.23), relevance mass (mask) 0.36 vs 0.15 (0.15), rank accuracy box 0.82 vs 0.39
+#   (0.37), mask 0.71 vs 0.32 (0.28).
+# The pointing games use a tolerance of 1 px, the 2x2-pixel cell of the hooked 16x16
+# layer: the paper's 15 px fits 224x224 photos; on these 32x32 images it makes most
+# of the image a hit (RandomCAM reaches 0.88).
 SHAPES_METRICS = [
-    ("deletion", deletion, False, 0.2),
-    ("deletion_blur", lambda c, d, m: deletion(c, d, m, baseline="blur"), False, 0.05),
-    ("insertion", insertion, True, 0.05),
-    ("pointing_game", lambda c, d, m: pointing_game(c, d["boxes"]), True, 0.3),
-    ("pointing_game_mask_exact", lambda c, d, m: pointing_game(c, d["masks"], tolerance=0), True, 0.3),
-    ("energy_pointing_game", lambda c, d, m: energy_pointing_game(c, d["boxes"]), True, 0.2),
-    ("relevance_mass_mask", lambda c, d, m: relevance_mass(c, d["masks"]), True, 0.2),
-    ("relevance_rank_accuracy_box", lambda c, d, m: relevance_rank_accuracy(c, d["boxes"]), True, 0.3),
-    ("relevance_rank_accuracy_mask", lambda c, d, m: relevance_rank_accuracy(c, d["masks"]), True, 0.3),
+    ("deletion", deletion, False, 0.15),
+    ("deletion_blur", lambda c, d, m: deletion(c, d, m, baseline="blur"), False, 0.1),
+    ("insertion", insertion, True, 0.1),
+    ("pointing_game", lambda c, d, m: pointing_game(c, d["boxes"], tolerance=1), True, 0.25),
+    ("pointing_game_mask", lambda c, d, m: pointing_game(c, d["masks"], tolerance=1), True, 0.2),
+    ("energy_pointing_game", lambda c, d, m: energy_pointing_game(c, d["boxes"]), True, 0.12),
+    ("relevance_mass_mask", lambda c, d, m: relevance_mass(c, d["masks"]), True, 0.08),
+    ("relevance_rank_accuracy_box", lambda c, d, m: relevance_rank_accuracy(c, d["boxes"]), True, 0.2),
+    ("relevance_rank_accuracy_mask", lambda c, d, m: relevance_rank_accuracy(c, d["masks"]), True, 0.15),
 ]
 
 
@@ -445,20 +451,24 @@ def test_gradcam_beats_randomcam_on_the_shapes(
     randomcam = float(metric(shapes_maps["randomcam"], data, shapes_model).mean())
     better, worse = (gradcam, randomcam) if higher_is_better else (randomcam, gradcam)
     assert better > worse + margin, f"{name}: GradCAM {gradcam:.3f}, RandomCAM {randomcam:.3f}"
-    if name.startswith("pointing_game"):
+    if name == "pointing_game":
         assert gradcam >= 0.9, f"{name}: GradCAM points at the object in {gradcam:.0%}"
 
 
 def test_gradcam_fails_to_survive_randomisation(shapes_model, held_out):
-    """Measured (seed 0): mean Spearman 0.48, 0.22, 0.27, 0.01 after randomising
-    fc, features.5, features.3, features.0; SSIM 0.30 ... -0.01."""
+    """Measured on the shapes CNN of seeds 0-5: after every layer is randomised, the mean
+    Spearman correlation with the original map is 0.04-0.05 and the SSIM 0.12-0.14; after
+    the first step (fc) the Spearman is at most 0.45."""
     images, labels, _ = held_out
     before = [p.clone() for p in shapes_model.parameters()]
     result = sanity_check(
         lambda m: GradCAM(m, [m.features[-1]]), shapes_model, images,
         [ClassifierOutputTarget(int(c)) for c in labels],
     )
-    assert result.layers == ["fc", "features.5", "features.3", "features.0"]
+    parameterised = [name for name, module in shapes_model.named_modules()
+                     if list(module.parameters(recurse=False))]
+    assert result.layers == parameterised[::-1]  # cascading from the output
+    assert result.layers[0] == "fc" and len(result.layers) == 7
     assert result.spearman_mean[0] < 0.7
-    assert abs(result.spearman_mean[-1]) < 0.2 and abs(result.ssim_mean[-1]) < 0.2
+    assert abs(result.spearman_mean[-1]) < 0.2 and abs(result.ssim_mean[-1]) < 0.3
     assert all(torch.equal(a, b) for a, b in zip(before, shapes_model.parameters()))
