@@ -190,3 +190,10 @@ def fasterrcnn_reshape_transform(x: "dict") -> torch.Tensor:
         for value in x.values()
     ]
     return torch.cat(levels, dim=1)
+
+
+def swinT_reshape_transform(tensor: torch.Tensor, height: int = 7, width: int = 7) -> torch.Tensor:
+    """grad-cam 1.5.x's name and defaults for :func:`swin_reshape_transform`: Swin
+    tokens (B, 49, C) -> (B, C, 7, 7) (a 224x224 Swin's last stage). Other grids:
+    pass ``height``/``width``; a (B, h, w, C) activation is permuted as it is."""
+    return swin_reshape_transform(tensor, height=height, width=width)
