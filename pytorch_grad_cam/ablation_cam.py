@@ -27,7 +27,7 @@ _TRUST_TOLERANCE_DEFAULT = 1e-3
 
 _FALLBACK = "AblationCAM re-runs the whole model for each ablated chunk: "
 
-LayerOutput = Union[torch.Tensor, Mapping]
+LayerOutput = Union[torch.Tensor, Mapping, tuple, list]
 
 
 @dataclass
@@ -41,20 +41,26 @@ class _LayerTail:
 
 
 def _first_tensor(output: LayerOutput) -> torch.Tensor:
-    return next(iter(output.values())) if isinstance(output, Mapping) else output
+    values = output.values() if isinstance(output, Mapping) else output if isinstance(output, (list, tuple)) else [output]
+    return next(value for value in values if torch.is_tensor(value))
+
+
+def _map_tensors(output: LayerOutput, function: Callable[[torch.Tensor], torch.Tensor]) -> LayerOutput:
+    """``function`` applied to the tensor, or to each tensor of a dict/list/tuple output."""
+    if isinstance(output, Mapping):
+        return type(output)((key, function(value) if torch.is_tensor(value) else value) for key, value in output.items())
+    if isinstance(output, (list, tuple)):
+        return type(output)(function(value) if torch.is_tensor(value) else value for value in output)
+    return function(output)
 
 
 def _image_output(output: LayerOutput, index: int) -> LayerOutput:
-    """Image ``index`` of a raw layer output (a tensor or a dict of tensors), batch 1."""
-    if isinstance(output, Mapping):
-        return type(output)((key, value[index : index + 1]) for key, value in output.items())
-    return output[index : index + 1]
+    """Image ``index`` of a raw layer output (a tensor, or a dict/tuple of them), batch 1."""
+    return _map_tensors(output, lambda value: value[index : index + 1])
 
 
 def _cloned(output: LayerOutput) -> LayerOutput:
-    if isinstance(output, Mapping):
-        return type(output)((key, value.clone()) for key, value in output.items())
-    return output.clone()
+    return _map_tensors(output, torch.Tensor.clone)
 
 
 class AblationCAM(PerturbationCAM):

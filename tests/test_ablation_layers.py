@@ -272,7 +272,8 @@ def test_ablation_layer_vit_on_deit_gives_the_default_weights(deit_tiny):
                 ablated = deit_tiny(image)[0, 281]
             finally:
                 handle.remove()
-            assert float(weights[channel]) == pytest.approx(float((score - ablated) / score), abs=1e-4)
+            # Measured within 1.2e-6 of weights up to 0.03 (float32 passes of the whole model).
+            assert float(weights[channel]) == pytest.approx(float((score - ablated) / score), abs=1e-5)
 
 
 # ---------------------------------------------------------------- Faster R-CNN
@@ -312,7 +313,8 @@ def test_faster_rcnn_ablation_at_the_fpn_backbone(fasterrcnn):
     weights = cam.weights[0]
     others = torch.ones(768, dtype=torch.bool)
     others[chosen] = False
-    assert (weights[others] == 0).all() and weights[chosen].abs().max() > 0
+    assert (weights[others] == 0).all()
+    assert len(set(weights[chosen].round(decimals=3).tolist())) >= 3  # 0, 1 (detections lost) and between
     # Independently: the detector with FPN level k // 256, channel k % 256 set to -1000.
     keys = ["0", "1", "pool"]
     with torch.no_grad():
@@ -329,7 +331,8 @@ def test_faster_rcnn_ablation_at_the_fpn_backbone(fasterrcnn):
                 ablated = float(target(model(image)[0]))
             finally:
                 handle.remove()
-            assert float(weights[channel]) == pytest.approx((score - ablated) / score, abs=1e-4), channel
+            # Measured within 5e-9 (the same detector runs, batched or not).
+            assert float(weights[channel]) == pytest.approx((score - ablated) / score, abs=1e-5), channel
 
 
 def test_faster_rcnn_backbone_needs_an_ablation_layer_for_dicts(fasterrcnn):

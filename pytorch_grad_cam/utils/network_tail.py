@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 import threading
+from collections.abc import Mapping
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -347,7 +348,7 @@ def batch_size_of(layer_output: object) -> int:
     the first tensor in a dict/list/tuple (a Faster R-CNN backbone's FPN levels)."""
     if torch.is_tensor(layer_output):
         return layer_output.shape[0]
-    values = layer_output.values() if isinstance(layer_output, dict) else layer_output
+    values = layer_output.values() if isinstance(layer_output, Mapping) else layer_output
     return next(value for value in values if torch.is_tensor(value)).shape[0]
 
 
