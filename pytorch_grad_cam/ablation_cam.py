@@ -16,7 +16,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from pytorch_grad_cam.ablation_layer import ABLATION_OFFSET, AblationLayer, ablation_value  # noqa: F401 - ABLATION_OFFSET: importable from here as before
+# ABLATION_OFFSET stays importable from here, as before the ablation layers existed.
+from pytorch_grad_cam.ablation_layer import ABLATION_OFFSET, AblationLayer, ablation_value  # noqa: F401
 from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
 from pytorch_grad_cam.base_cam import LayerSpec, PerturbationCAM, Target
 from pytorch_grad_cam.utils.network_tail import NetworkTail, extract_tail, replaced_output_runner
@@ -41,14 +42,19 @@ class _LayerTail:
 
 
 def _first_tensor(output: LayerOutput) -> torch.Tensor:
-    values = output.values() if isinstance(output, Mapping) else output if isinstance(output, (list, tuple)) else [output]
+    if isinstance(output, Mapping):
+        values = output.values()
+    else:
+        values = output if isinstance(output, (list, tuple)) else [output]
     return next(value for value in values if torch.is_tensor(value))
 
 
 def _map_tensors(output: LayerOutput, function: Callable[[torch.Tensor], torch.Tensor]) -> LayerOutput:
     """``function`` applied to the tensor, or to each tensor of a dict/list/tuple output."""
     if isinstance(output, Mapping):
-        return type(output)((key, function(value) if torch.is_tensor(value) else value) for key, value in output.items())
+        return type(output)(
+            (key, function(value) if torch.is_tensor(value) else value) for key, value in output.items()
+        )
     if isinstance(output, (list, tuple)):
         return type(output)(function(value) if torch.is_tensor(value) else value for value in output)
     return function(output)
@@ -166,7 +172,9 @@ class AblationCAM(PerturbationCAM):
                 original = _image_output(layer_output, index)
                 dtype = _first_tensor(original).dtype
                 value = ablation.ablation_value(activations[index], dtype, switched_off)
-                run = self._runner(known, target_layer, image, original, chosen[index], positions, value, targets[index])
+                run = self._runner(
+                    known, target_layer, image, original, chosen[index], positions, value, targets[index]
+                )
                 chunk = ablation.ablated_copies(original, chosen[index], value, positions, self.batch_size)
 
                 def run_chunk(start: int, stop: int, chunk=chunk, run=run):

@@ -176,7 +176,8 @@ class AblationLayer(nn.Module):
             normalised = torch.where(peaks > 0, magnitudes / torch.where(peaks > 0, peaks, 1.0), 0.0)
             mask = self.objectiveness_mask_from_svd(tensor).reshape(1, -1)
             totals = normalised.sum(dim=1)
-            scores = torch.where(totals > 0, (normalised * mask).sum(dim=1) / torch.where(totals > 0, totals, 1.0), 0.0)
+            on_object = (normalised * mask).sum(dim=1)
+            scores = torch.where(totals > 0, on_object / torch.where(totals > 0, totals, 1.0), 0.0)
             order = torch.sort(scores, stable=True).indices
             count = int(channels * ratio_channels_to_ablate)
             picked: List[int] = []
@@ -241,7 +242,7 @@ class AblationLayer(nn.Module):
             raise RuntimeError("call activations_to_be_ablated and set_next_batch before the ablation layer")
         copies = self._batch_of(self.activations)
         image = self._image(self.activations, 0)
-        channels = torch.as_tensor(np.asarray(self.indices[:copies]) if not torch.is_tensor(self.indices) else self.indices[:copies])
+        channels = torch.as_tensor(self.indices[:copies])  # numpy or a tensor on any device
         device = next(iter(image.values())).device if isinstance(image, Mapping) else image.device
         channels = channels.to(device=device, dtype=torch.long)
         if len(channels) < copies:
