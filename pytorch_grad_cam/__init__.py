@@ -1,5 +1,6 @@
 """pytorch_grad_cam: Class Activation Map methods for PyTorch models."""
 from pytorch_grad_cam.ablation_cam import AblationCAM
+from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerFasterRCNN, AblationLayerVit
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.base_cam import BaseCAM, PerturbationCAM
 from pytorch_grad_cam.eigen_cam import EigenCAM
@@ -29,6 +30,9 @@ __version__ = "1.0.0"
 
 __all__ = [
     "AblationCAM",
+    "AblationLayer",
+    "AblationLayerFasterRCNN",
+    "AblationLayerVit",
     "ActivationsAndGradients",
     "BaseCAM",
     "EigenCAM",

@@ -5,28 +5,30 @@ Only the network after the target layer is recomputed for the K ablated copies o
 the cached activation (a ``torch.fx`` tail), once the tail has been checked against
 the whole model; where the model cannot be traced, or the tail does not give the
 whole model's scores, the whole model is re-run with the layer's output replaced,
-after a warning.
+after a warning. How a channel is ablated, and which channels are, is the ablation
+layer's business (``pytorch_grad_cam.ablation_layer``).
 """
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
 
+# ABLATION_OFFSET stays importable from here, as before the ablation layers existed.
+from pytorch_grad_cam.ablation_layer import ABLATION_OFFSET, AblationLayer, ablation_value  # noqa: F401
 from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
 from pytorch_grad_cam.base_cam import LayerSpec, PerturbationCAM, Target
 from pytorch_grad_cam.utils.network_tail import NetworkTail, extract_tail, replaced_output_runner
-
-#: An ablated channel becomes min(A) - ABLATION_OFFSET where A has negative values and
-#: the layer's output goes only into ReLU-like activations, which then zero it; else 0.
-ABLATION_OFFSET = 1e7
 
 #: The tail's scores must equal the whole model's within this fraction of their magnitude.
 _TRUST_TOLERANCE = {torch.float16: 5e-2, torch.bfloat16: 5e-2}
 _TRUST_TOLERANCE_DEFAULT = 1e-3
 
 _FALLBACK = "AblationCAM re-runs the whole model for each ablated chunk: "
+
+LayerOutput = Union[torch.Tensor, Mapping, tuple, list]
 
 
 @dataclass
@@ -37,6 +39,34 @@ class _LayerTail:
     tail: Optional[NetworkTail]  # the traced tail (its analysis holds even when it is not run)
     reason: str  # why there is no tail
     trusted: Optional[bool] = None  # the tail's scores equal the whole model's (None: not yet checked)
+
+
+def _first_tensor(output: LayerOutput) -> torch.Tensor:
+    if isinstance(output, Mapping):
+        values = output.values()
+    else:
+        values = output if isinstance(output, (list, tuple)) else [output]
+    return next(value for value in values if torch.is_tensor(value))
+
+
+def _map_tensors(output: LayerOutput, function: Callable[[torch.Tensor], torch.Tensor]) -> LayerOutput:
+    """``function`` applied to the tensor, or to each tensor of a dict/list/tuple output."""
+    if isinstance(output, Mapping):
+        return type(output)(
+            (key, function(value) if torch.is_tensor(value) else value) for key, value in output.items()
+        )
+    if isinstance(output, (list, tuple)):
+        return type(output)(function(value) if torch.is_tensor(value) else value for value in output)
+    return function(output)
+
+
+def _image_output(output: LayerOutput, index: int) -> LayerOutput:
+    """Image ``index`` of a raw layer output (a tensor, or a dict/tuple of them), batch 1."""
+    return _map_tensors(output, lambda value: value[index : index + 1])
+
+
+def _cloned(output: LayerOutput) -> LayerOutput:
+    return _map_tensors(output, torch.Tensor.clone)
 
 
 class AblationCAM(PerturbationCAM):
@@ -52,15 +82,28 @@ class AblationCAM(PerturbationCAM):
     normalisation or overflow. Where torch.fx cannot trace the model the uses are
     unknown, and the sign of A alone decides.
 
+    A zero original score s gives w_k = -s_k (the division is skipped), never inf/NaN.
+
     Args (besides those of every method):
+        ablation_layer: how a channel is ablated and which channels are
+            (``pytorch_grad_cam.ablation_layer``): None gives each AblationCAM object
+            its own ``AblationLayer()`` (the rule above, on tensor outputs);
+            ``AblationLayerVit()`` for token outputs; ``AblationLayerFasterRCNN()`` for
+            a Faster R-CNN FPN backbone's dict output (with
+            ``fasterrcnn_reshape_transform``), where a channel is set to -1000.
         batch_size: ablated copies per pass through the tail.
+        ratio_channels_to_ablate: 1.0 ablates every channel; below 1, only the
+            ⌊K·ratio⌋ most and the ⌊K·ratio⌋ least object-like channels (unique; see
+            ``AblationLayer.activations_to_be_ablated``), fewer passes; the channels
+            not ablated keep the original score, so their weight is 0.
         tail_only: recompute only the network after the layer (default); False
             re-runs the whole model for every chunk of ablated copies.
 
     Raises (on a call):
         ValueError: if the model's output does not depend on a target layer's output
             (a branch the output never reads); also where the reshape_transform
-            computes new values instead of rearranging them.
+            computes new values instead of rearranging them (except with an ablation
+            layer that maps channels itself, as AblationLayerFasterRCNN).
     """
 
     def __init__(
@@ -68,10 +111,12 @@ class AblationCAM(PerturbationCAM):
         model: nn.Module,
         target_layers: Union[LayerSpec, Sequence[LayerSpec], None] = None,
         reshape_transform: Optional[ReshapeTransform] = None,
+        ablation_layer: Optional[AblationLayer] = None,
+        batch_size: int = 32,
+        ratio_channels_to_ablate: float = 1.0,
         *,
         target_layer: Optional[LayerSpec] = None,
         use_cuda: bool = False,
-        batch_size: int = 32,
         progress: bool = True,
         tail_only: bool = True,
     ) -> None:
@@ -84,6 +129,18 @@ class AblationCAM(PerturbationCAM):
             batch_size=batch_size,
             progress=progress,
         )
+        if ablation_layer is not None and not isinstance(ablation_layer, AblationLayer):
+            raise TypeError(
+                "ablation_layer must be an AblationLayer (AblationLayer(), AblationLayerVit(), "
+                f"AblationLayerFasterRCNN() or a subclass), not {type(ablation_layer).__name__}"
+            )
+        if isinstance(ratio_channels_to_ablate, bool) or not 0 < ratio_channels_to_ablate <= 1:
+            raise ValueError(
+                f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate!r}"
+            )
+        # Never a default instance shared between objects: each gets its own.
+        self.ablation_layer = ablation_layer if ablation_layer is not None else AblationLayer()
+        self.ratio_channels_to_ablate = float(ratio_channels_to_ablate)
         self.tail_only = tail_only
         self._tails: Dict[nn.Module, _LayerTail] = {}
 
@@ -96,7 +153,9 @@ class AblationCAM(PerturbationCAM):
         grads: torch.Tensor,
     ) -> torch.Tensor:
         layer_output = self._layer_outputs[target_layer]
-        positions = self._channel_positions(layer_output, activations.shape[1])
+        ablation = self.ablation_layer
+        batch, channels = activations.shape[:2]
+        positions = self._channel_positions(layer_output, channels)
         known = self._layer_tail(target_layer)
         if known.tail is not None and not known.tail.reads_layer:
             raise ValueError(
@@ -105,43 +164,58 @@ class AblationCAM(PerturbationCAM):
                 "branch the output never reads); choose a layer on the path to the output"
             )
         switched_off = known.tail.switched_off if known.tail is not None else None
-        batch, channels = activations.shape[:2]
-        weights = []
-        buffer = layer_output.new_empty((min(self.batch_size, channels), *layer_output.shape[1:]))
-        with self.progress_bar(batch * channels, "AblationCAM") as bar:
+        chosen = [self._channels_to_ablate(activations[index]) for index in range(batch)]
+        weights = activations.new_zeros((batch, channels))
+        with self.progress_bar(sum(len(c) for c in chosen), "AblationCAM") as bar:
             for index in range(batch):
                 image = input_tensor[index : index + 1]
-                original = layer_output[index : index + 1]
-                value = self._ablation_value(activations[index], original.dtype, switched_off)
-                run = self._runner(known, target_layer, image, original, positions, value, targets[index])
-                copies = _AblatedCopies(buffer, original, positions, value)
+                original = _image_output(layer_output, index)
+                dtype = _first_tensor(original).dtype
+                value = ablation.ablation_value(activations[index], dtype, switched_off)
+                run = self._runner(
+                    known, target_layer, image, original, chosen[index], positions, value, targets[index]
+                )
+                chunk = ablation.ablated_copies(original, chosen[index], value, positions, self.batch_size)
 
-                def run_chunk(start: int, stop: int, copies=copies, run=run):
-                    return run(copies.chunk(start, stop))
+                def run_chunk(start: int, stop: int, chunk=chunk, run=run):
+                    return run(chunk(start, stop))
 
                 with torch.no_grad():
                     # A copy: the network after the layer may work in place (ReLU(inplace=True),
                     # `out += identity`) and must not change the activations being ablated.
-                    score = self.score([targets[index]], run(original.clone()))
-                ablated_scores = self.batched_scores(channels, run_chunk, targets[index], bar)
+                    score = self.score([targets[index]], run(_cloned(original)))
+                if len(chosen[index]) == 0:
+                    continue
+                ablated_scores = self.batched_scores(len(chosen[index]), run_chunk, targets[index], bar)
+                # A zero score is not divided by (the reference's 0/0): w_k = -s_k.
                 denominator = torch.where(score == 0, torch.ones_like(score), score)
-                weights.append((score - ablated_scores) / denominator)
-        return torch.stack(weights)
+                weights[index, chosen[index]] = ((score - ablated_scores) / denominator).to(weights.dtype)
+        return weights
+
+    def _channels_to_ablate(self, activations: torch.Tensor) -> torch.Tensor:
+        """The channels of one image's activations (K, h, w) to ablate, as an int64
+        tensor on their device: all K, or the ablation layer's choice for the ratio."""
+        channels = activations.shape[0]
+        if self.ratio_channels_to_ablate == 1.0:
+            return torch.arange(channels, device=activations.device)
+        chosen = self.ablation_layer.activations_to_be_ablated(activations, self.ratio_channels_to_ablate)
+        chosen = torch.as_tensor(chosen).to(device=activations.device, dtype=torch.long).reshape(-1)
+        if len(chosen) == 0:
+            warnings.warn(
+                f"AblationCAM: ratio_channels_to_ablate={self.ratio_channels_to_ablate} selects no "
+                f"channel of {channels}; every weight is 0 (raise the ratio)",
+                stacklevel=5,
+            )
+        elif len(chosen.unique()) != len(chosen):
+            raise ValueError(f"{type(self.ablation_layer).__name__} chose some channels twice: {chosen.tolist()}")
+        return chosen
 
     @staticmethod
     def _ablation_value(
         activations: torch.Tensor, dtype: torch.dtype, switched_off: Optional[bool] = None
     ) -> torch.Tensor:
-        """What an ablated channel becomes: 0, or min(A) - ABLATION_OFFSET where A has
-        negative values and a ReLU-like activation switches it off (``switched_off``:
-        True, or None where the uses of the layer's output are unknown); clamped to stay
-        finite in float16. A tensor on A's device, so that no value is copied back to
-        the host."""
-        low = activations.min().to(torch.float32)
-        if switched_off is False:
-            return torch.zeros_like(low).to(dtype)
-        shifted = (low - ABLATION_OFFSET).clamp(min=torch.finfo(dtype).min / 2)
-        return torch.where(low >= 0, torch.zeros_like(low), shifted).to(dtype)
+        """AblationLayer's value rule (see ``pytorch_grad_cam.ablation_layer.ablation_value``)."""
+        return ablation_value(activations, dtype, switched_off)
 
     # ----------------------------------------------------------------- the tail
     def _structure(self) -> Tuple[Tuple[str, object], ...]:
@@ -188,7 +262,8 @@ class AblationCAM(PerturbationCAM):
         known: _LayerTail,
         layer: nn.Module,
         image: torch.Tensor,
-        original: torch.Tensor,
+        original: LayerOutput,
+        channels: torch.Tensor,
         positions: Optional[torch.Tensor],
         value: torch.Tensor,
         target: Target,
@@ -205,9 +280,9 @@ class AblationCAM(PerturbationCAM):
                 "batch dimension"
             )
             return replaced_output_runner(self.model, layer, image)
-        if known.trusted is None:
+        if known.trusted is None and len(channels):
             whole = replaced_output_runner(self.model, layer, image)
-            mismatch = self._compare_with_whole_model(run, whole, original, positions, value, target)
+            mismatch = self._compare_with_whole_model(run, whole, original, positions, value, target, channels)
             known.trusted = not mismatch
             if mismatch:
                 self._warn_fallback(mismatch)
@@ -218,28 +293,29 @@ class AblationCAM(PerturbationCAM):
         self,
         tail: Callable,
         whole: Callable,
-        original: torch.Tensor,
+        original: LayerOutput,
         positions: Optional[torch.Tensor],
         value: torch.Tensor,
         target: Target,
+        channels: Optional[torch.Tensor] = None,
     ) -> str:
         """'' where the tail's scores on two ablated copies equal the whole model's
         (within a tolerance scaled to the scores), else why not. The tail failing is a
-        mismatch; the model or the target failing is the caller's error and propagates."""
-        channels = original.shape[1] if positions is None else positions.shape[0]
-        count = min(2, channels)
-        copies = _AblatedCopies(
-            original.new_empty((count, *original.shape[1:])), original, positions, value
-        ).chunk(0, count)
+        mismatch; the model or the target failing is the caller's error and propagates.
+        ``channels``: those to be ablated (None: all, in order); the first two are tried."""
+        if channels is None:
+            channels = torch.arange(_first_tensor(original).shape[1], device=_first_tensor(original).device)
+        count = min(2, len(channels))
+        copies = self.ablation_layer.ablated_copies(original, channels[:count], value, positions, count)(0, count)
         with torch.no_grad():
-            expected = self.score([target] * count, whole(copies.clone()))
+            expected = self.score([target] * count, whole(_cloned(copies)))
             try:
-                outputs = tail(copies.clone())
+                outputs = tail(_cloned(copies))
             except Exception as error:  # noqa: BLE001 - any failure of the tail means "do not use it"
                 message = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 return f"its torch.fx tail fails on ablated copies ({type(error).__name__}: {message})"
             scores = self.score([target] * count, outputs)
-        tolerance = _TRUST_TOLERANCE.get(original.dtype, _TRUST_TOLERANCE_DEFAULT)
+        tolerance = _TRUST_TOLERANCE.get(_first_tensor(original).dtype, _TRUST_TOLERANCE_DEFAULT)
         finite = torch.isfinite(expected) & torch.isfinite(scores)
         scale = torch.cat([expected[finite].abs(), scores[finite].abs()]).max() if finite.any() else 0.0
         difference = (scores - expected)[finite].abs().max() if finite.any() else 0.0
@@ -251,14 +327,16 @@ class AblationCAM(PerturbationCAM):
             )
         return ""
 
-    def _channel_positions(self, layer_output: torch.Tensor, channels: int) -> Optional[torch.Tensor]:
+    def _channel_positions(self, layer_output: LayerOutput, channels: int) -> Optional[torch.Tensor]:
         """For each reshaped channel k, the flat positions in one image's raw layer
-        output that make it up (None when there is no reshape_transform: channel = dim 1).
+        output that make it up (None when there is no reshape_transform: the ablation
+        layer's channel axis; and for a dict/tuple output, whose ablation layer maps
+        channels itself, as AblationLayerFasterRCNN).
 
         Raises:
             ValueError: if the reshape_transform does more than rearrange elements.
         """
-        if self.reshape_transform is None:
+        if self.reshape_transform is None or not torch.is_tensor(layer_output):
             return None
         numel = layer_output[0].numel()
         index = torch.arange(numel, dtype=torch.float64, device=layer_output.device)
@@ -277,52 +355,3 @@ class AblationCAM(PerturbationCAM):
                 "computes new values"
             )
         return mapped.long()
-
-
-class _AblatedCopies:
-    """Chunks of copies of one image's layer output, copy i of chunk [start, stop)
-    with channel start + i ablated, all in one reused buffer.
-
-    Between chunks only the channels ablated last time are restored (2·n channels
-    written instead of n whole activations: 2048x less for ResNet-50's layer4), unless
-    the buffer's version counter shows that something wrote into it in place (the
-    network after the layer, such as ``ReLU(inplace=True)``, or a target); then it is
-    refilled whole. A chunk is restored only when the next one is asked for, after the
-    scores of its outputs (which may alias it) have been taken.
-    """
-
-    def __init__(
-        self,
-        buffer: torch.Tensor,
-        original: torch.Tensor,
-        positions: Optional[torch.Tensor],
-        value: torch.Tensor,
-    ) -> None:
-        self.buffer = buffer
-        self.original = original
-        self.positions = positions
-        self.value = value
-        self.ablated: Optional[tuple] = None  # (start, stop) of the chunk in the buffer
-        self.version: Optional[int] = None  # the buffer's version once that chunk was made
-
-    def _channels(self, start: int, stop: int) -> tuple:
-        """An index of channels start..stop-1 of copies 0..n-1 (the diagonal)."""
-        rows = torch.arange(stop - start, device=self.buffer.device)
-        if self.positions is None:
-            return self.buffer, (rows, start + rows)
-        flat = self.buffer.view(self.buffer.shape[0], -1)
-        return flat, (rows[:, None], self.positions[start:stop])
-
-    def chunk(self, start: int, stop: int) -> torch.Tensor:
-        if self.version is None or self.buffer._version != self.version:
-            self.buffer.copy_(self.original.expand_as(self.buffer))
-        elif self.ablated is not None:
-            done_start, done_stop = self.ablated
-            target, index = self._channels(done_start, done_stop)
-            source = self.original if self.positions is None else self.original.reshape(1, -1)
-            target[index] = source[(torch.zeros_like(index[0]), index[1])]
-        target, index = self._channels(start, stop)
-        target[index] = self.value
-        self.ablated = (start, stop)
-        self.version = self.buffer._version
-        return self.buffer[: stop - start]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 import threading
+from collections.abc import Mapping
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -233,8 +234,8 @@ class NetworkTail:
             # Own copies where the values are read: the tail may add into them in place.
             return value.clone() if read else value
 
-        def run(layer_output: torch.Tensor) -> object:
-            copies = layer_output.shape[0]
+        def run(layer_output: object) -> object:
+            copies = batch_size_of(layer_output)
             return self.tail(
                 layer_output,
                 *(broadcast(v, copies, read) for v, read in zip(skipped, self.values_read)),
@@ -342,11 +343,21 @@ def extract_tail(model: nn.Module, layer: nn.Module) -> Tuple[Optional[NetworkTa
 
 
 # --------------------------------------------------------------------------- the fallback
+def batch_size_of(layer_output: object) -> int:
+    """The number of copies in a layer output: a tensor's first dimension, or that of
+    the first tensor in a dict/list/tuple (a Faster R-CNN backbone's FPN levels)."""
+    if torch.is_tensor(layer_output):
+        return layer_output.shape[0]
+    values = layer_output.values() if isinstance(layer_output, Mapping) else layer_output
+    return next(value for value in values if torch.is_tensor(value)).shape[0]
+
+
 def replaced_output_runner(
     model: nn.Module, layer: nn.Module, image: torch.Tensor
 ) -> Callable[[torch.Tensor], object]:
     """A function that runs the whole ``model`` on copies of ``image`` (1, C, ...) with
-    ``layer``'s output replaced by the given batch (the slow fallback for a tail).
+    ``layer``'s output replaced by the given batch (the slow fallback for a tail); the
+    batch may be a dict or tuple of tensors where the layer returns one.
 
     A layer called several times per forward pass (a shared activation) has only its
     last call replaced, the call whose output the CAM recorded; one forward pass of
@@ -372,10 +383,10 @@ def replaced_output_runner(
         handle.remove()
     last = calls[0]
 
-    def run(layer_output: torch.Tensor) -> object:
+    def run(layer_output: object) -> object:
         handle = layer.register_forward_hook(counting_hook([0], layer_output, last))
         try:
-            return model(image.expand(layer_output.shape[0], *image.shape[1:]))
+            return model(image.expand(batch_size_of(layer_output), *image.shape[1:]))
         finally:
             handle.remove()
 
