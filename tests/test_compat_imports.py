@@ -30,6 +30,58 @@ COMPAT_NAMES = [
     ("pytorch_grad_cam.utils.svd_on_activations", "get_2d_projection_with_sign_correction"),
 ]
 
+#: COMPAT.md §16's whole table (85 public names of grad-cam 1.5.x that code imports),
+#: beyond the names above: every one from the path grad-cam users write.
+COMPAT_NAMES += [
+    ("pytorch_grad_cam", name)
+    for name in (
+        "GradCAM", "ScoreCAM", "GradCAMPlusPlus", "AblationCAM", "XGradCAM", "EigenCAM",
+        "EigenGradCAM", "LayerCAM", "FullGrad", "ShapleyCAM", "FinerCAM", "RefineCAM",
+        "DeepFeatureFactorization", "run_dff_on_image", "ActivationsAndGradients",
+        "GuidedBackpropReLUModel", "AblationLayer", "AblationLayerVit", "AblationLayerFasterRCNN",
+    )
+] + [
+    ("pytorch_grad_cam.ablation_layer", "AblationLayer"),
+    ("pytorch_grad_cam.ablation_layer", "AblationLayerVit"),
+    ("pytorch_grad_cam.ablation_layer", "AblationLayerFasterRCNN"),
+    ("pytorch_grad_cam.base_cam", "BaseCAM"),
+    ("pytorch_grad_cam.activations_and_gradients", "ActivationsAndGradients"),
+    ("pytorch_grad_cam.guided_backprop", "GuidedBackpropReLUModel"),
+    ("pytorch_grad_cam.feature_factorization.deep_feature_factorization", "DeepFeatureFactorization"),
+    ("pytorch_grad_cam.feature_factorization.deep_feature_factorization", "dff"),
+    ("pytorch_grad_cam.utils.model_targets", "ClassifierOutputTarget"),
+    ("pytorch_grad_cam.utils.model_targets", "ClassifierOutputSoftmaxTarget"),
+    ("pytorch_grad_cam.utils.model_targets", "BinaryClassifierOutputTarget"),
+    ("pytorch_grad_cam.utils.model_targets", "SemanticSegmentationTarget"),
+    ("pytorch_grad_cam.utils.reshape_transforms", "vit_reshape_transform"),
+    ("pytorch_grad_cam.utils.reshape_transforms", "swinT_reshape_transform"),
+    ("pytorch_grad_cam.utils.reshape_transforms", "fasterrcnn_reshape_transform"),
+    ("pytorch_grad_cam.utils.image", "show_cam_on_image"),
+    ("pytorch_grad_cam.utils.image", "preprocess_image"),
+    ("pytorch_grad_cam.utils.image", "deprocess_image"),
+    ("pytorch_grad_cam.utils.image", "scale_cam_image"),
+    ("pytorch_grad_cam.utils.image", "create_labels_legend"),
+    ("pytorch_grad_cam.utils.image", "show_factorization_on_image"),
+    ("pytorch_grad_cam.metrics.cam_mult_image", "multiply_tensor_with_cam"),
+    ("pytorch_grad_cam.metrics.cam_mult_image", "CamMultImageConfidenceChange"),
+    ("pytorch_grad_cam.metrics.cam_mult_image", "DropInConfidence"),
+    ("pytorch_grad_cam.metrics.cam_mult_image", "IncreaseInConfidence"),
+    ("pytorch_grad_cam.metrics.perturbation_confidence", "PerturbationConfidenceMetric"),
+    ("pytorch_grad_cam.metrics.perturbation_confidence", "RemoveMostRelevantFirst"),
+    ("pytorch_grad_cam.metrics.perturbation_confidence", "RemoveLeastRelevantFirst"),
+    ("pytorch_grad_cam.metrics.perturbation_confidence", "AveragerAcrossThresholds"),
+    ("pytorch_grad_cam.metrics.road", "NoisyLinearImputer"),
+    ("pytorch_grad_cam.metrics.road", "ROADMostRelevantFirst"),
+    ("pytorch_grad_cam.metrics.road", "ROADLeastRelevantFirst"),
+    ("pytorch_grad_cam.metrics.road", "ROADMostRelevantFirstAverage"),
+    ("pytorch_grad_cam.metrics.road", "ROADLeastRelevantFirstAverage"),
+    ("pytorch_grad_cam.metrics.road", "ROADCombined"),
+    ("pytorch_grad_cam.metrics.arcc", "Complexity"),
+    ("pytorch_grad_cam.metrics.arcc", "Coherency"),
+    ("pytorch_grad_cam.metrics.arcc", "batch_pearson_coherency"),
+    ("pytorch_grad_cam.metrics.arcc", "ARCC"),
+]
+
 #: The CAM classes' registry names (cam.py --method).
 REGISTERED = {
     "HiResCAM": "hirescam",
@@ -49,6 +101,12 @@ def test_name_imports_from_its_compat_path(module, name):
         import pytorch_grad_cam
 
         assert name in pytorch_grad_cam.__all__
+
+
+def test_the_dead_multilayer_module_is_not_provided():
+    """COMPAT decision 12: grad-cam's ablation_cam_multilayer is dead code there."""
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("pytorch_grad_cam.ablation_cam_multilayer")
 
 
 @pytest.mark.parametrize("name", sorted(REGISTERED))
