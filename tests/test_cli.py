@@ -8,6 +8,7 @@ never a traceback. The per-method matrix and a few more error paths call the sam
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from pytorch_grad_cam import METHODS
-from pytorch_grad_cam.utils import cli
+from pytorch_grad_cam.cli import app as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = ROOT / "examples" / "cat.jpg"
@@ -399,3 +400,57 @@ def test_torchvision_default_layer_works_with_every_method(name: str) -> None:
         assert grayscale.shape == (size, size) and np.isfinite(grayscale).all(), method
         if method not in RANDOM_WEIGHTS:
             assert grayscale.max() > 0.9, f"{name} {method}: empty map at the default layer"
+
+
+# ----------------------------------------------------------------- layout and --help
+def test_help_lists_every_registered_method(capsys: pytest.CaptureFixture) -> None:
+    """--help reads METHODS, so a newly registered method is listed without touching the app."""
+    assert cli.main(["--help"], prog="cam.py") == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the list at the terminal width
+    listed = text.split("--method NAME the CAM method: ", 1)[1].split(" (default: gradcam)", 1)[0]
+    assert listed.split(", ") == list(METHODS)
+
+
+#: Run in a fresh interpreter: imports the package and every module under it but the app,
+#: then prints what of the app got imported along the way.
+_IMPORT_EVERYTHING_BUT_THE_APP = r"""
+import importlib, pkgutil, sys
+import pytorch_grad_cam
+
+def walk(package):
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        if info.name == "pytorch_grad_cam.cli":
+            continue
+        module = importlib.import_module(info.name)
+        yield info.name
+        if info.ispkg:
+            yield from walk(module)
+
+imported = list(walk(pytorch_grad_cam))
+app = sorted(name for name in sys.modules if name == "pytorch_grad_cam.cli" or name.startswith("pytorch_grad_cam.cli."))
+leftovers = [name for name in ("cli", "model_zoo") if hasattr(pytorch_grad_cam.utils, name)]
+print(len(imported), "modules;", "app:", app, "utils:", leftovers)
+"""
+
+
+def test_the_library_never_imports_the_app() -> None:
+    """The command-line app lives in pytorch_grad_cam.cli and nothing else imports it:
+    importing every other module of the package leaves it unimported, and utils keeps
+    only what library users import."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    result = subprocess.run([sys.executable, "-c", _IMPORT_EVERYTHING_BUT_THE_APP], env=environment,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    count = int(result.stdout.split()[0])
+    assert count > 30, result.stdout  # it did walk the package (methods, utils, metrics)
+    assert result.stdout.strip().endswith("app: [] utils: []"), result.stdout
+
+
+def test_console_script_is_the_command_line() -> None:
+    """setup.py's `pytorch-grad-cam` runs the same main() as cam.py."""
+    import importlib
+
+    declared = re.search(r'"pytorch-grad-cam = ([\w.]+):(\w+)"', (ROOT / "setup.py").read_text())
+    assert declared, "setup.py declares no pytorch-grad-cam console script"
+    assert getattr(importlib.import_module(declared[1]), declared[2]) is cli.main
+

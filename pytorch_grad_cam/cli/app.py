@@ -1,6 +1,7 @@
-"""The command line behind ``cam.py`` and the usage examples, and the photo-level steps
-they share with the docs' grid script: read a photo, make the model's input, predict,
-compute a CAM for one class, guided backpropagation, and write the pictures.
+"""The command line behind ``cam.py``, the ``pytorch-grad-cam`` console script and the
+usage examples, and the photo-level steps they share with the docs' grid script: read a
+photo, make the model's input, predict, compute a CAM for one class, guided
+backpropagation, and write the pictures.
 
 Every mistake a user can make on the command line (a missing or unreadable photo, an
 unknown method, model, layer or class, weights that cannot be had) ends in one line on
@@ -24,11 +25,7 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.base_cam import PerturbationCAM
-from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
-from pytorch_grad_cam.registry import METHODS, get_method
-from pytorch_grad_cam.utils.image import deprocess_image, preprocess_image, show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from pytorch_grad_cam.utils.model_zoo import (
+from pytorch_grad_cam.cli.model_zoo import (
     MODELS,
     ModelEntry,
     WeightsMismatch,
@@ -37,9 +34,25 @@ from pytorch_grad_cam.utils.model_zoo import (
     layer_name,
     load_model,
 )
+from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
+from pytorch_grad_cam.registry import METHODS, get_method
+from pytorch_grad_cam.utils.image import deprocess_image, preprocess_image, show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 TOP_K = 5
 DEBUG_VARIABLE = "PYTORCH_GRAD_CAM_DEBUG"
+
+#: The ``--help`` text of cam.py and the console script.
+DESCRIPTION = """Explain what an ImageNet classifier sees in a photo: a CAM overlay, guided
+backpropagation, and both combined.
+
+    pytorch-grad-cam --image-path <path> --method <method> [--use-cuda] [--aug-smooth] [--eigen-smooth]
+    python cam.py --image-path examples/cat.jpg --model efficientnet_lite0   # offline, pretrained
+
+Writes <method>_cam.jpg, <method>_gb.jpg and <method>_cam_gb.jpg (the photo's size)
+into --output-dir and prints the model's top-5 classes. Methods: every name in
+pytorch_grad_cam.METHODS. Models: pytorch_grad_cam.cli.model_zoo.MODELS.
+"""
 
 
 class CLIError(Exception):
@@ -413,7 +426,7 @@ def main(
     *,
     models: Optional[Dict[str, ModelEntry]] = None,
     default_model: str = "resnet50",
-    description: Optional[str] = None,
+    description: Optional[str] = DESCRIPTION,
     prog: Optional[str] = None,
 ) -> int:
     """Parse ``argv`` (default: sys.argv[1:]) and explain the photo; the exit code.
@@ -430,7 +443,10 @@ def main(
     try:
         with warnings.catch_warnings():  # restores showwarning when done
             warnings.showwarning = _one_line_warning
-            args = parser.parse_args(argv)
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as done:  # --help, printed by argparse (its errors are CLIErrors)
+                return int(done.code or 0)
             run(args, models)
     except CLIError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
