@@ -7,6 +7,7 @@ never a traceback. The per-method matrix and a few more error paths call the sam
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -21,6 +22,9 @@ import torch
 
 from pytorch_grad_cam import METHODS
 from pytorch_grad_cam.cli import app as cli
+from pytorch_grad_cam.cli.metrics import METRICS, compute_metrics, parse_metric_names
+from pytorch_grad_cam.metrics import DeletionMetric, ROADCombined
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = ROOT / "examples" / "cat.jpg"
@@ -454,3 +458,58 @@ def test_console_script_is_the_command_line() -> None:
     assert declared, "setup.py declares no pytorch-grad-cam console script"
     assert getattr(importlib.import_module(declared[1]), declared[2]) is cli.main
 
+
+# ----------------------------------------------------------------- --metrics
+METRIC_LINE = re.compile(r"  ([a-z-]+): (-?\d+\.\d+) \((higher|lower) is better; .+\)")
+
+
+def test_metrics_print_what_the_metrics_compute(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                efficientnet_lite0) -> None:
+    """--metrics deletion,road prints one finite number per metric after the pictures,
+    equal to the metric called directly on the same input and map (ROAD after
+    torch.manual_seed(0), as the command line seeds it, in a forked random state)."""
+    code = cli.main(["--image-path", str(CAT), "--model", "efficientnet_lite0", "--output-dir", str(tmp_path),
+                     "--metrics", "deletion,road"], prog="cam.py")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    heading = next(i for i, line in enumerate(lines) if line.startswith("metrics of the map"))
+    assert lines[heading - 1].startswith("wrote ") and "softmax probability of" in lines[heading]
+    printed = {}
+    for line in lines[heading + 1:]:
+        match = METRIC_LINE.fullmatch(line)
+        assert match, line
+        printed[match[1]] = (float(match[2]), match[3])
+    assert list(printed) == ["deletion", "road"]
+    assert all(math.isfinite(value) for value, _ in printed.values())
+    assert (printed["deletion"][1], printed["road"][1]) == ("lower", "higher")
+
+    entry, model = efficientnet_lite0
+    input_tensor = cli.model_input(cli.read_photo(CAT), entry)
+    grayscale = default_layer_map("gradcam", model, entry, input_tensor)
+    targets = [ClassifierOutputSoftmaxTarget(int(model(input_tensor).argmax()))]
+    deletion = DeletionMetric(batch_size=32)(input_tensor, grayscale[None], targets, model)[0]
+    torch.manual_seed(0)
+    road = ROADCombined()(input_tensor, grayscale[None], targets, model, batch_size=32)[0]
+    random_state = torch.get_rng_state()  # seeding happens in a forked state: nothing leaks out
+    assert compute_metrics(["deletion"], model, input_tensor, grayscale, targets[0].category) == {"deletion": deletion}
+    assert torch.equal(torch.get_rng_state(), random_state)
+    # Printed with 6 decimals: half a unit of the last place, plus float32 rounding.
+    assert printed["deletion"][0] == pytest.approx(float(deletion), abs=1e-6)
+    assert printed["road"][0] == pytest.approx(float(road), abs=1e-6)
+
+
+def test_unknown_metric_is_one_line_listing_the_metrics(capsys: pytest.CaptureFixture) -> None:
+    code = cli.main(["--image-path", str(CAT), "--metrics", "road,faithfulness"], prog="cam.py")
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cam.py: error: argument --metrics: 'faithfulness'"), captured.err
+    assert all(name in lines[0] for name in METRICS) and "or all" in lines[0]
+
+
+def test_metric_names() -> None:
+    assert parse_metric_names("all") == list(METRICS)
+    assert parse_metric_names(" Deletion, road,deletion ,") == ["deletion", "road"]
+    assert parse_metric_names("drop_in_confidence,all")[0] == "drop-in-confidence"
+    assert len(parse_metric_names("drop_in_confidence,all")) == len(METRICS)

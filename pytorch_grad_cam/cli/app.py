@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.base_cam import PerturbationCAM
+from pytorch_grad_cam.cli.metrics import METRICS, compute_metrics, metric_lines, parse_metric_names
 from pytorch_grad_cam.cli.model_zoo import (
     MODELS,
     ModelEntry,
@@ -111,8 +112,12 @@ def build_parser(
                         help="test-time augmentation smoothing (6x the work)")
     parser.add_argument("--eigen-smooth", "--eigen_smooth", dest="eigen_smooth", action="store_true",
                         help="first-principal-component smoothing")
+    parser.add_argument("--metrics", type=parse_metric_names, metavar="NAMES",
+                        help=f"after the pictures, print how faithful the map is: comma-separated, "
+                             f"from {', '.join(METRICS)}, or all (scores the class's softmax probability; "
+                             f"ROAD's noise is seeded, so the numbers repeat)")
     parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                        help="perturbed copies per forward pass for scorecam/ablationcam (default: 32)")
+                        help="perturbed copies per forward pass for scorecam/ablationcam and --metrics (default: 32)")
     parser.add_argument("--device", metavar="DEV", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument("--use-cuda", "--use_cuda", dest="use_cuda", action="store_true",
                         help="use CUDA if there is one (otherwise says so and runs on the CPU)")
@@ -415,6 +420,28 @@ def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
         raise CLIError("out of GPU memory; try a smaller --batch-size or --device cpu") from None
     paths = save_pictures(args.output_dir, method_name, make_pictures(photo, grayscale, gradient))
     print(f"wrote {', '.join(str(path) for path in paths)}")
+    if args.metrics:
+        print_metrics(args.metrics, model, input_tensor, grayscale, category, classes, args.batch_size)
+
+
+def print_metrics(
+    names: List[str], model: nn.Module, input_tensor: torch.Tensor, grayscale: np.ndarray, category: int,
+    classes: int, batch_size: int,
+) -> None:
+    """``--metrics``: a heading, then one line per metric of the map, on stdout.
+
+    Raises:
+        CLIError: if a metric rejects its input (a model that is not a classifier, say).
+    """
+    try:
+        values = compute_metrics(names, model, input_tensor, grayscale, category, batch_size)
+    except (ValueError, TypeError, IndexError) as error:
+        raise CLIError(f"--metrics: {error}") from None
+    except torch.cuda.OutOfMemoryError:
+        raise CLIError("--metrics: out of GPU memory; try a smaller --batch-size or --device cpu") from None
+    print(f"metrics of the map (score: the softmax probability of {class_label(category, classes)}):")
+    for line in metric_lines(values):
+        print(line)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
