@@ -42,6 +42,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={"test": TEST_REQUIRES, "demo": DEMO_REQUIRES},
+    # `pytorch-grad-cam ...` is `python cam.py ...` (pytorch_grad_cam/cli/).
+    entry_points={"console_scripts": ["pytorch-grad-cam = pytorch_grad_cam.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from pytorch_grad_cam import METHODS
-from pytorch_grad_cam.utils import cli
-from pytorch_grad_cam.utils.model_zoo import MODELS, imagenet_classes, load_model
+from pytorch_grad_cam.cli import app as cli
+from pytorch_grad_cam.cli.model_zoo import MODELS, imagenet_classes, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = [ROOT / "examples" / name for name in ("cat.jpg", "coffee.jpg", "motorcycle.jpg")]

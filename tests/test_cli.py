@@ -7,7 +7,9 @@ never a traceback. The per-method matrix and a few more error paths call the sam
 """
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +21,10 @@ import pytest
 import torch
 
 from pytorch_grad_cam import METHODS
-from pytorch_grad_cam.utils import cli
+from pytorch_grad_cam.cli import app as cli
+from pytorch_grad_cam.cli.metrics import METRICS, compute_metrics, parse_metric_names
+from pytorch_grad_cam.metrics import DeletionMetric, ROADCombined
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = ROOT / "examples" / "cat.jpg"
@@ -399,3 +404,112 @@ def test_torchvision_default_layer_works_with_every_method(name: str) -> None:
         assert grayscale.shape == (size, size) and np.isfinite(grayscale).all(), method
         if method not in RANDOM_WEIGHTS:
             assert grayscale.max() > 0.9, f"{name} {method}: empty map at the default layer"
+
+
+# ----------------------------------------------------------------- layout and --help
+def test_help_lists_every_registered_method(capsys: pytest.CaptureFixture) -> None:
+    """--help reads METHODS, so a newly registered method is listed without touching the app."""
+    assert cli.main(["--help"], prog="cam.py") == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the list at the terminal width
+    listed = text.split("--method NAME the CAM method: ", 1)[1].split(" (default: gradcam)", 1)[0]
+    assert listed.split(", ") == list(METHODS)
+
+
+#: Run in a fresh interpreter: imports the package and every module under it but the app,
+#: then prints what of the app got imported along the way.
+_IMPORT_EVERYTHING_BUT_THE_APP = r"""
+import importlib, pkgutil, sys
+import pytorch_grad_cam
+
+def walk(package):
+    for info in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+        if info.name == "pytorch_grad_cam.cli":
+            continue
+        module = importlib.import_module(info.name)
+        yield info.name
+        if info.ispkg:
+            yield from walk(module)
+
+imported = list(walk(pytorch_grad_cam))
+app = sorted(name for name in sys.modules if name == "pytorch_grad_cam.cli" or name.startswith("pytorch_grad_cam.cli."))
+leftovers = [name for name in ("cli", "model_zoo") if hasattr(pytorch_grad_cam.utils, name)]
+print(len(imported), "modules;", "app:", app, "utils:", leftovers)
+"""
+
+
+def test_the_library_never_imports_the_app() -> None:
+    """The command-line app lives in pytorch_grad_cam.cli and nothing else imports it:
+    importing every other module of the package leaves it unimported, and utils keeps
+    only what library users import."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    result = subprocess.run([sys.executable, "-c", _IMPORT_EVERYTHING_BUT_THE_APP], env=environment,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    count = int(result.stdout.split()[0])
+    assert count > 30, result.stdout  # it did walk the package (methods, utils, metrics)
+    assert result.stdout.strip().endswith("app: [] utils: []"), result.stdout
+
+
+def test_console_script_is_the_command_line() -> None:
+    """setup.py's `pytorch-grad-cam` runs the same main() as cam.py."""
+    import importlib
+
+    declared = re.search(r'"pytorch-grad-cam = ([\w.]+):(\w+)"', (ROOT / "setup.py").read_text())
+    assert declared, "setup.py declares no pytorch-grad-cam console script"
+    assert getattr(importlib.import_module(declared[1]), declared[2]) is cli.main
+
+
+# ----------------------------------------------------------------- --metrics
+METRIC_LINE = re.compile(r"  ([a-z-]+): (-?\d+\.\d+) \((higher|lower) is better; .+\)")
+
+
+def test_metrics_print_what_the_metrics_compute(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                efficientnet_lite0) -> None:
+    """--metrics deletion,road prints one finite number per metric after the pictures,
+    equal to the metric called directly on the same input and map (ROAD after
+    torch.manual_seed(0), as the command line seeds it, in a forked random state)."""
+    code = cli.main(["--image-path", str(CAT), "--model", "efficientnet_lite0", "--output-dir", str(tmp_path),
+                     "--metrics", "deletion,road"], prog="cam.py")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    heading = next(i for i, line in enumerate(lines) if line.startswith("metrics of the map"))
+    assert lines[heading - 1].startswith("wrote ") and "softmax probability of" in lines[heading]
+    printed = {}
+    for line in lines[heading + 1:]:
+        match = METRIC_LINE.fullmatch(line)
+        assert match, line
+        printed[match[1]] = (float(match[2]), match[3])
+    assert list(printed) == ["deletion", "road"]
+    assert all(math.isfinite(value) for value, _ in printed.values())
+    assert (printed["deletion"][1], printed["road"][1]) == ("lower", "higher")
+
+    entry, model = efficientnet_lite0
+    input_tensor = cli.model_input(cli.read_photo(CAT), entry)
+    grayscale = default_layer_map("gradcam", model, entry, input_tensor)
+    targets = [ClassifierOutputSoftmaxTarget(int(model(input_tensor).argmax()))]
+    deletion = DeletionMetric(batch_size=32)(input_tensor, grayscale[None], targets, model)[0]
+    torch.manual_seed(0)
+    road = ROADCombined()(input_tensor, grayscale[None], targets, model, batch_size=32)[0]
+    random_state = torch.get_rng_state()  # seeding happens in a forked state: nothing leaks out
+    assert compute_metrics(["deletion"], model, input_tensor, grayscale, targets[0].category) == {"deletion": deletion}
+    assert torch.equal(torch.get_rng_state(), random_state)
+    # Printed with 6 decimals: half a unit of the last place, plus float32 rounding.
+    assert printed["deletion"][0] == pytest.approx(float(deletion), abs=1e-6)
+    assert printed["road"][0] == pytest.approx(float(road), abs=1e-6)
+
+
+def test_unknown_metric_is_one_line_listing_the_metrics(capsys: pytest.CaptureFixture) -> None:
+    code = cli.main(["--image-path", str(CAT), "--metrics", "road,faithfulness"], prog="cam.py")
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cam.py: error: argument --metrics: 'faithfulness'"), captured.err
+    assert all(name in lines[0] for name in METRICS) and "or all" in lines[0]
+
+
+def test_metric_names() -> None:
+    assert parse_metric_names("all") == list(METRICS)
+    assert parse_metric_names(" Deletion, road,deletion ,") == ["deletion", "road"]
+    assert parse_metric_names("drop_in_confidence,all")[0] == "drop-in-confidence"
+    assert len(parse_metric_names("drop_in_confidence,all")) == len(METRICS)

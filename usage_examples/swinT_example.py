@@ -15,8 +15,8 @@ original README; layers[-1].blocks[-1] (the block's output) works as well.
 """
 import sys
 
-from pytorch_grad_cam.utils.cli import main
-from pytorch_grad_cam.utils.model_zoo import ModelEntry
+from pytorch_grad_cam.cli import main
+from pytorch_grad_cam.cli.model_zoo import ModelEntry
 from pytorch_grad_cam.utils.reshape_transforms import swin_reshape_transform
 
 

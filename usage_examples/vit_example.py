@@ -16,8 +16,8 @@ token, so its input norm (blocks[-1].norm1) is the last place where patches matt
 """
 import sys
 
-from pytorch_grad_cam.utils.cli import main
-from pytorch_grad_cam.utils.model_zoo import ModelEntry
+from pytorch_grad_cam.cli import main
+from pytorch_grad_cam.cli.model_zoo import ModelEntry
 from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 
 

@@ -1,6 +1,7 @@
-"""The command line behind ``cam.py`` and the usage examples, and the photo-level steps
-they share with the docs' grid script: read a photo, make the model's input, predict,
-compute a CAM for one class, guided backpropagation, and write the pictures.
+"""The command line behind ``cam.py``, the ``pytorch-grad-cam`` console script and the
+usage examples, and the photo-level steps they share with the docs' grid script: read a
+photo, make the model's input, predict, compute a CAM for one class, guided
+backpropagation, and write the pictures.
 
 Every mistake a user can make on the command line (a missing or unreadable photo, an
 unknown method, model, layer or class, weights that cannot be had) ends in one line on
@@ -24,11 +25,8 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.base_cam import PerturbationCAM
-from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
-from pytorch_grad_cam.registry import METHODS, get_method
-from pytorch_grad_cam.utils.image import deprocess_image, preprocess_image, show_cam_on_image
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from pytorch_grad_cam.utils.model_zoo import (
+from pytorch_grad_cam.cli.metrics import METRICS, compute_metrics, metric_lines, parse_metric_names
+from pytorch_grad_cam.cli.model_zoo import (
     MODELS,
     ModelEntry,
     WeightsMismatch,
@@ -37,9 +35,25 @@ from pytorch_grad_cam.utils.model_zoo import (
     layer_name,
     load_model,
 )
+from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
+from pytorch_grad_cam.registry import METHODS, get_method
+from pytorch_grad_cam.utils.image import deprocess_image, preprocess_image, show_cam_on_image
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 TOP_K = 5
 DEBUG_VARIABLE = "PYTORCH_GRAD_CAM_DEBUG"
+
+#: The ``--help`` text of cam.py and the console script.
+DESCRIPTION = """Explain what an ImageNet classifier sees in a photo: a CAM overlay, guided
+backpropagation, and both combined.
+
+    pytorch-grad-cam --image-path <path> --method <method> [--use-cuda] [--aug-smooth] [--eigen-smooth]
+    python cam.py --image-path examples/cat.jpg --model efficientnet_lite0   # offline, pretrained
+
+Writes <method>_cam.jpg, <method>_gb.jpg and <method>_cam_gb.jpg (the photo's size)
+into --output-dir and prints the model's top-5 classes. Methods: every name in
+pytorch_grad_cam.METHODS. Models: pytorch_grad_cam.cli.model_zoo.MODELS.
+"""
 
 
 class CLIError(Exception):
@@ -98,8 +112,12 @@ def build_parser(
                         help="test-time augmentation smoothing (6x the work)")
     parser.add_argument("--eigen-smooth", "--eigen_smooth", dest="eigen_smooth", action="store_true",
                         help="first-principal-component smoothing")
+    parser.add_argument("--metrics", type=parse_metric_names, metavar="NAMES",
+                        help=f"after the pictures, print how faithful the map is: comma-separated, "
+                             f"from {', '.join(METRICS)}, or all (scores the class's softmax probability; "
+                             f"ROAD's noise is seeded, so the numbers repeat)")
     parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                        help="perturbed copies per forward pass for scorecam/ablationcam (default: 32)")
+                        help="perturbed copies per forward pass for scorecam/ablationcam and --metrics (default: 32)")
     parser.add_argument("--device", metavar="DEV", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument("--use-cuda", "--use_cuda", dest="use_cuda", action="store_true",
                         help="use CUDA if there is one (otherwise says so and runs on the CPU)")
@@ -402,6 +420,28 @@ def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
         raise CLIError("out of GPU memory; try a smaller --batch-size or --device cpu") from None
     paths = save_pictures(args.output_dir, method_name, make_pictures(photo, grayscale, gradient))
     print(f"wrote {', '.join(str(path) for path in paths)}")
+    if args.metrics:
+        print_metrics(args.metrics, model, input_tensor, grayscale, category, classes, args.batch_size)
+
+
+def print_metrics(
+    names: List[str], model: nn.Module, input_tensor: torch.Tensor, grayscale: np.ndarray, category: int,
+    classes: int, batch_size: int,
+) -> None:
+    """``--metrics``: a heading, then one line per metric of the map, on stdout.
+
+    Raises:
+        CLIError: if a metric rejects its input (a model that is not a classifier, say).
+    """
+    try:
+        values = compute_metrics(names, model, input_tensor, grayscale, category, batch_size)
+    except (ValueError, TypeError, IndexError) as error:
+        raise CLIError(f"--metrics: {error}") from None
+    except torch.cuda.OutOfMemoryError:
+        raise CLIError("--metrics: out of GPU memory; try a smaller --batch-size or --device cpu") from None
+    print(f"metrics of the map (score: the softmax probability of {class_label(category, classes)}):")
+    for line in metric_lines(values):
+        print(line)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -413,7 +453,7 @@ def main(
     *,
     models: Optional[Dict[str, ModelEntry]] = None,
     default_model: str = "resnet50",
-    description: Optional[str] = None,
+    description: Optional[str] = DESCRIPTION,
     prog: Optional[str] = None,
 ) -> int:
     """Parse ``argv`` (default: sys.argv[1:]) and explain the photo; the exit code.
@@ -430,7 +470,10 @@ def main(
     try:
         with warnings.catch_warnings():  # restores showwarning when done
             warnings.showwarning = _one_line_warning
-            args = parser.parse_args(argv)
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit as done:  # --help, printed by argparse (its errors are CLIErrors)
+                return int(done.code or 0)
             run(args, models)
     except CLIError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

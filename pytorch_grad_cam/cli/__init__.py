@@ -1,0 +1,14 @@
+"""The command-line application of the library: ``python cam.py ...``, the
+``pytorch-grad-cam`` console script (this package's :func:`main`), the usage
+examples' entry point, and the photo-level steps ``docs/make_grid.py`` shares with it.
+
+    app.py        the arguments, the run from a photo to the pictures, one-line errors
+    model_zoo.py  the models known by name (``--model``): weights, default layer, input
+    metrics.py    ``--metrics``: names for pytorch_grad_cam.metrics, run on the explained map
+
+The library never imports this package (``tests/test_cli.py`` checks it): it is an
+application built on the library, not part of its API.
+"""
+from pytorch_grad_cam.cli.app import main
+
+__all__ = ["main"]
