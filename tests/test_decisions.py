@@ -124,7 +124,7 @@ _BLOCKED_IMPORTS = textwrap.dedent(
     import numpy as np, torch
     import pytorch_grad_cam
     # The library, not the command-line app (its demo extras, scikit-image's photos, use scipy).
-    app = ("pytorch_grad_cam.cli", "pytorch_grad_cam.utils.cli", "pytorch_grad_cam.utils.model_zoo")
+    app = ("pytorch_grad_cam.cli",)
     for module in pkgutil.walk_packages(pytorch_grad_cam.__path__, "pytorch_grad_cam."):
         if not module.name.startswith(app):
             importlib.import_module(module.name)
