@@ -381,7 +381,7 @@ def test_refinecam_is_the_min_max_product_of_per_layer_maps(small_cnn):
 
 @pytest.mark.parametrize("name", ["fullgrad", "shapleycam", "finercam", "refinecam"])
 def test_batch_equals_per_image(name, small_cnn):
-    from pytorch_grad_cam.registry import PENDING_METHODS as METHODS
+    from pytorch_grad_cam.registry import METHODS
 
     x = torch.rand(3, 3, 32, 32)
     layers = None if name == "fullgrad" else [small_cnn.features[2], small_cnn.features[-1]]
