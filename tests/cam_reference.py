@@ -393,8 +393,11 @@ def fullgrad_reference(model: nn.Module, input_tensor: torch.Tensor, classes: Se
     for module in model64.modules():
         bias = bias_layer_bias(module)
         if bias is not None:
+            # The output as the layer returned it; the network gets a copy, so that
+            # in-place operations after the layer (``out += skip``, ``relu_``) do not
+            # turn the recorded tensor into a later one.
             handles.append(module.register_forward_hook(
-                lambda m, i, output, bias=bias: recorded.append((bias, output))
+                lambda m, i, output, bias=bias: recorded.append((bias, output)) or output.clone()
             ))
     try:
         with torch.enable_grad():
