@@ -273,6 +273,20 @@ def test_fullgrad_terms_on_a_batchnorm_free_model_with_reordered_registration():
     assert np.abs(result - expected).max() < 1e-5 and expected.std() > 0.05
 
 
+def test_fullgrad_validates_and_ignores_the_layers_it_is_given(small_cnn):
+    from pytorch_grad_cam import FullGrad
+
+    x = torch.rand(2, 3, 32, 32)
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # documented, not warned on every construction
+        plain = FullGrad(small_cnn)(x, targets)
+        for layers in ([], [small_cnn.features[-1]], "features.2"):
+            np.testing.assert_array_equal(FullGrad(small_cnn, layers, vit_reshape_transform)(x, targets), plain)
+    with pytest.raises(ValueError, match="is not inside the model"):
+        FullGrad(small_cnn, [nn.Conv2d(3, 3, 1)])
+
+
 def test_fullgrad_batchnorm_effective_bias(small_cnn):
     from pytorch_grad_cam.full_grad import effective_bias
 
