@@ -11,14 +11,15 @@ from torch import nn
 
 from pytorch_grad_cam.base_cam import BaseCAM, Target
 from pytorch_grad_cam.grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import FinerWeightedTarget
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 
 
 class FinerCAM(BaseCAM):
     """``base_method``'s map (GradCAM by default) for FinerWeightedTarget(main, similar,
     α). With ``targets=None``: classes are ranked by |z − z_ref| (z_ref the top logit, or
     ``z[target_idx]``); rank 0 is the main class and ``comparison_categories`` are
-    *ranks* (1, 2, 3: the three logits closest to the main one)."""
+    *ranks* (1, 2, 3: the three logits closest to the main one); ranks past the last
+    class are dropped."""
 
     def __init__(
         self,
@@ -57,16 +58,28 @@ class FinerCAM(BaseCAM):
         else:
             reference = scores[:, self.target_idx : self.target_idx + 1]
         order = (scores - reference).abs().argsort(dim=-1, stable=True).tolist()
-        targets = [
-            FinerWeightedTarget(
-                ranked[0] if self.target_idx is None else self.target_idx,
-                [ranked[rank] for rank in self.comparison_categories],
-                self.alpha,
-            )
-            for ranked in order
-        ]
+        # Ranks past the last class are dropped (a 3-class model has ranks 1 and 2 only);
+        # with no class left to compare against, the main class's own logit is explained.
+        ranks = [rank for rank in self.comparison_categories if rank < scores.shape[-1]]
+        targets: List[Target] = []
+        for ranked in order:
+            main = ranked[0] if self.target_idx is None else self.target_idx
+            if ranks:
+                targets.append(FinerWeightedTarget(main, [ranked[rank] for rank in ranks], self.alpha))
+            else:
+                targets.append(ClassifierOutputTarget(main))
         return targets * copies
 
+    def release(self) -> None:
+        super().release()
+        if getattr(self, "base", None) is not None:
+            self.base.release()
+
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
+        # The base method reads this call's layer outputs (AblationCAM does) and must not
+        # keep them: they hold the call's activations, and through them its graph.
         self.base._layer_outputs = self._layer_outputs
-        return self.base.get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
+        try:
+            return self.base.get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
+        finally:
+            self.base._layer_outputs = {}

@@ -3,30 +3,35 @@ with a bias, |bias x gradient of its output|, each scaled per (image, channel) a
 resized to the input, all summed. The target layers are every bias layer."""
 from __future__ import annotations
 
-import warnings
 from typing import List, Optional
 
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, Target
+from pytorch_grad_cam.base_cam import BaseCAM, resolve_target_layers, unwrap_parallel
 from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 
+_CONVOLUTIONS = (nn.Conv2d, nn.Conv3d)
+_BATCH_NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 def effective_bias(layer: nn.Module) -> Optional[torch.Tensor]:
     """The per-channel bias a layer adds in eval mode: a convolution's bias; a batch
-    norm's bias − running_mean·weight/sqrt(running_var + eps). None: no bias."""
-    if isinstance(layer, nn.Conv2d):
+    norm's bias − running_mean·weight/sqrt(running_var + eps). None: no bias.
+    Convolutions and batch norms of every spatial rank count (Conv3d/BatchNorm3d for
+    volumes), by the same rule."""
+    if isinstance(layer, _CONVOLUTIONS):
         return None if layer.bias is None else layer.bias.detach()
-    if isinstance(layer, nn.BatchNorm2d) and layer.bias is not None and layer.running_mean is not None:
+    if isinstance(layer, _BATCH_NORMS) and layer.bias is not None and layer.running_mean is not None:
         scale = layer.weight.detach() / torch.sqrt(layer.running_var + layer.eps)
         return layer.bias.detach() - layer.running_mean * scale
     return None
 
 
 def _scale_channels(maps: torch.Tensor, size) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, H, W): min-max per (image, channel), then resized."""
+    """(B, C, *spatial) -> (B, C, *size): min-max per (image, channel), then resized."""
     batch, channels = maps.shape[:2]
     scaled = min_max_scale(maps.reshape(batch * channels, *maps.shape[2:]))
     return resize_maps(scaled, size).reshape(batch, channels, *size)
@@ -34,20 +39,33 @@ def _scale_channels(maps: torch.Tensor, size) -> torch.Tensor:
 
 class FullGrad(BaseCAM):
     """map = minmax(Σ_c s(|∇X ⊙ X|_c) + Σ_l Σ_c s(|b_l,c · G_l,c|)), s = per-(image,
-    channel) min-max and resize; no ReLU. Bias layers (Conv2d with a bias, BatchNorm2d)
-    are the ones the forward pass runs, each paired with its own gradient, so the
-    modules' registration order does not matter and models without BatchNorm work."""
+    channel) min-max and resize; no ReLU. Bias layers (convolutions with a bias, batch
+    norms; 2-D and 3-D alike) are the ones the forward pass runs, each paired with its
+    own gradient, so the modules' registration order does not matter and models without
+    BatchNorm work. Every term is computed in float32 from the model's gradients.
+
+    ``target_layers`` and ``reshape_transform`` are accepted, so that every registered
+    method takes the same arguments, and ignored: the layers are by definition every
+    bias layer, whose outputs are already grids. A given layer must still be inside the
+    model (a foreign one is an error, as for every method). The reference warns that it
+    ignores them; here it is documented instead of a warning on every construction by
+    the command line, the benchmark and any code that treats the methods alike.
+    """
 
     compute_input_gradient = True
     allow_unreached_layers = True
 
     def __init__(self, model: nn.Module, target_layers=None, reshape_transform=None, **kwargs) -> None:
-        if target_layers:
-            warnings.warn("FullGrad uses every layer with a bias; target_layers is ignored", stacklevel=2)
-        layers = [m for m in model.modules() if effective_bias(m) is not None]
+        given = kwargs.pop("target_layer", None)
+        if given is not None or (target_layers is not None and not _empty_list(target_layers)):
+            resolve_target_layers(model, target_layers, given)  # only validated
+        layers = [m for m in unwrap_parallel(model).modules() if effective_bias(m) is not None]
         if not layers:
-            raise ValueError("FullGrad needs Conv2d/BatchNorm2d layers with a bias; the model has none")
-        super().__init__(model, layers, reshape_transform, **kwargs)
+            raise ValueError(
+                "FullGrad needs convolution or batch-norm layers with a bias "
+                "(Conv2d/3d, BatchNorm2d/3d); the model has none"
+            )
+        super().__init__(model, layers, None, **kwargs)
 
     def _check_layers_ran(self, recorder) -> None:
         # Bias layers the forward pass never runs add nothing (they are dropped).
@@ -59,16 +77,26 @@ class FullGrad(BaseCAM):
         gradient = self._input_gradient.float()
         terms = [_scale_channels((gradient * input_tensor.float()).abs(), size)]
         for layer, (activations, grads) in zip(self.target_layers, recorded):
-            if id(layer) not in self._ran or grads is None:
+            # A layer whose output is not a grid of the input's rank (a Conv1d over
+            # channels, as in ECA attention) has no map at the input's size: it adds nothing.
+            if id(layer) not in self._ran or grads is None or grads.ndim != input_tensor.ndim:
                 continue
-            bias = effective_bias(layer).float().reshape(1, -1, 1, 1)
+            bias = effective_bias(layer).float().reshape(1, -1, *[1] * (grads.ndim - 2))
             terms.append(_scale_channels((bias * grads.float()).abs(), size).sum(1, keepdim=True))
         terms = torch.cat(terms, dim=1)
         if not eigen_smooth:
             return [terms.sum(1)]
-        small = (max(size[0] // 8, 1), max(size[1] // 8, 1))
+        # The reference projects at 1/8 of the input size. Below 64 pixels a side that
+        # leaves a grid of a few cells (a 1x1x1 grid has no principal component at all),
+        # so the grid keeps up to 8 cells a side there; at 64 pixels and up it is 1/8.
+        small = tuple(max(side // 8, min(side, 8)) for side in size)
         projected = get_2d_projection(_scale_channels(terms, small))
         return [_scale_channels(projected[:, None], size)[:, 0]]
 
     def aggregate_multi_layers(self, cams: List[torch.Tensor]) -> torch.Tensor:
         return min_max_scale(cams[0])
+
+
+def _empty_list(layers: object) -> bool:
+    """``[]`` / ``()``: what grad-cam 1.5.x users pass to FullGrad for "no layers"."""
+    return isinstance(layers, (list, tuple)) and not layers

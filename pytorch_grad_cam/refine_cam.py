@@ -32,9 +32,19 @@ class RefineCAM(BaseCAM):
         self.needs_targets = self.base.needs_targets
         self.compute_input_gradient = self.base.compute_input_gradient
 
+    def release(self) -> None:
+        super().release()
+        if getattr(self, "base", None) is not None:
+            self.base.release()
+
     def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
+        # The base method reads this call's layer outputs (AblationCAM does) and must not
+        # keep them: they hold the call's activations, and through them its graph.
         self.base._layer_outputs = self._layer_outputs
-        return self.base.get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
+        try:
+            return self.base.get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
+        finally:
+            self.base._layer_outputs = {}
 
     def aggregate_multi_layers(self, cams: List[torch.Tensor]) -> torch.Tensor:
         product = min_max_scale(cams[0])

@@ -38,15 +38,6 @@ METHODS: Dict[str, Type[BaseCAM]] = {
     "fem": FEM,
     "kpcacam": KPCA_CAM,
     "segeigencam": SegEigenCAM,
-}
-
-#: grad-cam 1.5.x's FullGrad, ShapleyCAM, FinerCAM and RefineCAM (COMPAT.md §3-§6):
-#: importable from ``pytorch_grad_cam`` and tested on their own (tests/test_dropin_base.py),
-#: but not yet in METHODS (so not yet in cam.py, the grid or the registry-wide tests):
-#: those tests found FullGrad and FinerCAM/RefineCAM failing guarantees that every
-#: registered method keeps (the model's state as found, no graph kept after a call,
-#: 3-D volumes, the disconnected-layer error). They move into METHODS once they do.
-PENDING_METHODS: Dict[str, Type[BaseCAM]] = {
     "fullgrad": FullGrad,
     "shapleycam": ShapleyCAM,
     "finercam": FinerCAM,

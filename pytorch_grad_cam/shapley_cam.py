@@ -6,16 +6,50 @@ from __future__ import annotations
 from typing import Dict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from pytorch_grad_cam.base_cam import BaseCAM
+
+
+def _math_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """``F.scaled_dot_product_attention`` by its composite definition (torch's "math"
+    backend): made of differentiable operations, so it has a double backward."""
+    return torch.ops.aten._scaled_dot_product_attention_math(
+        query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+    )[0]
+
+
+class _TwiceDifferentiableAttention(TorchFunctionMode):
+    """Route ``F.scaled_dot_product_attention`` to its math definition while active.
+
+    torch's fused CPU/GPU attention kernels have no double backward, which the Hessian
+    term needs. ``torch.nn.attention.sdpa_kernel`` would pick the math backend too, but
+    it sets process-wide flags that other threads would see; a torch-function mode is
+    per thread, and it is gone when the call ends."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            return _math_attention(*args, **kwargs)
+        return func(*args, **kwargs)
 
 
 class ShapleyCAM(BaseCAM):
     """w_k = mean_ij (G − ½·HVP)_k with HVP = ∂(G·A)/∂A at fixed A (autograd double
     backward); map = Σ_k w_k·A_k. A linear head after the layer (avgpool + fc) has no
     curvature: HVP = 0 and ShapleyCAM equals GradCAM. With a ``reshape_transform`` the
-    transform is applied alike to HVP, A and G (the map uses the reshaped A)."""
+    transform is applied alike to HVP, A and G (the map uses the reshaped A).
+    Attention (``F.scaled_dot_product_attention``, as in timm's ViT/DeiT/Swin) runs by
+    its composite definition during the call, since the fused kernels have no double
+    backward: no ``sdpa_kernel`` wrapper is needed."""
+
+    def _forward(self, input_tensor, targets, eigen_smooth, copies=1):
+        # The forward pass picks the attention kernels whose backward the Hessian term
+        # differentiates again: the twice-differentiable one, on this thread only.
+        with _TwiceDifferentiableAttention():
+            return super()._forward(input_tensor, targets, eigen_smooth, copies)
 
     def backward(self, loss: torch.Tensor, input_tensor: torch.Tensor, recorder) -> None:
         outputs = recorder.layer_outputs

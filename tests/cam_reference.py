@@ -1,4 +1,5 @@
-"""Independent reference implementations of SPEC.md's CAM formulas, for the tests.
+"""Independent reference implementations of SPEC.md's CAM formulas (and COMPAT.md's
+for FullGrad, ShapleyCAM, FinerCAM and RefineCAM), for the tests.
 
 Nothing here imports the engine: activations and gradients are captured by
 replacing a layer's output with a fresh leaf tensor and calling
@@ -9,6 +10,7 @@ resize, an explicit interpolation matrix for ScoreCAM's ``align_corners=True``).
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Callable, Iterator, List, Sequence, Tuple
 
 import cv2
@@ -317,6 +319,112 @@ def kernel_pca_projection(A: np.ndarray, kernel: str = "sigmoid", gamma=None) ->
     return (vector * np.sqrt(value)).reshape(A.shape[1:])
 
 
+# ---------------------------------------------------------------- COMPAT.md §3-§6
+def capture_with_hessian(
+    model: nn.Module,
+    layer: nn.Module,
+    input_tensor: torch.Tensor,
+    classes: Sequence[int],
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A, G, H·A) for ShapleyCAM, in float64 on a copy of the model: G = dL/dA and the
+    Hessian-vector product d(G·v)/dA at v = A (fixed), by double backward through a
+    leaf substituted for the layer output; attention runs on torch's math backend (the
+    fused kernels have no double backward). ``transform`` folds all three alike."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model64 = copy.deepcopy(model).double()
+    inner = dict(model.named_modules())
+    layer64 = dict(model64.named_modules())[next(name for name, m in inner.items() if m is layer)]
+    leaves: List[torch.Tensor] = []
+
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        leaf = output.detach().clone().requires_grad_(True)
+        leaves.append(leaf)
+        return leaf.clone()
+
+    handle = layer64.register_forward_hook(hook)
+    try:
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
+            logits = model64(input_tensor.double())
+            loss = logits[torch.arange(len(classes)), list(classes)].sum()
+            (grad,) = torch.autograd.grad(loss, leaves[-1], create_graph=True)
+            if grad.requires_grad:
+                (hvp,) = torch.autograd.grad(grad, leaves[-1], grad_outputs=leaves[-1].detach(), allow_unused=True)
+            else:
+                hvp = None
+    finally:
+        handle.remove()
+    hvp = torch.zeros_like(grad) if hvp is None else hvp
+    leaf = leaves[-1].detach()
+    return tuple(transform(t.detach()).numpy() for t in (leaf, grad, hvp))
+
+
+def shapleycam_weights(G: np.ndarray, hvp: np.ndarray) -> np.ndarray:
+    """w_k = mean over positions of (G - 1/2 H·A)_k."""
+    return (G - 0.5 * hvp).reshape(G.shape[0], -1).mean(axis=1)
+
+
+def bias_layer_bias(module: nn.Module):
+    """The bias a convolution or (eval-mode) batch norm adds per channel, in float64;
+    None for other modules and bias-free ones."""
+    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+        return None if module.bias is None else module.bias.detach().double()
+    if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)) and module.bias is not None and module.running_mean is not None:
+        mean, var = module.running_mean.double(), module.running_var.double()
+        return module.bias.detach().double() - mean * module.weight.detach().double() / torch.sqrt(var + module.eps)
+    return None
+
+
+def scaled_channel_maps(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """(K, *spatial) -> (K, *size): each channel min-max scaled, then resized."""
+    return np.stack([resize_half_pixel(min_max(channel), size) for channel in x])
+
+
+def fullgrad_reference(model: nn.Module, input_tensor: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
+    """FullGrad (COMPAT.md §3) in float64 on a copy of the model: per image,
+    minmax(sum_c s(|dL/dX * X|_c) + sum over the bias layers the forward runs of
+    sum_c s(|b_c * dL/dO_c|)), s = per-channel min-max and resize, O the layer's
+    output; no ReLU. Target layers and reshape transforms play no part."""
+    model64 = copy.deepcopy(model).double()
+    x = input_tensor.double().clone().requires_grad_(True)
+    recorded: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    handles = []
+    for module in model64.modules():
+        bias = bias_layer_bias(module)
+        if bias is not None:
+            # The output as the layer returned it; the network gets a copy, so that
+            # in-place operations after the layer (``out += skip``, ``relu_``) do not
+            # turn the recorded tensor into a later one.
+            handles.append(module.register_forward_hook(
+                lambda m, i, output, bias=bias: recorded.append((bias, output)) or output.clone()
+            ))
+    try:
+        with torch.enable_grad():
+            logits = model64(x)
+            loss = logits[torch.arange(len(classes)), list(classes)].sum()
+            grads = torch.autograd.grad(loss, [x] + [out for _, out in recorded], allow_unused=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    size = tuple(input_tensor.shape[2:])
+    inputs = (grads[0] * x).abs().detach().numpy()
+    maps = []
+    for b in range(len(classes)):
+        total = scaled_channel_maps(inputs[b], size).sum(axis=0)
+        for (bias, _), grad in zip(recorded, grads[1:]):
+            if grad is None or grad.ndim != x.ndim:
+                continue
+            term = (bias.reshape(-1, *[1] * (grad.ndim - 2)) * grad[b]).abs().numpy()
+            total = total + scaled_channel_maps(term, size).sum(axis=0)
+        maps.append(min_max(total))
+    return np.stack(maps)
+
+
+#: Which base method's map each wrapper method builds on (COMPAT.md §5, §6 defaults).
+WRAPPER_BASE = {"finercam": "gradcam", "refinecam": "gradcam++"}
+
+
 def weighted_map(weights: np.ndarray, A: np.ndarray, eigen_smooth: bool) -> np.ndarray:
     weighted = weights.reshape(-1, *[1] * (A.ndim - 1)) * A
     return pc_projection(weighted) if eigen_smooth else weighted.sum(axis=0)
@@ -332,15 +440,22 @@ def reference_cam(
     transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     ablate: Callable[[torch.Tensor, float], torch.Tensor] = ablate_channels,
 ) -> np.ndarray:
-    """The (B, *spatial) CAM of SPEC.md for ``method`` (a registry name). ``transform``
+    """The (B, *spatial) CAM of SPEC.md (or COMPAT.md §3-§6 for fullgrad, shapleycam,
+    finercam, refinecam) for ``method`` (a registry name), for given ``classes``. ``transform``
     turns a layer's output into (B, K, *spatial) maps (a reshape_transform); ``ablate``
     makes AblationCAM's K ablated copies of one image's raw layer output."""
     size = tuple(input_tensor.shape[2:])
+    if method == "fullgrad":
+        return fullgrad_reference(model, input_tensor, classes)
+    wrapper, method = method, WRAPPER_BASE.get(method, method)
     if method == "randomcam":
         torch.manual_seed(RANDOM_SEED)
     per_layer = []
     for layer in layers:
-        A, G, _ = capture(model, layer, input_tensor, classes, transform)
+        if method == "shapleycam":
+            A, G, hessian_products = capture_with_hessian(model, layer, input_tensor, classes, transform)
+        else:
+            A, G, _ = capture(model, layer, input_tensor, classes, transform)
         random_weights = random_cam_weights(*A.shape[:2]) if method == "randomcam" else None
         maps = []
         for b, category in enumerate(classes):
@@ -377,9 +492,15 @@ def reference_cam(
                 raw = kernel_pca_projection(a)
             elif method == "segeigencam":
                 raw = sign_corrected_projection(np.abs(g) * a)
+            elif method == "shapleycam":
+                raw = weighted_map(shapleycam_weights(g, hessian_products[b]), a, eigen_smooth)
             else:
                 raise KeyError(method)
             maps.append(finish_layer(raw, size))
         per_layer.append(np.stack(maps))
+    if wrapper == "refinecam":  # the product of the per-layer maps, each min-max scaled
+        product = np.prod([np.stack([min_max(m) for m in maps]) for maps in per_layer], axis=0)
+        return np.stack([min_max(m) for m in product])
+    # FinerCAM with given targets: its base method's map of them.
     mean = np.mean(per_layer, axis=0)
     return np.stack([min_max(m) for m in mean])

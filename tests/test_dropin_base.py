@@ -273,6 +273,20 @@ def test_fullgrad_terms_on_a_batchnorm_free_model_with_reordered_registration():
     assert np.abs(result - expected).max() < 1e-5 and expected.std() > 0.05
 
 
+def test_fullgrad_validates_and_ignores_the_layers_it_is_given(small_cnn):
+    from pytorch_grad_cam import FullGrad
+
+    x = torch.rand(2, 3, 32, 32)
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(3)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # documented, not warned on every construction
+        plain = FullGrad(small_cnn)(x, targets)
+        for layers in ([], [small_cnn.features[-1]], "features.2"):
+            np.testing.assert_array_equal(FullGrad(small_cnn, layers, vit_reshape_transform)(x, targets), plain)
+    with pytest.raises(ValueError, match="is not inside the model"):
+        FullGrad(small_cnn, [nn.Conv2d(3, 3, 1)])
+
+
 def test_fullgrad_batchnorm_effective_bias(small_cnn):
     from pytorch_grad_cam.full_grad import effective_bias
 
@@ -332,12 +346,13 @@ def test_shapleycam_equals_gradcam_for_a_linear_head(small_cnn):
 def test_shapleycam_with_reshape_transform(deit_tiny):
     from pytorch_grad_cam import ShapleyCAM
 
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     x = torch.rand(1, 3, 224, 224)
-    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention has no double backward
-            result = ShapleyCAM(deit_tiny, [deit_tiny.blocks[-1].norm1], vit_reshape_transform)(x, [ClassifierOutputTarget(5)])
+    # No sdpa_kernel wrapper: ShapleyCAM runs attention twice-differentiably itself
+    # (torch's fused CPU attention has no double backward), and leaves no mode behind.
+    modes = torch._C._len_torch_function_stack()
+    result = ShapleyCAM(deit_tiny, [deit_tiny.blocks[-1].norm1], vit_reshape_transform)(x, [ClassifierOutputTarget(5)])
     assert result.shape == (1, 224, 224) and np.isfinite(result).all() and result.std() > 0.01
+    assert torch._C._len_torch_function_stack() == modes
 
 
 # ------------------------------------------------------------ FinerCAM
@@ -381,7 +396,7 @@ def test_refinecam_is_the_min_max_product_of_per_layer_maps(small_cnn):
 
 @pytest.mark.parametrize("name", ["fullgrad", "shapleycam", "finercam", "refinecam"])
 def test_batch_equals_per_image(name, small_cnn):
-    from pytorch_grad_cam.registry import PENDING_METHODS as METHODS
+    from pytorch_grad_cam.registry import METHODS
 
     x = torch.rand(3, 3, 32, 32)
     layers = None if name == "fullgrad" else [small_cnn.features[2], small_cnn.features[-1]]

@@ -413,6 +413,18 @@ def float32_maps(resnet18) -> dict:
     return resnet18_maps(resnet18)
 
 
+#: Methods that read gradients deep inside the network, where a half-precision backward
+#: pass has lost more: FullGrad reads the gradient of every bias layer down to the first
+#: convolution (the others read layer4's only). Through resnet18's 20 layers in bfloat16
+#: those gradients end 10-19 % off float32 at layer1/conv1 (max over positions relative
+#: to the channel's max, median over channels; 0.1-7 % at layer4). Its per-channel
+#: min-max is well conditioned (every channel's |b·G| reaches 0 after a ReLU, so
+#: max/range = 1), so the map moves by about the gradients' own error: measured 0.22 in
+#: bfloat16 (0.08 in float16; correlation 0.976 / 0.997). The float32 terms are computed
+#: from those gradients; only a float32 backward pass would be closer.
+DEEP_GRADIENT_TOLERANCE = {"fullgrad": {torch.bfloat16: 0.3}}
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
 def test_half_precision_models_give_finite_float32_maps(resnet18, float32_maps, dtype):
     """torchvision's resnet18 in half precision, every method."""
@@ -421,7 +433,8 @@ def test_half_precision_models_give_finite_float32_maps(resnet18, float32_maps, 
         full = float32_maps[name]
         assert half.dtype == np.float32, name
         assert np.isfinite(half).all(), name
-        assert np.abs(half - full).max() < 0.15, (name, np.abs(half - full).max())
+        tolerance = DEEP_GRADIENT_TOLERANCE.get(name, {}).get(dtype, 0.15)
+        assert np.abs(half - full).max() < tolerance, (name, np.abs(half - full).max())
         assert np.corrcoef(half.ravel(), full.ravel())[0, 1] > 0.97, name
 
 

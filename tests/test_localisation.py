@@ -183,12 +183,20 @@ def test_the_trained_model_recognises_the_shapes(shapes_model):
 #: the activation is strong, so its peak lands on the background in a quarter of
 #: these images (75% measured).
 NOT_LOCALISING = {"randomcam", "kpcacam"}
+#: Not expected to put its single brightest *pixel* on the object: FullGrad is a
+#: pixel-level saliency (|input gradient x input| per pixel plus every bias layer's
+#: terms, down to the first convolution at full resolution), so on these noise images
+#: its argmax is a textured pixel: on the shape in 50 % of the 40 images (80 % after a
+#: 2-pixel Gaussian blur). Its mass is on the object, which
+#: test_fullgrad_mass_lies_on_the_object checks instead (in-box mean 2.2x the
+#: background's at worst, 3.2x median, measured).
+PIXEL_SALIENCY = {"fullgrad"}
 
 
 # Hit rates below are measured on models trained from 16 seeds (a different CPU's
 # summation order perturbs the training no more than a different seed does) and on
 # the seed-0 model under 11 kernel dispatches; the thresholds sit under the worst seed.
-@pytest.mark.parametrize("method", sorted(set(METHODS) - NOT_LOCALISING))
+@pytest.mark.parametrize("method", sorted(set(METHODS) - NOT_LOCALISING - PIXEL_SALIENCY))
 def test_peak_lies_on_the_object(method, shapes_model, held_out):
     """Every method, 40 held-out images: 100 % for most seeds, 95 % at worst."""
     images, labels, boxes = held_out
@@ -198,6 +206,24 @@ def test_peak_lies_on_the_object(method, shapes_model, held_out):
     # The criterion has teeth: the transposed maps (a swapped x/y) mostly miss (at most 33 %).
     transposed = [peak_in_box(cam.T, box) for cam, box in zip(cams, boxes)]
     assert np.mean(transposed) <= 0.5
+
+
+def test_fullgrad_mass_lies_on_the_object(shapes_model, held_out):
+    """FullGrad (see PIXEL_SALIENCY): on every held-out image its mean inside the shape's
+    box is well above the mean outside (2.2x at worst measured; a map blind to the
+    object gives 1x), and a transposed map's is not."""
+    images, labels, boxes = held_out
+    cams = compute("fullgrad", shapes_model, images, labels)
+
+    def ratio(cam: np.ndarray, box: Box) -> float:
+        top, left, side = box
+        inside = np.zeros(cam.shape, bool)
+        inside[top : top + side, left : left + side] = True
+        return cam[inside].mean() / cam[~inside].mean()
+
+    ratios = [ratio(cam, box) for cam, box in zip(cams, boxes)]
+    assert min(ratios) > 1.5, sorted(ratios)[:5]
+    assert np.median([ratio(cam.T, box) for cam, box in zip(cams, boxes)]) < 1.5
 
 
 def two_object_images(count: int, seed: int):
