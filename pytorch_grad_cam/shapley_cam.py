@@ -33,7 +33,18 @@ class _TwiceDifferentiableAttention(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             return _math_attention(*args, **kwargs)
+        if func is F.multi_head_attention_forward and not _NEED_WEIGHTS_POSITION < len(args):
+            # nn.MultiheadAttention (torchvision's ViT): the mode is not active inside the
+            # function it handles, so its inner fused attention would escape; asking for
+            # the weights makes it compute attention with bmm and softmax instead.
+            wanted = kwargs.get("need_weights", True)
+            output, weights = func(*args, **{**kwargs, "need_weights": True})
+            return output, (weights if wanted else None)
         return func(*args, **kwargs)
+
+
+#: The position of ``need_weights`` in ``F.multi_head_attention_forward``'s arguments.
+_NEED_WEIGHTS_POSITION = 15
 
 
 class ShapleyCAM(BaseCAM):
@@ -41,9 +52,10 @@ class ShapleyCAM(BaseCAM):
     backward); map = Σ_k w_k·A_k. A linear head after the layer (avgpool + fc) has no
     curvature: HVP = 0 and ShapleyCAM equals GradCAM. With a ``reshape_transform`` the
     transform is applied alike to HVP, A and G (the map uses the reshaped A).
-    Attention (``F.scaled_dot_product_attention``, as in timm's ViT/DeiT/Swin) runs by
-    its composite definition during the call, since the fused kernels have no double
-    backward: no ``sdpa_kernel`` wrapper is needed."""
+    Attention (``F.scaled_dot_product_attention``, as in timm's ViT/DeiT/Swin, and
+    ``nn.MultiheadAttention``, as in torchvision's ViT) runs by its composite definition
+    during the call, since the fused kernels have no double backward: no
+    ``sdpa_kernel`` wrapper is needed."""
 
     def _forward(self, input_tensor, targets, eigen_smooth, copies=1):
         # The forward pass picks the attention kernels whose backward the Hessian term
