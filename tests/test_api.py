@@ -185,13 +185,17 @@ def test_aug_smooth_default_targets_come_from_the_mean_augmented_output(varied_c
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_smoothing_keeps_shape_and_range_and_changes_the_map(name, small_cnn, batch):
+    torch.manual_seed(0)  # RandomCAM's draws: the same whatever ran before
     cam = make_cam(name, small_cnn, [small_cnn.features[-2]])
     plain = cam(batch)
     for options in ({"aug_smooth": True}, {"eigen_smooth": True}, {"aug_smooth": True, "eigen_smooth": True}):
         smoothed = cam(batch, **options)
         assert smoothed.dtype == np.float32 and smoothed.shape == plain.shape
         assert np.isfinite(smoothed).all() and smoothed.min() >= 0 and smoothed.max() <= 1 + 1e-6
-        assert smoothed.max() > 0.5
+        if not (name in RANDOM_WEIGHTS and options.get("aug_smooth")):
+            # aug_smooth averages six maps; RandomCAM's six come from six independent
+            # draws, whose mean need not peak anywhere (0.49 seen).
+            assert smoothed.max() > 0.5
         changed = np.abs(smoothed - plain).max()
         if options == {"eigen_smooth": True} and name in PROJECTION_METHODS:
             assert changed < 1e-5
