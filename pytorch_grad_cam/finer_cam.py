@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.base_cam import BaseCAM, Target
+from pytorch_grad_cam.base_method_cam import BaseMethodCAM
 from pytorch_grad_cam.grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 
 
-class FinerCAM(BaseCAM):
+class FinerCAM(BaseMethodCAM):
     """``base_method``'s map (GradCAM by default) for FinerWeightedTarget(main, similar,
     α). With ``targets=None``: classes are ranked by |z − z_ref| (z_ref the top logit, or
     ``z[target_idx]``); rank 0 is the main class and ``comparison_categories`` are
@@ -29,11 +30,7 @@ class FinerCAM(BaseCAM):
         base_method: Type[BaseCAM] = GradCAM,
         **kwargs,
     ) -> None:
-        own = {k: kwargs.pop(k) for k in ("target_layer", "use_cuda") if k in kwargs}
-        super().__init__(model, target_layers, reshape_transform, **own)
-        self.base = base_method(model, self.target_layers or None, reshape_transform, **kwargs)
-        self.uses_gradients = self.base.uses_gradients
-        self.compute_input_gradient = self.base.compute_input_gradient
+        super().__init__(model, target_layers, reshape_transform, base_method, **kwargs)
         self.alpha: float = 1.0
         self.comparison_categories: Sequence[int] = (1, 2, 3)
         self.target_idx: Optional[int] = None
@@ -69,17 +66,3 @@ class FinerCAM(BaseCAM):
             else:
                 targets.append(ClassifierOutputTarget(main))
         return targets * copies
-
-    def release(self) -> None:
-        super().release()
-        if getattr(self, "base", None) is not None:
-            self.base.release()
-
-    def get_cam_image(self, input_tensor, target_layer, targets, activations, grads, eigen_smooth=False):
-        # The base method reads this call's layer outputs (AblationCAM does) and must not
-        # keep them: they hold the call's activations, and through them its graph.
-        self.base._layer_outputs = self._layer_outputs
-        try:
-            return self.base.get_cam_image(input_tensor, target_layer, targets, activations, grads, eigen_smooth)
-        finally:
-            self.base._layer_outputs = {}
