@@ -2,13 +2,14 @@
 # make test   - create .venv if needed, install the package and test deps, run the tests
 # make bench  - the speed/memory benchmark table
 # make grid   - re-render the README's comparison grids (docs/*.jpg; minutes on a CPU)
+# make metrics - every method x every metric on EfficientNet-Lite0 (docs/metrics.md, docs/sanity_check.png; ~30+ min on a CPU)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench grid venv clean
+.PHONY: demo test bench grid metrics venv clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ bench: $(STAMP)
 
 grid: $(STAMP)
 	$(PY) docs/make_grid.py --no-progress
+
+metrics: $(STAMP)
+	$(PY) docs/make_metrics_table.py --no-progress
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

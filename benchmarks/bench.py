@@ -10,7 +10,10 @@ table compares its rows with a reference row measured in the same rounds:
 * ScoreCAM (one image) against its own K forward passes of masked inputs at
   ``batch_size``, without anything else;
 * ``eigen_smooth`` on layer1[-1] (56 x 56 x 256) against the plain GradCAM call;
-* ``aug_smooth`` (6 augmented copies) against the plain GradCAM call.
+* ``aug_smooth`` (6 augmented copies) against the plain GradCAM call;
+* with ``--metrics`` (not in the default run): ROADCombined (percentiles 20/40/60/80)
+  and Deletion + Insertion (20 steps each) on ResNet-18 (random weights), 8 images,
+  against the model forwards they cannot avoid.
 
 Rows marked "floor" show the least work the method could do (for example one forward
 and a backward that stops at the target layer), so that a ratio can be read as
@@ -37,6 +40,7 @@ Usage::
     python benchmarks/bench.py                 # the full tables (several minutes on a CPU)
     python benchmarks/bench.py --quick         # fewer rounds, a smaller ScoreCAM
     python benchmarks/bench.py --device cuda
+    python benchmarks/bench.py --metrics --only metrics --threads 2 --no-memory   # the metrics rows alone
 """
 from __future__ import annotations
 
@@ -206,6 +210,98 @@ def ablation_floor(bench: Bench) -> Callable[[], None]:
     return run
 
 
+class MetricCase:
+    """The metrics rows' case: ResNet-18 (random weights, eval), 8 images 224 x 224,
+    softmax targets, maps from a 7 x 7 random grid upsampled (the shape of a layer4 CAM)."""
+
+    batch = 8
+    percentiles = (20, 40, 60, 80)
+    steps = 20
+
+    def __init__(self, device: torch.device) -> None:
+        import torch.nn.functional as F
+        import torchvision
+
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+        torch.manual_seed(0)
+        self.model = torchvision.models.resnet18(weights=None).eval().to(device)
+        generator = torch.Generator().manual_seed(8)
+        self.images = torch.rand(self.batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(device)
+        grid = torch.rand(self.batch, 1, 7, 7, generator=generator)
+        self.maps = F.interpolate(grid, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")[:, 0].numpy()
+        self.targets = [ClassifierOutputSoftmaxTarget(c) for c in Bench.categories(self.batch)]
+
+    def forwards(self, images: int, chunk: int) -> Callable[[], None]:
+        """``images`` image forwards under no_grad, in chunks of ``chunk`` (inputs made in advance)."""
+        inputs = self.images.repeat((chunk + self.batch - 1) // self.batch, 1, 1, 1)[:chunk]
+
+        def run() -> None:
+            with torch.no_grad():
+                for start in range(0, images, chunk):
+                    self.model(inputs[: min(chunk, images - start)])
+
+        return run
+
+
+_METRIC_CASES: Dict[torch.device, MetricCase] = {}
+
+
+def metric_case(bench: Bench) -> MetricCase:
+    if bench.device not in _METRIC_CASES:
+        _METRIC_CASES[bench.device] = MetricCase(bench.device)
+    return _METRIC_CASES[bench.device]
+
+
+def road_call(bench: Bench) -> Callable[[], None]:
+    from pytorch_grad_cam.metrics import ROADCombined
+
+    case = metric_case(bench)
+    metric = ROADCombined(case.percentiles)
+    return lambda: metric(case.images, case.maps, case.targets, case.model)
+
+
+def deletion_insertion_call(bench: Bench) -> Callable[[], None]:
+    from pytorch_grad_cam.metrics import DeletionMetric, InsertionMetric
+
+    case = metric_case(bench)
+    deletion, insertion = DeletionMetric(case.steps), InsertionMetric(case.steps)
+
+    def run() -> None:
+        deletion(case.images, case.maps, case.targets, case.model)
+        insertion(case.images, case.maps, case.targets, case.model)
+
+    return run
+
+
+def metric_tables() -> List[Table]:
+    batch, percentiles, steps = MetricCase.batch, MetricCase.percentiles, MetricCase.steps
+    road_images = batch * len(percentiles) * 2
+    curve_images = batch * steps * 2
+    return [
+        Table(
+            f"metrics: ROADCombined, percentiles {list(percentiles)}, ResNet-18, {batch} images",
+            "road-floor:8",
+            f"the {road_images} image forwards alone ({2 * len(percentiles)} batches of {batch}), no_grad",
+            [
+                Row("road-floor:8", f"floor: {road_images} image forwards (reference)",
+                    lambda b: metric_case(b).forwards(road_images, batch)),
+                Row("road:8", "ROADCombined (imputation + forwards)", road_call),
+            ],
+        ),
+        Table(
+            f"metrics: Deletion + Insertion, {steps} steps each, ResNet-18, {batch} images",
+            "curves-floor:8",
+            f"the {batch} x {steps} x 2 = {curve_images} image forwards alone, batch_size 64, no_grad",
+            [
+                Row("curves-floor:8", f"floor: {curve_images} image forwards (reference)",
+                    lambda b: metric_case(b).forwards(curve_images, 64)),
+                Row("curves:8", "DeletionMetric + InsertionMetric", deletion_insertion_call),
+            ],
+        ),
+    ]
+
+
 @dataclass
 class Row:
     key: str  # identifies the case, also in the memory subprocess
@@ -222,8 +318,8 @@ class Table:
     rows: List[Row]
 
 
-def tables(batches: Sequence[int], scorecam_channels: int) -> List[Table]:
-    result = []
+def tables(batches: Sequence[int], scorecam_channels: int, metrics: bool = False) -> List[Table]:
+    result = metric_tables() if metrics else []
     for batch in batches:
         rows = [
             Row(f"bare:{batch}", "bare forward+backward (reference)", lambda b, n=batch: bare_forward_backward(b, n)),
@@ -332,7 +428,11 @@ TARGETS = [
     ("scorecam", "scorecam:{k}", "scorecam-floor:{k}", 1.05, "ScoreCAM <= 1.05x its own K forwards"),
     ("eigen", "gradcam-l1-eigen:{b}", "gradcam-l1:{b}", 1.25, "eigen_smooth on layer1[-1] adds <= 25% (batch {b})"),
     ("aug", "gradcam-aug:1", "gradcam:1", 5.0, "aug_smooth <= 5x the plain call"),
+    ("metric", "curves:8", "curves-floor:8", 1.2, "Deletion + Insertion <= 1.2x their forwards alone"),
 ]
+#: The other library's ROADCombined on this case (2 CPU threads), and our target: 5x faster.
+ROAD_REFERENCE_SECONDS = 13.7
+ROAD_TARGET_SPEEDUP = 5.0
 
 
 # =========================================================================== timing
@@ -428,7 +528,7 @@ def memory_in_subprocess(row_key: str, args: argparse.Namespace) -> Optional[flo
 
 
 def find_row(key: str, scorecam_channels: int) -> Row:
-    for table in tables([1, 8], scorecam_channels):
+    for table in tables([1, 8], scorecam_channels, metrics=True):
         for row in table.rows:
             if row.key == key:
                 return row
@@ -481,12 +581,23 @@ def check_targets(
     memory: Dict[str, Optional[float]],
     batches: Sequence[int],
     scorecam_channels: int,
+    seconds: Optional[Dict[str, float]] = None,
 ) -> List[str]:
     """One line per target of the issue that this run measured: the ratio and met/MISSED."""
     lines = []
+    road = (seconds or {}).get("road:8")
+    if road is not None:
+        speedup = ROAD_REFERENCE_SECONDS / road
+        verdict = "met" if speedup >= ROAD_TARGET_SPEEDUP else "MISSED"
+        lines.append(
+            f"ROADCombined >= {ROAD_TARGET_SPEEDUP:.0f}x faster than the other library's {ROAD_REFERENCE_SECONDS} s "
+            f"(2 threads): {road:.2f} s = {speedup:.1f}x  {verdict}"
+        )
     for kind, key, reference, limit, text in TARGETS:
         if kind == "gradient":
             cases = [(key.format(m=m), reference, text.format(name=METHODS[m].__name__)) for m in GRADIENT_METHODS]
+        elif kind == "metric":
+            cases = [(key, reference, text)]
         elif kind == "eigen":
             cases = [(key.format(b=b), reference.format(b=b), text.format(b=b)) for b in batches]
         else:
@@ -528,6 +639,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     parser.add_argument("--scorecam-channels", type=int, help="ScoreCAM's K (default 64, quick 32)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
+    parser.add_argument("--metrics", action="store_true", help="also the metrics tables (ROAD, Deletion/Insertion)")
     parser.add_argument("--only", nargs="+", help="only tables whose title contains one of these words")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--memory-row", help=argparse.SUPPRESS)  # internal: one row's memory
@@ -554,7 +666,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     selected = [
         table
-        for table in tables(args.batches, args.scorecam_channels)
+        for table in tables(args.batches, args.scorecam_channels, args.metrics)
         if not args.only or any(word.lower() in table.title.lower() for word in args.only)
     ]
     measure_memory = not args.no_memory and (device.type == "cuda" or cpu_memory_supported())
@@ -575,12 +687,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         )
         print(f"peak MB: {how}")
     ratios: Dict[Tuple[str, str], float] = {}  # (row, reference) -> ratio
+    seconds: Dict[str, float] = {}  # row -> median seconds
     memory: Dict[str, Optional[float]] = {}  # row -> peak MB, measured once per row
     report = []
     started = time.perf_counter()
     for table in selected:
         timings = time_table(bench, table, args.repeats, args.warmup, clock)
         ratios.update({(key, table.reference): value["ratio"] for key, value in timings.items()})
+        seconds.update({key: value["seconds"] for key, value in timings.items() if "seconds" in value})
         if measure_memory:
             for row in table.rows:
                 if row.key not in memory:
@@ -591,7 +705,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print_table(table, timings, memory)
         report.append({"title": table.title, "reference": table.reference, "timings": timings})
         sys.stdout.flush()
-    targets = check_targets(ratios, memory, args.batches, args.scorecam_channels)
+    targets = check_targets(ratios, memory, args.batches, args.scorecam_channels, seconds)
     print("\n### Targets")
     for line in targets:
         print(f"- {line}")
