@@ -74,8 +74,8 @@ PERTURBATION_BATCH = 64
 
 def model_zoo():
     """The CLI helpers and the model zoo (one import line to change when they move)."""
-    from pytorch_grad_cam.utils import cli
-    from pytorch_grad_cam.utils.model_zoo import MODELS, load_model
+    from pytorch_grad_cam.cli import app as cli
+    from pytorch_grad_cam.cli.model_zoo import MODELS, load_model
 
     return cli, MODELS, load_model
 
