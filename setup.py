@@ -26,8 +26,8 @@ DEMO_REQUIRES = [
 setup(
     name="grad-cam",
     version="1.0.0",
-    description="Class Activation Map methods for PyTorch: GradCAM, GradCAM++, XGradCAM, "
-    "AblationCAM, ScoreCAM, EigenCAM, EigenGradCAM, LayerCAM",
+    description="Class Activation Map methods for PyTorch: GradCAM and its family, ScoreCAM, "
+    "AblationCAM, Eigen methods, FullGrad, ShapleyCAM, DFF, and faithfulness metrics",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
