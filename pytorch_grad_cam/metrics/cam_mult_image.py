@@ -44,8 +44,12 @@ class CamMultImageConfidenceChange(PerturbationConfidenceMetric):
         super().__init__(_MultiplyByCam())
 
 
-class DropInConfidence(CamMultImageConfidenceChange):
-    """max(score(input) − score(input · cam), 0) per image (lower is better)."""
+class _SummarisedConfidenceChange(CamMultImageConfidenceChange):
+    """A per-image summary of the confidence change score(input · cam) − score(input)."""
+
+    def summarise(self, changes: np.ndarray) -> np.ndarray:
+        """The summary (B,) of the changes (B,); subclasses state it."""
+        raise NotImplementedError
 
     def __call__(
         self,
@@ -60,41 +64,27 @@ class DropInConfidence(CamMultImageConfidenceChange):
         """Args as :class:`PerturbationConfidenceMetric`.
 
         Returns:
-            numpy float32 (B,), or ``(drops, input · cam)`` with ``return_visualization``.
+            numpy float32 (B,), or ``(summary, input · cam)`` with ``return_visualization``.
 
         Raises:
             ValueError: on cams or targets that do not match the batch.
         """
         result = super().__call__(input_tensor, cams, targets, model, return_visualization, batch_size=batch_size)
-        scores, visualization = result if return_visualization else (result, None)
-        drops = np.maximum(-scores, 0).astype(np.float32)
-        return (drops, visualization) if return_visualization else drops
+        changes, visualization = result if return_visualization else (result, None)
+        summary = self.summarise(changes)
+        return (summary, visualization) if return_visualization else summary
 
 
-class IncreaseInConfidence(CamMultImageConfidenceChange):
+class DropInConfidence(_SummarisedConfidenceChange):
+    """max(score(input) − score(input · cam), 0) per image (lower is better)."""
+
+    def summarise(self, changes: np.ndarray) -> np.ndarray:
+        return np.maximum(-changes, 0).astype(np.float32)
+
+
+class IncreaseInConfidence(_SummarisedConfidenceChange):
     """1.0 where score(input · cam) > score(input), else 0.0, per image; its mean over a
     data set is the "Increase in Confidence" (higher is better)."""
 
-    def __call__(
-        self,
-        input_tensor: torch.Tensor,
-        cams: CamsLike,
-        targets: Targets,
-        model: nn.Module,
-        return_visualization: bool = False,
-        *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> Scores:
-        """Args as :class:`PerturbationConfidenceMetric`.
-
-        Returns:
-            numpy float32 (B,) of 0/1, or ``(increases, input · cam)`` with
-            ``return_visualization``.
-
-        Raises:
-            ValueError: on cams or targets that do not match the batch.
-        """
-        result = super().__call__(input_tensor, cams, targets, model, return_visualization, batch_size=batch_size)
-        scores, visualization = result if return_visualization else (result, None)
-        increases = np.float32(scores > 0)
-        return (increases, visualization) if return_visualization else increases
+    def summarise(self, changes: np.ndarray) -> np.ndarray:
+        return np.float32(changes > 0)
