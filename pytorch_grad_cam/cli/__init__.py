@@ -5,6 +5,7 @@ examples' entry point, and the photo-level steps ``docs/make_grid.py`` shares wi
     app.py        the arguments, the run from a photo to the pictures, one-line errors
     model_zoo.py  the models known by name (``--model``): weights, default layer, input
     metrics.py    ``--metrics``: names for pytorch_grad_cam.metrics, run on the explained map
+    folder.py     ``--image-dir``: a whole folder in batches, resumable, sharded under torchrun
 
 The library never imports this package (``tests/test_cli.py`` checks it): it is an
 application built on the library, not part of its API.

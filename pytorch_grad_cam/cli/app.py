@@ -410,6 +410,8 @@ def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
         from pytorch_grad_cam.cli.folder import run_folder
 
         return run_folder(args, models)
+    if "," in args.method:
+        raise CLIError(f"--method {args.method}: one method per photo; several (a,b) work with --image-dir", code=2)
     try:
         get_method(args.method)
     except ValueError as error:

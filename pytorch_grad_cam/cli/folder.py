@@ -44,7 +44,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -401,8 +401,12 @@ class Records:
 
     @staticmethod
     def source_of(item: ImageItem) -> List[int]:
-        """The input file's size and modification time: a changed file is explained again."""
-        stat = item.path.stat()
+        """The input file's size and modification time: a changed file is explained again
+        ([-1, -1] for a file that has gone)."""
+        try:
+            stat = item.path.stat()
+        except OSError:
+            return [-1, -1]
         return [stat.st_size, stat.st_mtime_ns]
 
     def _load(self, item: ImageItem, method: str) -> Optional[Dict[str, str]]:
@@ -461,7 +465,11 @@ def write_contact_sheet_if_available(output_dir: Path, rows: Sequence[Mapping[st
         from pytorch_grad_cam.cli.contact_sheet import write_contact_sheet
     except ImportError:
         return None
-    return write_contact_sheet(output_dir, rows, title=title)
+    try:
+        return write_contact_sheet(output_dir, rows, title=title)
+    except Exception as error:  # noqa: BLE001 - the CSV is written; a page is not worth failing the run
+        note(f"the contact sheet (index.html) was not written: {one_line(error)}")
+        return None
 
 
 # ----------------------------------------------------------------- the run
