@@ -21,6 +21,7 @@ How a run goes:
   (corrupt, truncated, not an image) comes back as a failure, never as an exception.
 * Each method computes a whole batch's maps in one call. The model's class scores come
   from that call's forward pass (``cam.outputs``), so predicting costs no extra pass.
+* Two threads encode and write the pictures while the model works on the next batch.
 * Every file is written to a hidden temporary name in its folder and renamed into place
   (``os.replace``), and the record comes last. A run killed at any point leaves only whole
   files and temporary ones, which the next run removes; restarted with the same
@@ -40,11 +41,14 @@ import os
 import re
 import sys
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -73,6 +77,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 RESULTS_NAME = "results.csv"
 RECORDS_DIR = ".records"
 THUMBNAIL_SIDE = 160
+#: Threads that encode and write the pictures while the model runs.
+WRITER_THREADS = 2
 #: The columns of results.csv, before one column per ``--metrics`` name.
 COLUMNS = (
     "path", "method", "status", "predicted_class", "predicted_label", "predicted_score",
@@ -508,6 +514,8 @@ class ShardRun:
     todo: List[List[str]]
     cams: Dict[str, object] = field(default_factory=dict)
     succeeded: bool = False  # until something succeeds, an error is the run's error
+    writer: Optional[ThreadPoolExecutor] = None
+    writes: Deque[Future] = field(default_factory=deque)
     category_checked: bool = False
 
     def run(self, progress: bool, description: str) -> None:
@@ -520,11 +528,25 @@ class ShardRun:
             ImageFolderDataset(self.items, self.entry), batch_size=self.args.batch_size, shuffle=False,
             num_workers=self.args.num_workers, collate_fn=collate_images, pin_memory=self.device.type == "cuda",
         )
-        with tqdm(total=len(self.items), unit="img", desc=description, disable=not progress,
-                  dynamic_ncols=True) as bar:
-            for batch in loader:
-                self.explain(batch)
-                bar.update(len(batch))
+        # The pictures are encoded and written in threads (OpenCV and zlib release the GIL)
+        # while the model works on the next batch: on a GPU they would be the bottleneck.
+        with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="cam-writer") as writer, \
+                tqdm(total=len(self.items), unit="img", desc=description, disable=not progress,
+                     dynamic_ncols=True) as bar:
+            self.writer = writer
+            try:
+                for batch in loader:
+                    self.explain(batch)
+                    self.wait_for_writes(keep=2 * self.args.batch_size * len(self.methods))
+                    bar.update(len(batch))
+            finally:
+                self.wait_for_writes(keep=0)
+            self.writer = None
+
+    def wait_for_writes(self, keep: int) -> None:
+        """Wait until at most ``keep`` writes are pending (raising the first write's error)."""
+        while len(self.writes) > keep:
+            self.writes.popleft().result()
 
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, C) on the CPU, from one forward pass under no_grad.
@@ -630,7 +652,8 @@ class ShardRun:
         self, batch: Batch, position: int, method: str, grayscale: np.ndarray, probabilities: torch.Tensor,
         category: int, single_input: torch.Tensor,
     ) -> None:
-        """The thumbnail, the overlay and the map, then the record, each atomically."""
+        """The row (with the metrics, computed here), then the files and the record, written
+        by a writer thread (see :meth:`write_files`)."""
         item = self.items[batch.indices[position]]
         classes = probabilities.numel()
         predicted = int(probabilities.argmax())
@@ -646,9 +669,21 @@ class ShardRun:
             values = compute_metrics(self.metric_names, self.model, single_input, grayscale, category,
                                      self.args.batch_size)
             row.update({name: f"{value:.6f}" for name, value in values.items()})
+        job = partial(self.write_files, item, method, row, batch.photos[position], batch.thumbnails[position],
+                      grayscale)
+        if self.writer is None:
+            job()
+        else:
+            self.writes.append(self.writer.submit(job))
+
+    def write_files(
+        self, item: ImageItem, method: str, row: Dict[str, str], photo: torch.Tensor, thumbnail_jpeg: torch.Tensor,
+        grayscale: np.ndarray,
+    ) -> None:
+        """The thumbnail, the overlay and the map, then the record, each atomically (in a writer thread)."""
         output_dir = self.args.output_dir
-        atomic_write(output_dir / row["thumbnail"], batch.thumbnails[position].numpy().tobytes())
-        overlay = cam_overlay(np.float32(batch.photos[position].numpy()) / 255, grayscale)
+        atomic_write(output_dir / row["thumbnail"], thumbnail_jpeg.numpy().tobytes())
+        overlay = cam_overlay(np.float32(photo.numpy()) / 255, grayscale)
         atomic_write(output_dir / row["overlay"], encode_jpeg(overlay))
         atomic_write(output_dir / row["map"], encode_map(grayscale))
         self.records.write(item, method, row, self.rank)
