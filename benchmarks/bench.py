@@ -45,9 +45,10 @@ Usage::
 
 The data-set rows (in the default run; ``--no-dataset`` skips them) explain the bundled
 photos repeated to 64 images with GradCAM on EfficientNet-Lite0 (pretrained): a Python
-loop calling the library on one image at a time (in this process), against
-``cam.py --image-dir`` (a subprocess, timed by the rate it reports), and torchrun with two
-one-thread processes against one one-thread process.
+loop calling the library on one image at a time against ``cam.py --image-dir``, and
+torchrun with two one-thread processes against one one-thread process. Every row runs in
+a fresh subprocess, so each pays the cold start of its first calls, and is timed from its
+first image to its last (Python's start, the imports and the model's loading excluded).
 """
 from __future__ import annotations
 
@@ -445,11 +446,12 @@ ROAD_TARGET_SPEEDUP = 5.0
 # =========================================================================== data sets
 #: cam.py --image-dir on the bundled photos repeated to this many images.
 DATASET_IMAGES = 64
-DATASET_BATCH = 16
+DATASET_BATCH = 4
 ROOT = Path(__file__).resolve().parents[1]
 #: (row, reference row, smallest ratio of images/s, description)
 DATASET_TARGETS = [
     ("folder", "loop", 2.0, "folder mode >= 2x the images/s of a loop calling the library one image at a time"),
+    ("process-1x1", "loop-1", 2.0, "the same, both with 1 thread"),
     ("torchrun-2x1", "process-1x1", 1.6, "torchrun --nproc-per-node 2 (1 thread each) >= 1.6x one process with 1 thread"),
 ]
 
@@ -478,7 +480,7 @@ class LibraryLoop:
         self.entry = MODELS["efficientnet_lite0"]
         self.model = load_model(self.entry, "efficientnet_lite0", progress=False)
 
-    def images_per_second(self, folder: Path, out: Path) -> float:
+    def images_per_second(self, folder: Path, out: Path, threads: int) -> float:
         import numpy as np
 
         from pytorch_grad_cam.cli.app import cam_overlay, model_input, read_photo
@@ -487,14 +489,35 @@ class LibraryLoop:
 
         photos = sorted(folder.glob("*.jpg"))
         out.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        with get_method("gradcam")(self.model, [self.entry.target_layer(self.model)]) as cam:
-            for path in photos:
-                photo = read_photo(path)
-                grayscale = cam(model_input(photo, self.entry), targets=None)[0]
-                (out / f"{path.stem}.gradcam.jpg").write_bytes(encode_jpeg(cam_overlay(photo, grayscale)))
-                (out / f"{path.stem}.gradcam.npz").write_bytes(encode_map(np.asarray(grayscale)))
-        return len(photos) / (time.perf_counter() - started)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            started = time.perf_counter()
+            with get_method("gradcam")(self.model, [self.entry.target_layer(self.model)]) as cam:
+                for path in photos:
+                    photo = read_photo(path)
+                    grayscale = cam(model_input(photo, self.entry), targets=None)[0]
+                    (out / f"{path.stem}.gradcam.jpg").write_bytes(encode_jpeg(cam_overlay(photo, grayscale)))
+                    (out / f"{path.stem}.gradcam.npz").write_bytes(encode_map(np.asarray(grayscale)))
+            return len(photos) / (time.perf_counter() - started)
+        finally:
+            torch.set_num_threads(before)
+
+
+def loop_rate(folder: Path, out: Path, threads: int) -> float:
+    """images/s of :class:`LibraryLoop` in a fresh subprocess (started cold, as cam.py is),
+    from the first image to the last, without Python's start, the imports and the model's loading."""
+    import shutil
+
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
+    command = [sys.executable, str(Path(__file__).resolve()), "--dataset-loop", str(folder), str(out),
+               "--threads", str(threads)]
+    shutil.rmtree(out, ignore_errors=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT)
+    shutil.rmtree(out, ignore_errors=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the loop failed: {done.stderr.strip()[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def folder_mode_rate(folder: Path, out: Path, processes: int, threads: Optional[int], workers: int) -> float:
@@ -526,34 +549,36 @@ def dataset_table(repeats: int) -> List[str]:
     the target lines."""
     import tempfile
 
+    threads = torch.get_num_threads()
     rows = {
-        "loop": ("Python loop, the library on one image at a time (reference)", None),
-        "folder": (f"cam.py --image-dir, batch {DATASET_BATCH}, 2 DataLoader workers",
-                   lambda folder, out: folder_mode_rate(folder, out, 1, None, 2)),
-        "process-1x1": ("cam.py --image-dir, one process, 1 thread, no workers",
+        "loop": (f"Python loop, the library on one image at a time, {threads} threads (reference)",
+                 lambda folder, out: loop_rate(folder, out, threads)),
+        "folder": (f"cam.py --image-dir, batch {DATASET_BATCH}, {threads} threads, 2 DataLoader workers",
+                   lambda folder, out: folder_mode_rate(folder, out, 1, threads, 2)),
+        "loop-1": ("Python loop, the library on one image at a time, 1 thread",
+                   lambda folder, out: loop_rate(folder, out, 1)),
+        "process-1x1": (f"cam.py --image-dir, batch {DATASET_BATCH}, 1 thread, no workers",
                         lambda folder, out: folder_mode_rate(folder, out, 1, 1, 0)),
-        "torchrun-2x1": ("torchrun --nproc-per-node 2, 1 thread each, no workers",
+        "torchrun-2x1": (f"torchrun --nproc-per-node 2, batch {DATASET_BATCH}, 1 thread each, no workers",
                          lambda folder, out: folder_mode_rate(folder, out, 2, 1, 0)),
     }
-    loop = LibraryLoop()
     rates: Dict[str, List[float]] = {key: [] for key in rows}
     with tempfile.TemporaryDirectory() as scratch:
         folder = dataset_folder(Path(scratch) / "photos")
         out = Path(scratch) / "out"
-        loop.images_per_second(folder, out)  # warm-up
         keys = list(rows)
         for round_index in range(repeats):
             shift = round_index % len(keys)
             for key in keys[shift:] + keys[:shift]:
-                run = rows[key][1] or (lambda folder, out: loop.images_per_second(folder, out))
-                rates[key].append(run(folder, out))
+                rates[key].append(rows[key][1](folder, out))
     print(f"\n### Data sets: GradCAM on EfficientNet-Lite0 (pretrained), the {len(list((ROOT / 'examples').glob('*.jpg')))} "
           f"bundled photos repeated to {DATASET_IMAGES} images")
     print("images/s: median over rounds; ratio: median over rounds of (row / its reference in the same round)\n")
     width = max(len(label) for label, _ in rows.values())
     print(f"| {'row':<{width}} | images/s |  ratio | reference |")
     print(f"|{'-' * (width + 2)}|---------:|-------:|-----------|")
-    references = {"loop": "loop", "folder": "loop", "process-1x1": "loop", "torchrun-2x1": "process-1x1"}
+    references = {"loop": "loop", "folder": "loop", "loop-1": "loop", "process-1x1": "loop-1",
+                  "torchrun-2x1": "process-1x1"}
     ratios = {}
     for key, (label, _) in rows.items():
         reference = references[key]
@@ -777,6 +802,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="skip the data-set rows (cam.py --image-dir against a loop, torchrun; ~3 min on 2 cores)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--memory-row", help=argparse.SUPPRESS)  # internal: one row's memory
+    parser.add_argument("--dataset-loop", nargs=2, type=Path, help=argparse.SUPPRESS)  # internal: the loop row
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.scorecam_channels = args.scorecam_channels or (32 if args.quick else 64)
@@ -791,6 +817,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available on this machine")
     warnings.filterwarnings("ignore", message="the model is in training mode")
+    if args.dataset_loop:
+        print(LibraryLoop().images_per_second(*args.dataset_loop, torch.get_num_threads()))
+        return 0
     bench = Bench(device, args.scorecam_channels)
 
     if args.memory_row:

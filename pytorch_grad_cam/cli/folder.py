@@ -67,7 +67,7 @@ from pytorch_grad_cam.cli.app import (
     select_layer,
 )
 from pytorch_grad_cam.cli.metrics import compute_metrics
-from pytorch_grad_cam.cli.model_zoo import ModelEntry, imagenet_classes
+from pytorch_grad_cam.cli.model_zoo import MODELS, ModelEntry, imagenet_classes
 from pytorch_grad_cam.registry import get_method
 from pytorch_grad_cam.utils.image import preprocess_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -755,6 +755,8 @@ def run_folder(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
             stack.callback(dist.destroy_process_group)  # also when this rank fails
         model = build_model(args.model, entry, args.weights, progress and ranks.rank == 0).to(device)
         layer, layer_path = select_layer(model, entry, args.target_layer)
+        if any(entry is known for known in MODELS.values()):
+            imagenet_classes()  # the zoo's models are ImageNet classifiers: their class names, before the clock starts
         if ranks.local_rank == 0:  # each machine cleans its disk before any rank writes
             try:
                 output_dir.mkdir(parents=True, exist_ok=True)
