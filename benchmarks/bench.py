@@ -41,6 +41,14 @@ Usage::
     python benchmarks/bench.py --quick         # fewer rounds, a smaller ScoreCAM
     python benchmarks/bench.py --device cuda
     python benchmarks/bench.py --metrics --only metrics --threads 2 --no-memory   # the metrics rows alone
+    python benchmarks/bench.py --only dataset --repeats 3   # the data-set rows alone
+
+The data-set rows (in the default run; ``--no-dataset`` skips them) explain the bundled
+photos repeated to 64 images with GradCAM on EfficientNet-Lite0 (pretrained): a Python
+loop calling the library on one image at a time against ``cam.py --image-dir``, and
+torchrun with two one-thread processes against one one-thread process. Every row runs in
+a fresh subprocess, so each pays the cold start of its first calls, and is timed from its
+first image to its last (Python's start, the imports and the model's loading excluded).
 """
 from __future__ import annotations
 
@@ -435,6 +443,154 @@ ROAD_REFERENCE_SECONDS = 13.7
 ROAD_TARGET_SPEEDUP = 5.0
 
 
+# =========================================================================== data sets
+#: cam.py --image-dir on the bundled photos repeated to this many images.
+DATASET_IMAGES = 64
+DATASET_BATCH = 4
+ROOT = Path(__file__).resolve().parents[1]
+#: (row, reference row, smallest ratio of images/s, description)
+DATASET_TARGETS = [
+    ("folder", "loop", 2.0, "folder mode >= 2x the images/s of a loop calling the library one image at a time"),
+    ("process-1x1", "loop-1", 2.0, "the same, both with 1 thread"),
+    ("torchrun-2x1", "process-1x1", 1.6, "torchrun --nproc-per-node 2 (1 thread each) >= 1.6x one process with 1 thread"),
+]
+
+
+def dataset_folder(directory: Path, count: int = DATASET_IMAGES) -> Path:
+    """``examples/*.jpg`` copied round-robin into ``directory`` until it holds ``count`` images."""
+    import shutil
+
+    photos = sorted((ROOT / "examples").glob("*.jpg"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        shutil.copyfile(photo, directory / f"{index:03d}_{photo.name}")
+    return directory
+
+
+class LibraryLoop:
+    """The baseline: a Python loop calling the library on one image at a time, as a user
+    writes it: one GradCAM object on EfficientNet-Lite0 (pretrained, ``_swish``), and for
+    each photo cam.py's reading and resizing, one call with ``targets=None`` (the top
+    class), the overlay at the photo's size and the map written as in folder mode."""
+
+    def __init__(self) -> None:
+        from pytorch_grad_cam.cli.model_zoo import MODELS, load_model
+
+        self.entry = MODELS["efficientnet_lite0"]
+        self.model = load_model(self.entry, "efficientnet_lite0", progress=False)
+
+    def images_per_second(self, folder: Path, out: Path, threads: int) -> float:
+        import numpy as np
+
+        from pytorch_grad_cam.cli.app import cam_overlay, model_input, read_photo
+        from pytorch_grad_cam.cli.folder import encode_jpeg, encode_map
+        from pytorch_grad_cam.registry import get_method
+
+        photos = sorted(folder.glob("*.jpg"))
+        out.mkdir(parents=True, exist_ok=True)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            started = time.perf_counter()
+            with get_method("gradcam")(self.model, [self.entry.target_layer(self.model)]) as cam:
+                for path in photos:
+                    photo = read_photo(path)
+                    grayscale = cam(model_input(photo, self.entry), targets=None)[0]
+                    (out / f"{path.stem}.gradcam.jpg").write_bytes(encode_jpeg(cam_overlay(photo, grayscale)))
+                    (out / f"{path.stem}.gradcam.npz").write_bytes(encode_map(np.asarray(grayscale)))
+            return len(photos) / (time.perf_counter() - started)
+        finally:
+            torch.set_num_threads(before)
+
+
+def loop_rate(folder: Path, out: Path, threads: int) -> float:
+    """images/s of :class:`LibraryLoop` in a fresh subprocess (started cold, as cam.py is),
+    from the first image to the last, without Python's start, the imports and the model's loading."""
+    import shutil
+
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
+    command = [sys.executable, str(Path(__file__).resolve()), "--dataset-loop", str(folder), str(out),
+               "--threads", str(threads)]
+    shutil.rmtree(out, ignore_errors=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT)
+    shutil.rmtree(out, ignore_errors=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the loop failed: {done.stderr.strip()[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def folder_mode_rate(folder: Path, out: Path, processes: int, threads: Optional[int], workers: int) -> float:
+    """images/s of ``cam.py --image-dir`` (GradCAM, EfficientNet-Lite0, batches of 16) in a
+    subprocess, as the command reports it: from the first batch to the merged CSV, without
+    Python's start, the imports and the model's loading; under torchrun for ``processes`` > 1."""
+    import re
+    import shutil
+
+    environment = dict(os.environ, HF_HUB_OFFLINE="1")
+    if threads:
+        environment["OMP_NUM_THREADS"] = str(threads)
+    program = [str(ROOT / "cam.py"), "--image-dir", str(folder), "--output-dir", str(out),
+               "--model", "efficientnet_lite0", "--method", "gradcam", "--batch-size", str(DATASET_BATCH),
+               "--num-workers", str(workers), "--no-progress"]
+    launcher = [sys.executable] if processes == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    shutil.rmtree(out, ignore_errors=True)
+    done = subprocess.run(launcher + program, capture_output=True, text=True, env=environment, cwd=ROOT)
+    shutil.rmtree(out, ignore_errors=True)
+    match = re.search(r"([0-9.]+) images/s", done.stdout)
+    if done.returncode != 0 or match is None:
+        raise RuntimeError(f"cam.py --image-dir failed: {done.stderr.strip()[-2000:]}")
+    return float(match.group(1))
+
+
+def dataset_table(repeats: int) -> List[str]:
+    """The data-set rows, round-robin over ``repeats`` rounds; prints the table and returns
+    the target lines."""
+    import tempfile
+
+    threads = torch.get_num_threads()
+    rows = {
+        "loop": (f"Python loop, the library on one image at a time, {threads} threads (reference)",
+                 lambda folder, out: loop_rate(folder, out, threads)),
+        "folder": (f"cam.py --image-dir, batch {DATASET_BATCH}, {threads} threads, 2 DataLoader workers",
+                   lambda folder, out: folder_mode_rate(folder, out, 1, threads, 2)),
+        "loop-1": ("Python loop, the library on one image at a time, 1 thread",
+                   lambda folder, out: loop_rate(folder, out, 1)),
+        "process-1x1": (f"cam.py --image-dir, batch {DATASET_BATCH}, 1 thread, no workers",
+                        lambda folder, out: folder_mode_rate(folder, out, 1, 1, 0)),
+        "torchrun-2x1": (f"torchrun --nproc-per-node 2, batch {DATASET_BATCH}, 1 thread each, no workers",
+                         lambda folder, out: folder_mode_rate(folder, out, 2, 1, 0)),
+    }
+    rates: Dict[str, List[float]] = {key: [] for key in rows}
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = dataset_folder(Path(scratch) / "photos")
+        out = Path(scratch) / "out"
+        keys = list(rows)
+        for round_index in range(repeats):
+            shift = round_index % len(keys)
+            for key in keys[shift:] + keys[:shift]:
+                rates[key].append(rows[key][1](folder, out))
+    print(f"\n### Data sets: GradCAM on EfficientNet-Lite0 (pretrained), the {len(list((ROOT / 'examples').glob('*.jpg')))} "
+          f"bundled photos repeated to {DATASET_IMAGES} images")
+    print("images/s: median over rounds; ratio: median over rounds of (row / its reference in the same round)\n")
+    width = max(len(label) for label, _ in rows.values())
+    print(f"| {'row':<{width}} | images/s |  ratio | reference |")
+    print(f"|{'-' * (width + 2)}|---------:|-------:|-----------|")
+    references = {"loop": "loop", "folder": "loop", "loop-1": "loop", "process-1x1": "loop-1",
+                  "torchrun-2x1": "process-1x1"}
+    ratios = {}
+    for key, (label, _) in rows.items():
+        reference = references[key]
+        ratios[key] = statistics.median(r / b for r, b in zip(rates[key], rates[reference]))
+        print(f"| {label:<{width}} | {statistics.median(rates[key]):8.2f} | {ratios[key]:5.2f}x | {reference} |")
+    lines = []
+    for key, reference, least, text in DATASET_TARGETS:
+        if references[key] == reference:
+            lines.append(f"{text}: {ratios[key]:.2f}x  {'met' if ratios[key] >= least else 'MISSED'}")
+    return lines
+
+
 # =========================================================================== timing
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -640,9 +796,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--scorecam-channels", type=int, help="ScoreCAM's K (default 64, quick 32)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
     parser.add_argument("--metrics", action="store_true", help="also the metrics tables (ROAD, Deletion/Insertion)")
-    parser.add_argument("--only", nargs="+", help="only tables whose title contains one of these words")
+    parser.add_argument("--only", nargs="+", help="only tables whose title contains one of these words "
+                        "(\"dataset\": the data-set rows alone)")
+    parser.add_argument("--no-dataset", action="store_true",
+                        help="skip the data-set rows (cam.py --image-dir against a loop, torchrun; ~3 min on 2 cores)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--memory-row", help=argparse.SUPPRESS)  # internal: one row's memory
+    parser.add_argument("--dataset-loop", nargs=2, type=Path, help=argparse.SUPPRESS)  # internal: the loop row
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.scorecam_channels = args.scorecam_channels or (32 if args.quick else 64)
@@ -657,6 +817,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available on this machine")
     warnings.filterwarnings("ignore", message="the model is in training mode")
+    if args.dataset_loop:
+        print(LibraryLoop().images_per_second(*args.dataset_loop, torch.get_num_threads()))
+        return 0
     bench = Bench(device, args.scorecam_channels)
 
     if args.memory_row:
@@ -706,6 +869,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report.append({"title": table.title, "reference": table.reference, "timings": timings})
         sys.stdout.flush()
     targets = check_targets(ratios, memory, args.batches, args.scorecam_channels, seconds)
+    if not args.no_dataset and (not args.only or any(word.lower() in ("dataset", "datasets", "data") for word in args.only)):
+        targets += dataset_table(args.repeats)
+        sys.stdout.flush()
     print("\n### Targets")
     for line in targets:
         print(f"- {line}")

@@ -6,6 +6,7 @@ examples' entry point, and the photo-level steps ``docs/make_grid.py`` shares wi
     model_zoo.py  the models known by name (``--model``): weights, default layer, input
     metrics.py    ``--metrics``: names for pytorch_grad_cam.metrics, run on the explained map
     contact_sheet.py  ``index.html`` of a folder run: the results.csv rows as a paged page
+    folder.py     ``--image-dir``: a whole folder in batches, resumable, sharded under torchrun
 
 The library never imports this package (``tests/test_cli.py`` checks it): it is an
 application built on the library, not part of its API.

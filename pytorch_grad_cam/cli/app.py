@@ -49,10 +49,15 @@ backpropagation, and both combined.
 
     pytorch-grad-cam --image-path <path> --method <method> [--use-cuda] [--aug-smooth] [--eigen-smooth]
     python cam.py --image-path examples/cat.jpg --model efficientnet_lite0   # offline, pretrained
+    python cam.py --image-dir photos --method gradcam,eigencam --output-dir out   # a whole folder
+    torchrun --nproc-per-node 2 cam.py --image-dir photos --output-dir out      # in two processes
 
-Writes <method>_cam.jpg, <method>_gb.jpg and <method>_cam_gb.jpg (the photo's size)
+With --image-path, writes <method>_cam.jpg, <method>_gb.jpg and <method>_cam_gb.jpg (the photo's size)
 into --output-dir and prints the model's top-5 classes. Methods: every name in
 pytorch_grad_cam.METHODS. Models: pytorch_grad_cam.cli.model_zoo.MODELS.
+With --image-dir, writes for each image sub/a.jpg: sub/a.thumb.jpg, sub/a.<method>.jpg
+(the overlay) and sub/a.<method>.npz (the map), and results.csv; a run started again
+with the same arguments skips what is done.
 """
 
 
@@ -82,6 +87,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def build_parser(
     models: Dict[str, ModelEntry], default_model: str, description: Optional[str] = None, prog: Optional[str] = None
 ) -> argparse.ArgumentParser:
@@ -91,9 +106,14 @@ def build_parser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--image-path", required=True, type=Path, metavar="PATH", help="the photo to explain")
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--image-path", type=Path, metavar="PATH", help="the photo to explain")
+    inputs.add_argument("--image-dir", type=Path, metavar="DIR",
+                        help="explain every image under DIR (recursive; jpg, jpeg, png, bmp, webp) into "
+                             "--output-dir, mirroring its tree, with results.csv; resumable; runs under torchrun")
     parser.add_argument(
-        "--method", default="gradcam", metavar="NAME", help=f"the CAM method: {', '.join(METHODS)} (default: gradcam)"
+        "--method", default="gradcam", metavar="NAME",
+        help=f"the CAM method: {', '.join(METHODS)} (default: gradcam); with --image-dir, several: a,b,c",
     )
     parser.add_argument(
         "--model", default=default_model, metavar="NAME", help=f"{', '.join(models)} (default: {default_model})"
@@ -117,7 +137,11 @@ def build_parser(
                              f"from {', '.join(METRICS)}, or all (scores the class's softmax probability; "
                              f"ROAD's noise is seeded, so the numbers repeat)")
     parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                        help="perturbed copies per forward pass for scorecam/ablationcam and --metrics (default: 32)")
+                        help="perturbed copies per forward pass for scorecam/ablationcam and --metrics; "
+                             "with --image-dir also images per CAM call (default: 32)")
+    parser.add_argument("--num-workers", type=_non_negative_int, default=2, metavar="N",
+                        help="with --image-dir: processes that read and resize the images while the model "
+                             "runs (0: the main process; default: 2)")
     parser.add_argument("--device", metavar="DEV", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument("--use-cuda", "--use_cuda", dest="use_cuda", action="store_true",
                         help="use CUDA if there is one (otherwise says so and runs on the CPU)")
@@ -375,12 +399,19 @@ def print_predictions(model_name: str, image_path: Path, photo: np.ndarray, prob
 
 
 def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
-    """Explain one photo as the arguments say: print the top classes, write the three pictures.
+    """Explain one photo as the arguments say: print the top classes, write the three pictures
+    (with ``--image-dir``: every image of a folder, see :mod:`pytorch_grad_cam.cli.folder`).
     Everything that can be checked before building the model is checked first.
 
     Raises:
         CLIError: on any user error.
     """
+    if args.image_dir is not None:
+        from pytorch_grad_cam.cli.folder import run_folder
+
+        return run_folder(args, models)
+    if "," in args.method:
+        raise CLIError(f"--method {args.method}: one method per photo; several (a,b) work with --image-dir", code=2)
     try:
         get_method(args.method)
     except ValueError as error:

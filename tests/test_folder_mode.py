@@ -1,0 +1,281 @@
+"""``cam.py --image-dir``: a whole folder, batched, resumable, and in several processes.
+
+One folder of twelve small images (ten readable ones with mixed extensions and cases,
+two in subfolders, two with the same stem; a truncated JPEG and random bytes named .png)
+and one reference run in this process are shared by the module. The model is the tiny
+classifier of ``tests/folder_mode_cli.py`` (48 x 48 inputs, fixed random weights), which
+the subprocess runs use too: a run killed with SIGKILL and started again, torchrun with
+two processes, and two torchrun "machines" meeting over loopback. Each must end with the
+reference's results.csv (byte for byte) and its files, maps equal within 1e-6.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import cv2
+import numpy as np
+import pytest
+
+from pytorch_grad_cam.cli import app as cli
+from pytorch_grad_cam.cli.folder import COLUMNS, jpeg_is_complete
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from folder_mode_cli import MODELS, TINY  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).resolve().parent / "folder_mode_cli.py"
+METHODS = ("eigencam", "gradcam")
+METRICS = ("drop-in-confidence", "confidence-change")
+ARGUMENTS = ["--method", ",".join(METHODS), "--metrics", ",".join(METRICS), "--no-progress"]
+#: relative path -> (photo, crop box (top, left, height, width), output size (height, width))
+GOOD = {
+    "a.jpg": ("cat", (40, 120, 200, 220), (60, 66)),
+    "a.png": ("coffee", (0, 150, 260, 300), (64, 74)),
+    "B.JPG": ("motorcycle", (100, 100, 300, 500), (48, 80)),  # written as a progressive JPEG
+    "c.jpeg": ("cat", (0, 0, 300, 451), (120, 200)),  # large enough for a smaller thumbnail
+    "d.bmp": ("coffee", (100, 100, 200, 200), (40, 40)),
+    "e.webp": ("motorcycle", (0, 0, 500, 741), (54, 80)),
+    "g.Jpeg": ("coffee", (0, 0, 400, 600), (50, 75)),
+    "sub/f.PNG": ("cat", (100, 200, 150, 200), (64, 64)),
+    "sub/deeper/h.jpg": ("motorcycle", (200, 300, 250, 300), (70, 84)),
+    "sub/i.BMP": ("cat", (0, 250, 300, 200), (72, 48)),
+}
+CORRUPT = ("bad.jpg", "noise.png")
+MAP_TOLERANCE = 1e-6  # float32 maps of the same images in other batches, other processes
+
+
+def make_folder(root: Path) -> Path:
+    """The twelve images (and a text file, which is not an image)."""
+    for relative, (photo, (top, left, height, width), (out_h, out_w)) in GOOD.items():
+        picture = cv2.imread(str(ROOT / "examples" / f"{photo}.jpg"))[top:top + height, left:left + width]
+        picture = cv2.resize(picture, (out_w, out_h), interpolation=cv2.INTER_AREA)
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        suffix = Path(relative).suffix.lower()
+        options = [cv2.IMWRITE_JPEG_PROGRESSIVE, 1] if relative == "B.JPG" else []
+        ok, data = cv2.imencode(".jpg" if suffix in (".jpg", ".jpeg") else suffix, picture, options)
+        assert ok
+        path.write_bytes(data.tobytes())
+    whole = (root / "a.jpg").read_bytes()
+    (root / "bad.jpg").write_bytes(whole[: len(whole) * 2 // 3])  # cut inside the scan
+    (root / "noise.png").write_bytes(np.random.default_rng(0).integers(0, 256, 700, dtype=np.uint8).tobytes())
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_folder(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="module")
+def reference(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One in-process run: batches of 4, two DataLoader workers."""
+    out = tmp_path_factory.mktemp("reference")
+    code = cli.main(["--image-dir", str(folder), "--output-dir", str(out), "--batch-size", "4",
+                     "--num-workers", "2", *ARGUMENTS], models=MODELS, default_model="tiny", prog="cam.py")
+    assert code == 0
+    return out
+
+
+def run_subprocess(command: List[str], env: Dict[str, str] | None = None, **options) -> subprocess.Popen:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    environment.pop("FOLDER_TEST_DELAY", None)
+    environment.update(env or {})
+    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **options)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stderr[-3000:]
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def folder_arguments(folder: Path, out: Path, *extra: str) -> List[str]:
+    return ["--image-dir", str(folder), "--output-dir", str(out), *ARGUMENTS, *extra]
+
+
+def read_rows(out: Path) -> List[Dict[str, str]]:
+    return list(csv.DictReader(io.StringIO((out / "results.csv").read_text(encoding="utf-8"))))
+
+
+def files_under(out: Path) -> List[str]:
+    """Every output file except the records, results.csv and the contact sheet."""
+    return sorted(
+        path.relative_to(out).as_posix() for path in out.rglob("*")
+        if path.is_file() and ".records" not in path.parts and path.name not in ("results.csv", "index.html")
+    )
+
+
+def assert_same_result(out: Path, reference: Path) -> None:
+    """The same results.csv, the same files, the same maps; no temporary file left."""
+    assert (out / "results.csv").read_text() == (reference / "results.csv").read_text()
+    assert files_under(out) == files_under(reference)
+    for relative in files_under(reference):
+        if relative.endswith(".npz"):
+            np.testing.assert_allclose(np.load(out / relative)["cam"], np.load(reference / relative)["cam"],
+                                       atol=MAP_TOLERANCE, rtol=0)
+    assert not [path for path in out.rglob("*") if ".partial-" in path.name]
+
+
+# ----------------------------------------------------------------- one process
+def test_every_image_once_with_the_single_image_map(folder: Path, reference: Path) -> None:
+    rows = read_rows(reference)
+    assert list(rows[0]) == [*COLUMNS, *METRICS]
+    expected_paths = sorted([*GOOD, *CORRUPT])
+    assert [(row["path"], row["method"]) for row in rows] == [(p, m) for p in expected_paths for m in METHODS]
+    for row in rows:
+        if row["path"] in CORRUPT:
+            assert row["status"].startswith("unreadable: "), row
+            assert all(row[column] == "" for column in (*COLUMNS[3:], *METRICS)), row
+    stems = {"a.jpg": "a.jpg", "a.png": "a.png"}  # one stem, two files: whole names
+    expected_files = []
+    for relative in GOOD:
+        stem = relative.rsplit(".", 1)[0] if Path(relative).name not in stems else relative
+        expected_files += [f"{stem}.thumb.jpg"] + [f"{stem}.{m}.{kind}" for m in METHODS for kind in ("jpg", "npz")]
+    assert files_under(reference) == sorted(expected_files)
+
+    import torch
+
+    model = TINY.pretrained(False).eval()
+    layer = TINY.target_layer(model)
+    ok_rows = [row for row in rows if row["status"] == "ok"]
+    assert len(ok_rows) == 2 * len(GOOD)
+    for row in ok_rows:
+        path = folder / row["path"]
+        photo = cli.read_photo(path)  # the single-photo command's own steps
+        input_tensor = cli.model_input(photo, TINY)
+        with torch.no_grad():
+            probabilities = model(input_tensor)[0].softmax(0)
+        assert int(row["predicted_class"]) == int(probabilities.argmax())
+        assert abs(float(row["predicted_score"]) - float(probabilities.max())) <= 5e-5
+        assert row["explained_class"] == row["predicted_class"] and row["explained_label"] == f"class {row['explained_class']}"
+        single = cli.compute_cam(row["method"], model, layer, input_tensor, int(row["explained_class"]), progress=False)
+        saved = np.load(reference / row["map"])["cam"]
+        assert saved.dtype == np.float32 and saved.shape == TINY.input_size
+        np.testing.assert_allclose(saved, single, atol=1e-5, rtol=0)
+        assert cv2.imread(str(reference / row["overlay"])).shape == photo.shape
+        thumb = cv2.imread(str(reference / row["thumbnail"]))
+        assert thumb.shape[:2] == (photo.shape[:2] if max(photo.shape) <= 160 else (96, 160))
+        for name in METRICS:
+            float(row[name])
+    assert len({row["predicted_class"] for row in ok_rows}) > 1  # the classes do differ
+
+
+def test_truncated_jpeg_is_found_and_progressive_ones_pass(folder: Path) -> None:
+    assert jpeg_is_complete((folder / "B.JPG").read_bytes())  # progressive: several scans
+    assert jpeg_is_complete((folder / "a.jpg").read_bytes())
+    assert not jpeg_is_complete((folder / "bad.jpg").read_bytes())
+    whole = (folder / "a.jpg").read_bytes()
+    assert jpeg_is_complete(whole + b"trailing data of a motion photo")
+
+
+def test_killed_run_resumes_to_the_same_result(folder: Path, reference: Path, tmp_path: Path) -> None:
+    """SIGKILL after the first records (one image per batch, each forward slowed), then the
+    same command again: the reference's CSV and files, the leftover temporary file gone."""
+    out = tmp_path / "out"
+    command = [sys.executable, str(SCRIPT), *folder_arguments(folder, out, "--batch-size", "1", "--num-workers", "0")]
+    process = run_subprocess(command, env={"FOLDER_TEST_DELAY": "0.05"})
+    deadline = time.monotonic() + 240
+    while len(list((out / ".records").rglob("*.json"))) < 3 and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    done = len(list((out / ".records").rglob("*.json")))
+    assert 3 <= done < 2 * (len(GOOD) + len(CORRUPT)), "the run was not killed halfway"
+    assert not (out / "results.csv").exists()
+    (out / "sub" / ".f.gradcam.jpg.partial-4242").parent.mkdir(parents=True, exist_ok=True)
+    (out / "sub" / ".f.gradcam.jpg.partial-4242").write_bytes(b"half a JPEG")  # as a kill mid-write leaves
+    again = finish(run_subprocess(command))
+    skipped = int(again.stdout.split("skipped ")[1].split()[0])
+    assert skipped >= 1, again.stdout
+    assert_same_result(out, reference)
+
+
+# ----------------------------------------------------------------- torchrun
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def explained_per_rank(stderr: str) -> Dict[int, int]:
+    """{rank: images} from the "rank r of 2: explained n images" lines."""
+    counts = {}
+    for line in stderr.splitlines():
+        if line.startswith("rank ") and " of 2: explained " in line:
+            counts[int(line.split()[1])] = int(line.split("explained ")[1].split()[0])
+    return counts
+
+
+def assert_sharded(out: Path, counts: Dict[int, int]) -> None:
+    """Each image explained once, by the rank of its place in the sorted list (rank::2)."""
+    assert counts == {0: 6, 1: 6}
+    for position, relative in enumerate(sorted([*GOOD, *CORRUPT])):
+        for method in METHODS:
+            record = json.loads((out / ".records" / f"{relative}.{method}.json").read_text())
+            assert record["rank"] == position % 2
+
+
+def test_torchrun_two_processes(folder: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               str(SCRIPT), *folder_arguments(folder, out, "--batch-size", "2", "--num-workers", "1")]
+    result = finish(run_subprocess(command))
+    assert "explained 12 images" in result.stdout
+    assert_sharded(out, explained_per_rank(result.stderr))
+    assert_same_result(out, reference)
+
+
+def test_two_machines_over_loopback(folder: Path, reference: Path, tmp_path: Path) -> None:
+    """Two torchrun launchers, as on two machines, meeting at a c10d rendezvous."""
+    out = tmp_path / "out"
+    port = free_port()
+    launchers = [
+        run_subprocess([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                        "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                        "--rdzv-id", "folder-test", str(SCRIPT),
+                        *folder_arguments(folder, out, "--batch-size", "3", "--num-workers", "0")])
+        for node in (0, 1)
+    ]
+    results = [finish(launcher) for launcher in launchers]
+    assert sum("explained 12 images" in result.stdout for result in results) == 1  # rank 0's summary
+    assert_sharded(out, explained_per_rank("".join(result.stderr for result in results)))
+    assert_same_result(out, reference)
+
+
+# ----------------------------------------------------------------- mistakes
+@pytest.mark.parametrize(
+    "arguments, code, needles",
+    [
+        (["--image-dir", "{tmp}/missing"], 1, ["missing", "no such folder"]),
+        (["--image-dir", "{tmp}/empty"], 1, ["empty", "holds no images"]),
+        (["--image-dir", "{tmp}/empty", "--image-path", "x.jpg"], 2, ["--image-path", "not allowed"]),
+        ([], 2, ["--image-path", "--image-dir", "required"]),
+        (["--image-dir", "{tmp}/empty", "--output-dir", "{tmp}/empty"], 2, ["folder of their own"]),
+        (["--image-dir", "{tmp}/empty", "--method", "gradcam,gradcam+++"], 2, ["gradcam+++"]),
+    ],
+)
+def test_mistakes_are_one_line(arguments: List[str], code: int, needles: List[str], tmp_path: Path,
+                               capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    arguments = [argument.format(tmp=tmp_path) for argument in arguments]
+    assert cli.main(arguments, models=MODELS, default_model="tiny", prog="cam.py") == code
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cam.py: error: "), lines
+    for needle in needles:
+        assert needle in lines[0], lines[0]
