@@ -174,6 +174,18 @@ def test_every_image_once_with_the_single_image_map(folder: Path, reference: Pat
     assert len({row["predicted_class"] for row in ok_rows}) > 1  # the classes do differ
 
 
+def test_the_run_writes_the_contact_sheet_of_its_rows(folder: Path, reference: Path, tmp_path: Path) -> None:
+    """index.html is the contact sheet of exactly the rows of results.csv: the same bytes as
+    write_contact_sheet gives from them, every image's path in its records."""
+    from pytorch_grad_cam.cli.contact_sheet import write_contact_sheet
+
+    sheet = (reference / "index.html").read_text(encoding="utf-8")
+    rebuilt = write_contact_sheet(tmp_path, read_rows(reference), title=f"{', '.join(METHODS)} on {folder} (tiny)")
+    assert rebuilt.read_text(encoding="utf-8") == sheet
+    for relative in sorted([*GOOD, *CORRUPT]):
+        assert json.dumps(relative, ensure_ascii=True).replace("<", "\\u003c") in sheet
+
+
 def test_truncated_jpeg_is_found_and_progressive_ones_pass(folder: Path) -> None:
     assert jpeg_is_complete((folder / "B.JPG").read_bytes())  # progressive: several scans
     assert jpeg_is_complete((folder / "a.jpg").read_bytes())

@@ -66,6 +66,7 @@ from pytorch_grad_cam.cli.app import (
     resolve_category,
     select_layer,
 )
+from pytorch_grad_cam.cli.contact_sheet import write_contact_sheet
 from pytorch_grad_cam.cli.metrics import compute_metrics
 from pytorch_grad_cam.cli.model_zoo import MODELS, ModelEntry, imagenet_classes
 from pytorch_grad_cam.registry import get_method
@@ -465,12 +466,11 @@ def csv_text(rows: Sequence[Mapping[str, str]], metric_names: Sequence[str]) -> 
     return buffer.getvalue()
 
 
-def write_contact_sheet_if_available(output_dir: Path, rows: Sequence[Mapping[str, str]], title: str) -> Optional[Path]:
-    """``index.html`` of the results, where the contact-sheet module is installed; its path or None."""
-    try:
-        from pytorch_grad_cam.cli.contact_sheet import write_contact_sheet
-    except ImportError:
-        return None
+def write_sheet(output_dir: Path, rows: Sequence[Mapping[str, str]], title: str) -> Optional[Path]:
+    """Write ``index.html`` of the results; its path, or None (with a note) if it could not be written.
+
+    The CSV is already written when this runs, so a failure here is a note, never an error.
+    """
     try:
         return write_contact_sheet(output_dir, rows, title=title)
     except Exception as error:  # noqa: BLE001 - the CSV is written; a page is not worth failing the run
@@ -800,7 +800,7 @@ def run_folder(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
         explained = sum(count for _, count, _, _ in gathered)
         skipped = sum(count for _, _, count, _ in gathered)
         atomic_write(output_dir / RESULTS_NAME, csv_text(merged, metric_names).encode("utf-8"))
-        sheet = write_contact_sheet_if_available(output_dir, merged,
+        sheet = write_sheet(output_dir, merged,
                                                  title=f"{', '.join(methods)} on {image_dir} ({args.model})")
         unreadable = len({row["path"] for row in merged if row["status"].startswith("unreadable")})
         errors = len({row["path"] for row in merged if row["status"].startswith("error")})
