@@ -78,7 +78,25 @@ class ScoreCAM(PerturbationCAM):
     were scored. Masks are built per chunk of at most ``batch_size`` channels (fewer
     where the masked images would exceed :data:`MASKED_BATCH_BYTES`), so memory is
     one forward pass of that chunk plus the activations, never all K masked inputs.
+    On the CPU the masked images go to the model in ``channels_last`` memory format
+    (see :attr:`channels_last`).
     """
+
+    #: Hand the masked images to the model in ``channels_last`` memory format (4-D
+    #: inputs on the CPU): the same numbers, and torch's CPU convolutions run them
+    #: 20-35 % faster (ResNet-18, EfficientNet-Lite0; benchmarks/bench.py). A model
+    #: that cannot take them (``.view`` of a non-contiguous tensor) gets contiguous
+    #: images from then on. The model itself is not converted.
+    channels_last: bool = True
+
+    def _run_masked(self, masked: torch.Tensor) -> object:
+        if not (self.channels_last and self._channels_last_ok and masked.ndim == 4 and masked.device.type == "cpu"):
+            return self.model(masked)
+        try:
+            return self.model(masked.contiguous(memory_format=torch.channels_last))
+        except RuntimeError:
+            self._channels_last_ok = False  # for this call; the contiguous images then
+            return self.model(masked)
 
     def get_cam_weights(
         self,
@@ -93,6 +111,7 @@ class ScoreCAM(PerturbationCAM):
         plans = [distinct_masks(activations[index], size) for index in range(batch)]
         total = sum(len(kept) + int(has_zero) for kept, _, has_zero in plans)
         chunk = masked_chunk_size(self.batch_size, input_tensor)
+        self._channels_last_ok = True
         weights = []
         with self.progress_bar(total, "ScoreCAM") as bar:
             for index, (kept, group, has_zero) in enumerate(plans):
@@ -109,7 +128,7 @@ class ScoreCAM(PerturbationCAM):
                     if stop > len(kept):  # the last entry: the all-zero mask
                         parts.append(activations.new_zeros((1, *size)))
                     masks = torch.cat(parts) if len(parts) > 1 else parts[0]
-                    return self.model(image * masks.unsqueeze(1).to(image.dtype))
+                    return self._run_masked(image * masks.unsqueeze(1).to(image.dtype))
 
                 scores = self.batched_scores(count, run_chunk, targets[index], bar, chunk)
                 weights.append(torch.softmax(scores[group], dim=0))

@@ -640,3 +640,32 @@ def test_scorecam_distinct_masks_plan():
     assert group.tolist() == [0, 3, 1, 0, 3, 2, 1]
     kept, group, has_zero = distinct_masks(torch.zeros(5, 2, 2), (8, 8))
     assert kept.numel() == 0 and has_zero and group.tolist() == [0] * 5
+
+
+class ViewNet(nn.Module):
+    """Flattens with ``.view``, which a channels_last tensor cannot take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 4 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 4)
+        return self.fc(a.view(a.shape[0], -1))
+
+
+def test_scorecam_channels_last_masked_images_equal_contiguous_ones(small_cnn):
+    """The masked images go to the model in channels_last on the CPU; the maps equal
+    those of contiguous images, and a model that cannot take them falls back."""
+    layer = small_cnn.features[-1]
+    x = images()
+    fast = ScoreCAM(small_cnn, [layer], progress=False)(x, targets())
+    plain = ScoreCAM(small_cnn, [layer], progress=False)
+    plain.channels_last = False
+    np.testing.assert_allclose(fast, plain(x, targets()), atol=1e-5)
+    model = seeded(ViewNet)
+    with pytest.raises(RuntimeError), torch.no_grad():
+        model(x.contiguous(memory_format=torch.channels_last))
+    maps = ScoreCAM(model, [model.conv], progress=False)(x, targets())
+    np.testing.assert_allclose(maps, scorecam_reference(model, model.conv, x, CLASSES), atol=1e-5)
