@@ -236,7 +236,9 @@ def layers_floor(bench: Bench, batch: int, layers: Sequence[str]) -> Callable[[]
 
     def run() -> None:
         recorded: List[torch.Tensor] = []
-        handles = _leaf_at(modules, recorded)
+        handles = _leaf_at(modules[:1], recorded) + [
+            module.register_forward_hook(lambda m, i, output: recorded.append(output)) for module in modules[1:]
+        ]
         try:
             with torch.no_grad():
                 scores = model(images)[rows, columns].sum()
@@ -992,7 +994,8 @@ def check_targets(
         value = ratios.get((key, reference))
         if value is not None:
             verdict = "met" if value <= 1.15 else "MISSED"
-            lines.append(f"{METHODS[method].__name__} <= 1.15x its floor ({reference}): {value:.2f}x  {verdict}")
+            name = "DeepFeatureFactorization" if method == "dff" else METHODS[method].__name__
+            lines.append(f"{name} <= 1.15x its floor ({reference}): {value:.2f}x  {verdict}")
     scorecam_peak = memory.get(f"scorecam:{scorecam_channels}")
     forward_peak = memory.get(f"forward:{PERTURBATION_BATCH_SIZE}")
     if scorecam_peak is not None and forward_peak:

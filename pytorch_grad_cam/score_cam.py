@@ -20,8 +20,8 @@ def normalised_masks(maps: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
     upsampled to ``size`` (bilinear, ``align_corners=True``); returns (K, *size)."""
     upsampled = resize_maps(maps, size, align_corners=True)
     flat = upsampled.flatten(1)
-    low = flat.min(dim=1).values
-    high = flat.max(dim=1).values
+    low = flat.amin(dim=1)
+    high = flat.amax(dim=1)
     shape = (-1,) + (1,) * (upsampled.ndim - 1)
     return (upsampled - low.view(shape)) / (high - low + 1e-8).view(shape)
 
