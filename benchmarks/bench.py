@@ -714,7 +714,7 @@ class CompareCase:
     options: Dict[str, object] = field(default_factory=dict)
     no_targets: bool = False
     head: Optional[str] = None  # DFF's computation_on_concepts
-    calls: int = 3  # timed calls per process
+    calls: int = 2  # timed calls per process
     warmup: int = 1
     time_target: Optional[float] = None  # ours / theirs at most
     memory_target: Optional[float] = None
