@@ -50,7 +50,8 @@ def build_call(case: dict, library: str):
     model = torch.load(case["model"], weights_only=False).eval()
     images = torch.load(case["input"])
     modules = dict(model.named_modules())
-    layers = [modules[name] for name in case["layers"]]
+    names = case.get("theirs_layers") if library == "theirs" and case.get("theirs_layers") else case["layers"]
+    layers = [modules[name] for name in names]
     cls = getattr(pytorch_grad_cam, case["method"])
     if case["method"] == "DeepFeatureFactorization":
         head = modules[case["head"]] if case.get("head") else None
