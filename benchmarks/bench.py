@@ -752,7 +752,8 @@ def comparison_cases() -> List[CompareCase]:
         CompareCase("scorecam-effnet-head", "ScoreCAM, EfficientNet-Lite0 head (1280 channels), cat.jpg: ours "
                     "at _swish, grad-cam at _bn1", "efficientnet", 1, "ScoreCAM", ("_swish",), batch_size=64,
                     theirs_layers=("_bn1",), time_target=0.65, **heavy),
-        CompareCase(f"fullgrad:{n}", f"FullGrad, batch {n}", "resnet50", n, "FullGrad", (), time_target=1.0),
+        CompareCase(f"fullgrad:{n}", f"FullGrad, batch {n}", "resnet50", n, "FullGrad", (), time_target=1.0,
+                    **heavy),  # grad-cam's FullGrad takes minutes per call on a CPU
         CompareCase(f"shapleycam:{n}", f"ShapleyCAM {SHAPLEY_LAYER}, batch {n}", "resnet50", n, "ShapleyCAM",
                     (SHAPLEY_LAYER,), time_target=1.0),
         CompareCase(f"kpcacam:{n}", f"KPCA_CAM layer4[-1], batch {n}", "resnet50", n, "KPCA_CAM",
