@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from pytorch_grad_cam.cli import app as cli
-from pytorch_grad_cam.cli.folder import COLUMNS, jpeg_is_complete
+from pytorch_grad_cam.cli.folder import COLUMNS, atomic_write, jpeg_is_complete, remove_partial_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from folder_mode_cli import MODELS, TINY  # noqa: E402
@@ -184,6 +184,37 @@ def test_the_run_writes_the_contact_sheet_of_its_rows(folder: Path, reference: P
     assert rebuilt.read_text(encoding="utf-8") == sheet
     for relative in sorted([*GOOD, *CORRUPT]):
         assert json.dumps(relative, ensure_ascii=True).replace("<", "\\u003c") in sheet
+
+
+def test_two_threads_writing_one_file_each_use_their_own_temporary_file(tmp_path: Path) -> None:
+    """The writer threads write an image's thumbnail once per method, at the same time:
+    a temporary name per process only made one thread's rename fail (FileNotFoundError)."""
+    import threading
+
+    target = tmp_path / "a.thumb.jpg"
+    failures: List[BaseException] = []
+    start = threading.Barrier(4)
+
+    def write(payload: bytes) -> None:
+        start.wait()
+        try:
+            for _ in range(300):
+                atomic_write(target, payload)
+        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+            failures.append(error)
+
+    threads = [threading.Thread(target=write, args=(bytes([65 + k]) * 4096,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert target.read_bytes() in {bytes([65 + k]) * 4096 for k in range(4)}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.thumb.jpg"]
+    for name in (".a.thumb.jpg.partial-4242", ".a.thumb.jpg.partial-4242-139871"):
+        (tmp_path / name).write_bytes(b"half")
+    assert remove_partial_files(tmp_path) == 2
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.thumb.jpg"]
 
 
 def test_truncated_jpeg_is_found_and_progressive_ones_pass(folder: Path) -> None:

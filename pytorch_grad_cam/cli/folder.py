@@ -40,6 +40,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -87,7 +88,7 @@ COLUMNS = (
 )
 RECORD_VERSION = 1
 #: A temporary file: ``.<final name>.partial-<pid>``, in the final file's folder.
-_PARTIAL = re.compile(r"^\..+\.partial-\d+$")
+_PARTIAL = re.compile(r"^\..+\.partial-\d+(-\d+)?$")  # pid, then thread id
 #: How long a rank waits for the others at the end (a resumed shard may be far behind).
 _COLLECTIVE_TIMEOUT = timedelta(days=7)
 
@@ -165,7 +166,9 @@ def atomic_write(path: Path, data: bytes) -> None:
         OSError: if the folder cannot be created or the file written.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    # Unique per process and thread: two writer threads may write one file (an image's
+    # thumbnail, once per method) at the same time, each through its own temporary file.
+    temporary = path.with_name(f".{path.name}.partial-{os.getpid()}-{threading.get_ident()}")
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)
