@@ -398,6 +398,11 @@ def test_sanity_check_leaves_the_model_and_the_random_state_as_found():
         result.ssim[:, -1],
         structural_similarity(torch.from_numpy(result.original), torch.from_numpy(result.maps[-1])).numpy(),
     )
+    # The intact maps, passed in, are used instead of computed again: the same curves.
+    reused = sanity_check(factory, model, images, [ClassifierOutputTarget(1)] * 2, original=result.original)
+    np.testing.assert_array_equal(result.spearman, reused.spearman)
+    with pytest.raises(ValueError, match="original"):
+        sanity_check(factory, model, images, [ClassifierOutputTarget(1)] * 2, original=result.original[:1])
 
 
 def test_sanity_check_batched_equals_per_image_and_rejects_misuse(small_cnn):
