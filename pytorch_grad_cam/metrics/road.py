@@ -126,37 +126,58 @@ def _coarse_length(length: int) -> int:
     return length // 2 + 1
 
 
-def _restrict_last(x: torch.Tensor) -> torch.Tensor:
-    """The transpose of :func:`_prolong_last` along the last axis (full weighting:
-    out[i] = x[2i−1]/2 + x[2i] + x[2i+1]/2, the last node of an even length whole)."""
-    length = x.shape[-1]
-    if length % 2 == 0:
-        return torch.cat((_restrict_last(x[..., :-1]), x[..., -1:]), dim=-1)
-    padded = F.pad(x, (1, 1))
-    out = padded[..., 0:length:2] + padded[..., 2 : length + 2 : 2]
-    return out.mul_(0.5).add_(x[..., 0::2])
+def _along(dim: int, ndim: int, index: slice) -> tuple:
+    """An indexing tuple taking ``index`` along ``dim`` (negative) of an ``ndim``-D tensor."""
+    return (slice(None),) * (ndim + dim) + (index,)
 
 
-def _prolong_last(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Linear interpolation along the last axis from the coarse nodes of
-    :func:`_coarse_length`: out[2i] = x[i], out[2i+1] = (x[i] + x[i+1])/2, and for an even
-    ``length`` the last fine node is the last coarse node (so constants, and linear
-    functions, are interpolated exactly up to the image's edge)."""
+def _restrict_axis(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The transpose of :func:`_prolong_axis` along ``dim`` (full weighting:
+    out[i] = x[2i−1]/2 + x[2i] + x[2i+1]/2; for an even length the last node counts whole)."""
+    length, n = x.shape[dim], x.ndim
+    coarse = _coarse_length(length)
+    shape = list(x.shape)
+    shape[dim] = coarse
+    out = x.new_empty(shape)
+    last = length - 1 if length % 2 == 0 else length  # the uniform part: fine nodes [0, last)
+    out[_along(dim, n, slice(0, coarse - (length % 2 == 0)))] = x[_along(dim, n, slice(0, last, 2))]
     if length % 2 == 0:
-        return torch.cat((_prolong_last(x[..., :-1], length - 1), x[..., -1:]), dim=-1)
-    odd = (x[..., :-1] + x[..., 1:]).mul_(0.5)
-    return torch.cat((torch.stack((x[..., :-1], odd), dim=-1).flatten(-2), x[..., -1:]), dim=-1)
+        out[_along(dim, n, slice(coarse - 1, coarse))] = x[_along(dim, n, slice(length - 1, length))]
+    odd = x[_along(dim, n, slice(1, last - 1, 2))]  # between coarse nodes i and i + 1
+    middles = odd.shape[dim]
+    out[_along(dim, n, slice(0, middles))].add_(odd, alpha=0.5)
+    out[_along(dim, n, slice(1, middles + 1))].add_(odd, alpha=0.5)
+    return out
+
+
+def _prolong_axis(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """Linear interpolation along ``dim`` from the coarse nodes of :func:`_coarse_length`:
+    out[2i] = x[i], out[2i+1] = (x[i] + x[i+1])/2, and for an even ``length`` the last
+    fine node is the last coarse node (so constants, and linear functions, are
+    interpolated exactly up to the image's edge)."""
+    n, coarse = x.ndim, x.shape[dim]
+    shape = list(x.shape)
+    shape[dim] = length
+    out = x.new_empty(shape)
+    last = length - 1 if length % 2 == 0 else length
+    out[_along(dim, n, slice(0, last, 2))] = x[_along(dim, n, slice(0, coarse - (length % 2 == 0)))]
+    if length % 2 == 0:
+        out[_along(dim, n, slice(length - 1, length))] = x[_along(dim, n, slice(coarse - 1, coarse))]
+    odd = out[_along(dim, n, slice(1, last - 1, 2))]
+    middles = odd.shape[dim]
+    odd.copy_(x[_along(dim, n, slice(0, middles))]).add_(x[_along(dim, n, slice(1, middles + 1))]).mul_(0.5)
+    return out
 
 
 def _restrict(x: torch.Tensor) -> torch.Tensor:
     """Full weighting, the transpose of :func:`_prolong`: (..., H, W) → (..., H//2 + 1, W//2 + 1)."""
-    return _restrict_last(_restrict_last(x).transpose(-1, -2)).transpose(-1, -2)
+    return _restrict_axis(_restrict_axis(x, -1), -2)
 
 
 def _prolong(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear interpolation from the coarse grid (coarse node i sits on fine node 2i):
-    (..., H//2 + 1, W//2 + 1) → (..., H, W)."""
-    return _prolong_last(_prolong_last(x, size[1]).transpose(-1, -2), size[0]).transpose(-1, -2)
+    """Bilinear interpolation from the coarse grid (coarse node i sits on fine node 2i, and
+    the last on the last): (..., H//2 + 1, W//2 + 1) → (..., H, W)."""
+    return _prolong_axis(_prolong_axis(x, size[1], -1), size[0], -2)
 
 
 class _Operator:
