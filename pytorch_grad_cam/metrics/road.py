@@ -313,21 +313,23 @@ class _Multigrid:
         return self._cycle(0, residual)
 
     def _cycle(self, index: int, residual: torch.Tensor) -> torch.Tensor:
+        # ``residual`` is zero on the level's inactive nodes, and so is every operator
+        # product: only the prolongation needs the mask.
         level = self.levels[index]
         if index == len(self.levels) - 1:
             if self.exact is not None:
                 return self.exact(residual)
             correction = level.step * residual
             for _ in range(8):
-                correction += level.step * (residual - level.apply(correction))
+                correction.addcmul_(level.step, residual - level.apply(correction))
             return correction
         correction = level.step * residual
         for _ in range(self.sweeps - 1):
-            correction += level.step * (residual - level.apply(correction))
-        coarse_residual = _restrict((residual - level.apply(correction)) * level.missing)
-        correction += level.missing * _prolong(self._cycle(index + 1, coarse_residual), level.size)
+            correction.addcmul_(level.step, residual - level.apply(correction))
+        coarse_residual = _restrict(residual - level.apply(correction))
+        correction.addcmul_(level.missing, _prolong(self._cycle(index + 1, coarse_residual), level.size))
         for _ in range(self.sweeps):
-            correction += level.step * (residual - level.apply(correction))
+            correction.addcmul_(level.step, residual - level.apply(correction))
         return correction
 
 
@@ -388,12 +390,12 @@ def solve_interpolation(
         product = level.apply(direction)
         curvature = (direction * product).sum((2, 3), keepdim=True)
         alpha = torch.where(curvature > 0, rz / curvature.clamp_min(tiny), torch.zeros_like(rz))
-        solution.add_(alpha * direction)
-        residual.sub_(alpha * product)
+        solution.addcmul_(alpha, direction)
+        residual.addcmul_(alpha, product, value=-1)
         preconditioned = preconditioner(residual)
         rz_next = (residual * preconditioned).sum((2, 3), keepdim=True)
         beta = torch.where(rz > 0, rz_next / rz.clamp_min(tiny), torch.zeros_like(rz))
-        direction = preconditioned + beta * direction
+        direction = direction.mul_(beta).add_(preconditioned)
         rz = rz_next
     filled = values + solution * missing
     return filled.to(images.dtype), iterations
