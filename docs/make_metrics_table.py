@@ -13,7 +13,7 @@ activation), the metrics scoring that class's softmax probability. The localisat
 metrics use hand-measured boxes of the object in the 224 x 224 model input (the same
 boxes as tests/test_cli.py: the cat's face, the cup, the motorcycle).
 
-    python docs/make_metrics_table.py --no-progress      # or: make metrics  (~25 min on 2 loaded CPU threads, mostly ScoreCAM)
+    python docs/make_metrics_table.py --no-progress      # or: make metrics  (~45 min on 2 heavily loaded CPU threads, ScoreCAM the largest part)
     python docs/make_metrics_table.py --quick            # 3 methods, one photo, 3 sanity steps: a minute
 """
 from __future__ import annotations
@@ -152,18 +152,18 @@ PALETTE = [  # BGR, distinguishable on white
 
 
 def plot_sanity(curves: Dict[str, np.ndarray], layers: Sequence[str], title: str) -> np.ndarray:
-    """One polyline per method: x = randomisation step (layer names), y = Spearman in [-0.2, 1]."""
+    """One polyline per method: x = randomisation step (layer names), y = Spearman in [-1, 1]."""
     width, height = 1000, 620
     left, right, top, bottom = 80, 230, 50, 130
     image = np.full((height, width, 3), 255, np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
     x_of = lambda step: int(left + (width - left - right) * step / max(len(layers), 1))  # noqa: E731
-    low, high = -0.2, 1.0
+    low, high = -1.0, 1.0
     y_of = lambda value: int(top + (height - top - bottom) * (high - value) / (high - low))  # noqa: E731
-    for tick in np.arange(-0.2, 1.01, 0.2):
+    for tick in np.arange(-1.0, 1.01, 0.2):
         y = y_of(tick)
         cv2.line(image, (left, y), (width - right, y), (225, 225, 225) if abs(tick) > 1e-9 else (150, 150, 150), 1)
-        cv2.putText(image, f"{tick:.1f}", (left - 45, y + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(image, f"{round(tick, 1) + 0.0:.1f}", (left - 45, y + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.rectangle(image, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
     for step, name in enumerate(["intact", *layers]):
         x = x_of(step)
