@@ -2,7 +2,7 @@
 # make test   - create .venv if needed, install the package and test deps, run the tests
 # make bench  - the speed/memory benchmark table
 # make grid   - re-render the README's comparison grids (docs/*.jpg; minutes on a CPU)
-# make metrics - every method x every metric on EfficientNet-Lite0 (docs/metrics.md, docs/sanity_check.png; ~30+ min on a CPU)
+# make metrics - every method x every metric on EfficientNet-Lite0 (docs/metrics.md, docs/sanity_check.png; ~45 min on 2 loaded CPU threads)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -13,7 +13,7 @@ activation), the metrics scoring that class's softmax probability. The localisat
 metrics use hand-measured boxes of the object in the 224 x 224 model input (the same
 boxes as tests/test_cli.py: the cat's face, the cup, the motorcycle).
 
-    python docs/make_metrics_table.py --no-progress      # or: make metrics  (~30+ min on 2 CPU threads, mostly ScoreCAM)
+    python docs/make_metrics_table.py --no-progress      # or: make metrics  (~45 min on 2 heavily loaded CPU threads, ScoreCAM the largest part)
     python docs/make_metrics_table.py --quick            # 3 methods, one photo, 3 sanity steps: a minute
 """
 from __future__ import annotations
@@ -152,18 +152,18 @@ PALETTE = [  # BGR, distinguishable on white
 
 
 def plot_sanity(curves: Dict[str, np.ndarray], layers: Sequence[str], title: str) -> np.ndarray:
-    """One polyline per method: x = randomisation step (layer names), y = Spearman in [-0.2, 1]."""
+    """One polyline per method: x = randomisation step (layer names), y = Spearman in [-1, 1]."""
     width, height = 1000, 620
     left, right, top, bottom = 80, 230, 50, 130
     image = np.full((height, width, 3), 255, np.uint8)
     font = cv2.FONT_HERSHEY_SIMPLEX
     x_of = lambda step: int(left + (width - left - right) * step / max(len(layers), 1))  # noqa: E731
-    low, high = -0.2, 1.0
+    low, high = -1.0, 1.0
     y_of = lambda value: int(top + (height - top - bottom) * (high - value) / (high - low))  # noqa: E731
-    for tick in np.arange(-0.2, 1.01, 0.2):
+    for tick in np.arange(-1.0, 1.01, 0.2):
         y = y_of(tick)
         cv2.line(image, (left, y), (width - right, y), (225, 225, 225) if abs(tick) > 1e-9 else (150, 150, 150), 1)
-        cv2.putText(image, f"{tick:.1f}", (left - 45, y + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(image, f"{round(tick, 1) + 0.0:.1f}", (left - 45, y + 5), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     cv2.rectangle(image, (left, top), (width - right, height - bottom), (0, 0, 0), 1)
     for step, name in enumerate(["intact", *layers]):
         x = x_of(step)
@@ -232,7 +232,7 @@ def markdown(rows: Dict[str, Dict[str, float]], photos: Sequence[str], labels: S
         f"- Sanity check: the cat photo, cascade over {len(SANITY_LAYERS)} layers"
         f" ({', '.join(f'`{name}`' for name in SANITY_LAYERS)}), seed {SEED}; see `docs/sanity_check.png`."
         " The last column is the Spearman correlation after the last step (near 0: the map depends on the"
-        " weights, as it should).",
+        " weights, as it should). The intact model's map is the table's map of the cat (computed once).",
         f"- Date: {datetime.date.today().isoformat()}; machine: {machine()}; {seconds / 60:.0f} min in all.",
         "",
         "Values are means over the photos (the pointing game and Increase are shares of photos).",
@@ -263,6 +263,9 @@ def main() -> None:
     cli, models, load_model = model_zoo()
     entry = models[MODEL]
     model = load_model(entry, MODEL, progress=progress).to(device).eval()
+    # channels_last: ~1.8x faster forwards on CPU (oneDNN's depthwise convolutions); the
+    # maps agree with the default layout within 5e-6 for every method.
+    model = model.to(memory_format=torch.channels_last)
     photos = ["cat"] if args.quick else list(PHOTO_BOXES)
     inputs = torch.cat([cli.model_input(cli.read_photo(ROOT / "examples" / f"{p}.jpg"), entry) for p in photos])
     inputs = inputs.to(device)
@@ -272,9 +275,11 @@ def main() -> None:
                       for top, bottom, left, right in (PHOTO_BOXES[p] for p in photos)])
     methods = [m for m in METHODS if m in QUICK_METHODS] if args.quick else list(METHODS)
     rows: Dict[str, Dict[str, float]] = {}
+    cat_maps: Dict[str, np.ndarray] = {}  # the intact model's map of the first photo, reused by the sanity check
     for method in [*methods, BLOB]:
         began = time.perf_counter()
         maps = cam_maps(method, model, inputs, categories, progress)
+        cat_maps[method] = maps[:1]
         rows[method] = measure(maps, inputs, categories, boxes, model)
         print(f"{method:20s} {time.perf_counter() - began:6.0f} s  "
               + "  ".join(f"{k} {v:.3f}" for k, v in rows[method].items()), flush=True)
@@ -284,7 +289,8 @@ def main() -> None:
     for method in methods:
         began = time.perf_counter()
         result = sanity_check(method_factory(method, progress), model, inputs[:1],
-                              [ClassifierOutputTarget(categories[0])], layers=layers, seed=SEED)
+                              [ClassifierOutputTarget(categories[0])], layers=layers, seed=SEED,
+                              original=cat_maps[method])
         curves[method] = result.spearman_mean
         print(f"sanity {method:13s} {time.perf_counter() - began:6.0f} s  "
               + " ".join(f"{v:+.2f}" for v in result.spearman_mean), flush=True)

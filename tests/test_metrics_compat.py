@@ -314,6 +314,40 @@ def test_imputer_on_a_large_hole_converges_and_an_empty_mask_gives_zeros():
     assert torch.equal(nothing, torch.zeros_like(images))
 
 
+def test_imputer_multigrid_is_the_galerkin_hierarchy_and_converges_fast_on_edge_holes():
+    """The preconditioner's coarse operators are Pᵀ·A·P of the masked system (dense, by
+    hand), its restriction is Pᵀ, and a hole touching the image's edges (no known pixel
+    pins it there) converges as fast as an interior one: 9 and 8 iterations at 1e-6
+    (float64) on these 48 x 48 masks, where re-discretised coarse grids took 22 and 11."""
+    from pytorch_grad_cam.metrics.road import _kernel, _Multigrid, _prolong, _restrict, _Stencil
+
+    size, coarse = 10, 6  # an even side: the coarse grid keeps the last node
+    known = torch.rand(1, size, size, generator=torch.Generator().manual_seed(11)) > 0.7
+    missing = (~known).double()[:, None]
+    hierarchy = _Multigrid(missing, _Stencil(_kernel(None).double()))
+
+    def dense(apply, side):
+        eye = torch.eye(side * side, dtype=torch.float64).reshape(-1, 1, side, side)
+        return torch.stack([apply(e[None]).flatten() for e in eye], dim=1)
+
+    fine = dense(lambda e: hierarchy.levels[0].apply(e * missing), size)
+    prolong = dense(lambda e: _prolong(e, (size, size)) * missing, coarse)
+    restrict = dense(lambda e: _restrict(e * missing), size)
+    torch.testing.assert_close(restrict, prolong.T, atol=1e-15, rtol=0)
+    torch.testing.assert_close(dense(hierarchy.levels[1].apply, coarse), prolong.T @ fine @ prolong,
+                               atol=1e-12, rtol=0)
+    # constants are interpolated exactly up to the last row and column
+    torch.testing.assert_close(_prolong(torch.ones(1, 1, coarse, coarse), (size, size)), torch.ones(1, 1, size, size))
+
+    height = 48
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, height), indexing="ij")
+    disc = (yy**2 + xx**2 > 0.5)[None].expand(2, height, height)
+    images = torch.rand(2, 3, height, height, generator=torch.Generator().manual_seed(5))
+    for known in (disc, ~disc):  # a hole inside; the known disc inside a hole reaching the edges
+        _, iterations = solve_interpolation(images, known, tolerance=CG_TOLERANCE, dtype=torch.float64)
+        assert iterations <= 10
+
+
 def test_imputer_noise_is_seeded_only_on_missing_pixels_and_batched_equals_per_image():
     images = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(6))
     masks = (torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(7)) > 0.5).float()

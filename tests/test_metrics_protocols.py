@@ -151,6 +151,38 @@ def test_deletion_insertion_reject_bad_arguments():
         DeletionMetric()(torch.ones(1, 1, 4, 4), REGION_FIRST, ONE_SCORE * 2, RegionMean().eval())
 
 
+class TwoScores(nn.Module):
+    """Output (B, 2): the mean of channel 0 over the top-left 2x2 pixels, and 7."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        region = x[:, 0, :2, :2].mean(dim=(1, 2))
+        return torch.stack([region, torch.full_like(region, 7.0)], dim=1)
+
+
+@pytest.mark.parametrize("metric_type", [DeletionMetric, InsertionMetric])
+def test_deletion_insertion_take_any_one_number_target_and_name_a_vector_one(metric_type):
+    """Any target giving one number per image works (a tensor, a Python float, a numpy
+    number, a one-element vector), with the curve of that number; a target returning
+    several values is an error naming the target and the fix."""
+    images, model = torch.ones(1, 1, 4, 4), TwoScores().eval()
+    metric = metric_type(steps=4, baseline="constant")
+    expected = metric(images, REGION_FIRST, ONE_SCORE, model, return_curve=True)[1]
+    for target in (lambda out: out[0], lambda out: float(out[0]), lambda out: np.float32(out[0]),
+                   lambda out: out[:1]):
+        np.testing.assert_allclose(metric(images, REGION_FIRST, [target], model, return_curve=True)[1],
+                                   expected, atol=1e-6)
+    # a reduced vector target: the sum of both outputs, 7 above the region's curve
+    summed = metric(images, REGION_FIRST, [lambda out: out.sum()], model, return_curve=True)[1]
+    np.testing.assert_allclose(summed, expected + 7, atol=1e-6)
+
+    def both(out):
+        return out
+
+    with pytest.raises(ValueError, match=r"target <function .*both.*> returned shape \(2,\).*" + metric_type.__name__
+                       + r".*one number.*lambda output: output\[k\]"):
+        metric(images, REGION_FIRST, [both], model)
+
+
 # ---------------------------------------------------------------- pointing game
 BOX = (20, 20, 30, 30)  # columns and rows 20..29
 
@@ -366,6 +398,11 @@ def test_sanity_check_leaves_the_model_and_the_random_state_as_found():
         result.ssim[:, -1],
         structural_similarity(torch.from_numpy(result.original), torch.from_numpy(result.maps[-1])).numpy(),
     )
+    # The intact maps, passed in, are used instead of computed again: the same curves.
+    reused = sanity_check(factory, model, images, [ClassifierOutputTarget(1)] * 2, original=result.original)
+    np.testing.assert_array_equal(result.spearman, reused.spearman)
+    with pytest.raises(ValueError, match="original"):
+        sanity_check(factory, model, images, [ClassifierOutputTarget(1)] * 2, original=result.original[:1])
 
 
 def test_sanity_check_batched_equals_per_image_and_rejects_misuse(small_cnn):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, Target, model_device
+from pytorch_grad_cam.base_cam import _ROW_WISE_TARGETS, BaseCAM, Target, model_device
 from pytorch_grad_cam.metrics.cams import CamsLike, as_cam_batch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
@@ -53,6 +53,41 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     padded = F.pad(images, (radius, radius, radius, radius), mode="replicate")
     rows = F.conv2d(padded, kernel.reshape(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
     return F.conv2d(rows, kernel.reshape(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+
+
+class _OneNumber:
+    """A target that must give one number per image (Deletion and Insertion draw one
+    curve per image): Python and numpy numbers are accepted as tensors, and a target
+    returning several values is an error that names it and says what to do."""
+
+    def __init__(self, target: Target, metric: str) -> None:
+        self.target = target
+        self.metric = metric
+
+    def __call__(self, output: object) -> torch.Tensor:
+        value = self.target(output)
+        if isinstance(value, (numbers.Real, np.number)) and not isinstance(value, bool):
+            return torch.tensor(float(value))
+        if torch.is_tensor(value) and value.numel() == 1:
+            return value
+        shape = f"shape {tuple(value.shape)}" if torch.is_tensor(value) or isinstance(value, np.ndarray) else type(
+            value
+        ).__name__
+        raise ValueError(
+            f"target {self.target!r} returned {shape} for one image; {self.metric} draws one score "
+            "curve per image, so each target must return one number: choose one value (e.g. "
+            "ClassifierOutputTarget(k) or lambda output: output[k]) or reduce them (e.g. lambda output: "
+            "output[:3].sum()). CamMultImageConfidenceChange and the ROAD metrics score each value of a "
+            "vector-valued target, returning (B, K)."
+        )
+
+
+def _curve_scores(targets: Sequence[Target], outputs: torch.Tensor, metric: str) -> torch.Tensor:
+    """(N,) float32 scores ``targets[i](outputs[i])``; raises ValueError (naming the target)
+    when one returns more than one number."""
+    if type(targets[0]) in _ROW_WISE_TARGETS and all(target is targets[0] for target in targets):
+        return BaseCAM.score(targets, outputs)  # one indexing operation for the whole chunk
+    return BaseCAM.score([_OneNumber(target, metric) for target in targets], outputs)
 
 
 class _PixelOrderMetric:
@@ -108,9 +143,11 @@ class _PixelOrderMetric:
             input_tensor: (B, C, H, W) float images, as the model takes them.
             cams: (B, H, W) maps (numpy, torch or a list of (H, W) maps; float, bool or
                 uint8); only their order matters, ties broken by position (row-major).
-            targets: one callable per image mapping that image's output to a scalar,
-                usually ``ClassifierOutputSoftmaxTarget(category)``; None scores the
-                softmax probability of each image's top class on the intact image.
+            targets: one callable per image mapping that image's output to one number
+                (a one-element tensor or a Python/numpy number), usually
+                ``ClassifierOutputSoftmaxTarget(category)``; None scores the softmax
+                probability of each image's top class on the intact image. A target
+                returning several values is an error (reduce it to one number first).
             model: the network, called as it is (its mode is not changed) under no_grad.
             return_curve: also return the curves.
 
@@ -124,7 +161,7 @@ class _PixelOrderMetric:
             TypeError/ValueError: on an input that is not a finite (B, C, H, W) float
                 tensor, maps not (B, H, W) of the input's size, targets whose number is
                 not B, a baseline that does not broadcast to the input, or a target that
-                does not return one number.
+                does not return one number (the message names it and how to reduce it).
         """
         input_tensor = BaseCAM._check_input(input_tensor)
         if input_tensor.ndim != 4:
@@ -160,7 +197,7 @@ class _PixelOrderMetric:
                 else:
                     perturbed = torch.where(changed, source, fill)
                 outputs = model(perturbed.to(device))
-                chunk_scores = BaseCAM.score([targets[i] for i in image.tolist()], outputs)
+                chunk_scores = _curve_scores([targets[i] for i in image.tolist()], outputs, type(self).__name__)
                 scores.append(chunk_scores.to(input_tensor.device).reshape(-1))
             curves = torch.cat(scores).reshape(batch, per_image)
             fractions = counts.float() / pixels

@@ -137,6 +137,7 @@ def sanity_check(
     layers: Optional[Sequence[str]] = None,
     seed: int = 0,
     keep_maps: bool = False,
+    original: Optional[object] = None,
 ) -> SanityCheckResult:
     """Cascading model-parameter randomisation: the map after each layer is destroyed.
 
@@ -169,6 +170,9 @@ def sanity_check(
             of ``model.named_modules()`` order).
         seed: the seed of the randomisation (and of any randomness in the CAM).
         keep_maps: keep the map of every step in the result.
+        original: the maps (B, H, W) of the intact model for these images and targets, if
+            they are already computed (numpy or torch): they are used instead of
+            computing them again. None computes them.
 
     Returns:
         A :class:`SanityCheckResult`: the layer names and the Spearman and SSIM curves,
@@ -176,8 +180,8 @@ def sanity_check(
 
     Raises:
         ValueError: if a name in ``layers`` is not a parameterised layer of the model,
-            the model has no parameterised layer, or the factory builds its CAM on a model
-            other than the one it was given.
+            the model has no parameterised layer, the factory builds its CAM on a model
+            other than the one it was given, or ``original`` is not (B, H, W) of the maps' size.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -198,11 +202,26 @@ def sanity_check(
     devices = sorted({p.device.index for p in working.parameters() if p.device.type == "cuda"} - {None})
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        original = _maps_of(cam_factory, working, input_tensor, targets)
+        if original is None:
+            original = _maps_of(cam_factory, working, input_tensor, targets)
+        else:
+            original = torch.as_tensor(np.asarray(original, dtype=np.float32)) if not torch.is_tensor(
+                original) else original.float()
+            original = original.to(input_tensor.device)
+            if original.ndim != 3 or original.shape[0] != input_tensor.shape[0]:
+                raise ValueError(
+                    f"original must be the (B, H, W) maps of the {input_tensor.shape[0]} images, "
+                    f"got shape {tuple(original.shape)}"
+                )
         spearman, ssim, kept = [], [], []
         for name in layers:
             _randomise(modules[name])
             maps = _maps_of(cam_factory, working, input_tensor, targets)
+            if maps.shape != original.shape:
+                raise ValueError(
+                    f"original has shape {tuple(original.shape)} but the method's maps are "
+                    f"{tuple(maps.shape)}; pass the maps of the intact model for the same images"
+                )
             spearman.append(spearman_rank_correlation(original, maps))
             ssim.append(structural_similarity(original, maps))
             if keep_maps:
