@@ -962,7 +962,8 @@ def comparison_cases() -> List[CompareCase]:
 
 
 def _save_comparison_inputs(bench: Bench, cases: Sequence[CompareCase], folder: Path) -> Dict[str, dict]:
-    """Pickle each case's model and save its input; returns the runner's JSON per case."""
+    """Save each case's model weights (a state dict; the runner rebuilds the architecture
+    by name) and its input; returns the runner's JSON per case."""
     import torchvision
 
     models: Dict[str, Tuple[torch.nn.Module, Callable[[int], torch.Tensor], Callable[[int], List[int]]]] = {}
@@ -986,13 +987,14 @@ def _save_comparison_inputs(bench: Bench, cases: Sequence[CompareCase], folder: 
         models["efficientnet"] = (model, lambda n: cat.repeat(n, 1, 1, 1), lambda n: [top] * n)
     specs = {}
     for name, (model, _, _) in models.items():
-        torch.save(model, folder / f"{name}.pt")
+        torch.save(model.state_dict(), folder / f"{name}.pt")
     for case in cases:
         _, make_images, categories = models[case.model]
         input_path = folder / f"{case.model}-{case.batch}.input.pt"
         if not input_path.exists():
             torch.save(make_images(case.batch), input_path)
         spec = {
+            "architecture": case.model,
             "model": str(folder / f"{case.model}.pt"),
             "input": str(input_path),
             "categories": categories(case.batch),
@@ -1044,7 +1046,7 @@ def compare(args: argparse.Namespace, bench: Bench) -> List[dict]:
     results = []
     print("\n### Side by side with grad-cam 1.5.7")
     print(
-        f"the same pickled models and inputs in both libraries, {args.threads or torch.get_num_threads()} "
+        f"the same models (architecture + saved weights) and inputs in both libraries, {args.threads or torch.get_num_threads()} "
         f"torch threads, {'process CPU' if args.clock == 'cpu' else 'wall-clock'} time; a fresh "
         "process per library, case and round, alternating, "
         f"{args.compare_rounds} rounds; time ratio: median over rounds of (ours / grad-cam's); "

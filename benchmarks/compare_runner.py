@@ -4,8 +4,8 @@
 interpreter with ``--library ours`` (the repository put first on ``sys.path``), and
 once in the other interpreter with ``--library theirs``, where ``pytorch_grad_cam`` is
 that interpreter's installed package (grad-cam 1.5.7 in a throwaway virtual
-environment outside the repository). Both load the same pickled model and input tensor
-that bench.py saved, so the cases are the same numbers; only the library differs.
+environment outside the repository). Both build the same architecture and load the same
+weights and input tensor that bench.py saved (as tensors, ``weights_only=True``), so the cases are the same numbers; only the library differs.
 The two libraries share the public API used here (class names, constructor, call).
 
 It prints one JSON line: ``{"times": [...]}`` (seconds per timed call) or, with
@@ -34,6 +34,21 @@ def _resident_kib(field_name: str) -> int:
     raise RuntimeError(f"{field_name} not in /proc/self/status")
 
 
+def _architecture(name: str):
+    """The case's model, built by name with random weights (bench.py saved its state dict):
+    torchvision's resnet18/resnet50, or EfficientNet-Lite0 from ``efficientnet-lite-pytorch``
+    (installed in both interpreters)."""
+    if name in ("resnet18", "resnet50"):
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None)
+    if name == "efficientnet":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_name("efficientnet-lite0")
+    raise SystemExit(f"compare_runner: unknown architecture {name!r} (resnet18, resnet50 or efficientnet)")
+
+
 def build_call(case: dict, library: str):
     """The case's CAM call, built with ``library``'s classes (imported by name)."""
     import torch
@@ -47,8 +62,10 @@ def build_call(case: dict, library: str):
 
     if library == "ours" and Path(pytorch_grad_cam.__file__).resolve().parents[1] != REPOSITORY:
         raise SystemExit(f"--library ours imported {pytorch_grad_cam.__file__}")
-    model = torch.load(case["model"], weights_only=False).eval()
-    images = torch.load(case["input"])
+    model = _architecture(case["architecture"])
+    model.load_state_dict(torch.load(case["model"], map_location="cpu", weights_only=True))
+    model.eval()
+    images = torch.load(case["input"], map_location="cpu", weights_only=True)
     modules = dict(model.named_modules())
     names = case.get("theirs_layers") if library == "theirs" and case.get("theirs_layers") else case["layers"]
     layers = [modules[name] for name in names]
