@@ -30,6 +30,17 @@ class ActivationsAndGradients:
     forward passes run on the thread that created the hooks are recorded, so another
     thread using the same model is not seen.
 
+    With ``record_activations=False`` (a method that reads only the gradients, and whose
+    backward pass runs through every target layer to the input: FullGrad) the outputs
+    are neither copied nor kept as activations (``activations[i]`` stays None;
+    ``layer_outputs[i]`` is the tensor as the layer returned it, whose values later
+    in-place operations may change); a tensor hook registered before any such operation
+    still receives the gradient of the value the layer returned.
+
+    ``reduce_gradient(index, grad)``, if given, is applied to each gradient inside its
+    hook, and ``gradients[i]`` keeps what it returns (None: nothing), so that a method
+    needing only a reduction of a large gradient does not keep the gradient itself.
+
     Use as a context manager, or call :meth:`release` to remove every hook.
     """
 
@@ -39,11 +50,15 @@ class ActivationsAndGradients:
         target_layers: Sequence[nn.Module],
         reshape_transform: Optional[ReshapeTransform] = None,
         record_gradients: bool = True,
+        record_activations: bool = True,
+        reduce_gradient: Optional[Callable[[int, torch.Tensor], Optional[torch.Tensor]]] = None,
     ) -> None:
         self.model = model
         self.target_layers = list(target_layers)
         self.reshape_transform = reshape_transform
         self.record_gradients = record_gradients
+        self.record_activations = record_activations
+        self.reduce_gradient = reduce_gradient
         self._thread = threading.get_ident()
         self.layer_outputs: List[Optional[torch.Tensor]] = [None] * len(self.target_layers)
         self.activations: List[Optional[torch.Tensor]] = [None] * len(self.target_layers)
@@ -61,6 +76,8 @@ class ActivationsAndGradients:
             if torch.is_tensor(output):
                 output = self._prepare(output, index, None)
                 self.layer_outputs[index] = output
+                if not self.record_activations:
+                    return None  # the gradient hook is on it; no copy, no activations
                 self.activations[index] = self._reshape(output)
                 # Hand the rest of the network a copy, so that an in-place operation after
                 # this layer (ReLU(inplace=True), `out += identity`) cannot change what we
@@ -110,7 +127,10 @@ class ActivationsAndGradients:
     def _make_gradient_hook(self, index: int, key: object = None) -> Callable:
         def hook(grad: torch.Tensor) -> None:
             if key is None:
-                self.gradients[index] = self._reshape(grad)
+                grad = self._reshape(grad)
+                if self.reduce_gradient is not None:
+                    grad = self.reduce_gradient(index, grad)
+                self.gradients[index] = grad
             else:
                 self._parts[index][key] = grad.detach()
 
@@ -128,7 +148,10 @@ class ActivationsAndGradients:
             grads = {
                 key: received.get(key, torch.zeros_like(value)) for key, value in parts.items()
             }
-            self.gradients[index] = self._reshape(_rebuild(output, grads))
+            grad = self._reshape(_rebuild(output, grads))
+            if self.reduce_gradient is not None:
+                grad = self.reduce_gradient(index, grad)
+            self.gradients[index] = grad
 
     def _reshape(self, output: object) -> torch.Tensor:
         if torch.is_tensor(output):
