@@ -35,7 +35,8 @@ class ActivationsAndGradients:
     are neither copied nor kept as activations (``activations[i]`` stays None;
     ``layer_outputs[i]`` is the tensor as the layer returned it, whose values later
     in-place operations may change); a tensor hook registered before any such operation
-    still receives the gradient of the value the layer returned.
+    still receives the gradient of the value the layer returned. (A layer whose output
+    is a dict or tuple is recorded as usual.)
 
     ``reduce_gradient(index, grad)``, if given, is applied to each gradient inside its
     hook, and ``gradients[i]`` keeps what it returns (None: nothing), so that a method
@@ -64,6 +65,10 @@ class ActivationsAndGradients:
         self.activations: List[Optional[torch.Tensor]] = [None] * len(self.target_layers)
         self.gradients: List[Optional[torch.Tensor]] = [None] * len(self.target_layers)
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
+        # record_activations=False: where each output's gradient arrives in the graph, taken
+        # when the layer returned it (an in-place change of the tensor does not move it).
+        self.gradient_edges: List[Optional[object]] = [None] * len(self.target_layers)
+        self.reached: List[bool] = [False] * len(self.target_layers)  # a gradient arrived
         # Gradients of the tensors inside a dict/tuple output, by layer index and key.
         self._parts: Dict[int, Dict[object, torch.Tensor]] = {}
         for index, layer in enumerate(self.target_layers):
@@ -74,10 +79,16 @@ class ActivationsAndGradients:
             if threading.get_ident() != self._thread:
                 return None
             if torch.is_tensor(output):
-                output = self._prepare(output, index, None)
-                self.layer_outputs[index] = output
+                prepared = self._prepare(output, index, None)
+                self.layer_outputs[index] = prepared
                 if not self.record_activations:
-                    return None  # the gradient hook is on it; no copy, no activations
+                    if prepared.requires_grad:
+                        self.gradient_edges[index] = torch.autograd.graph.get_gradient_edge(prepared)
+                    # The gradient hook is on it: no copy, no activations. A new leaf (the
+                    # layer ran without autograd) is handed on as a copy, since the network
+                    # may change its output in place (a leaf may not be).
+                    return None if prepared is output else prepared.clone()
+                output = prepared
                 self.activations[index] = self._reshape(output)
                 # Hand the rest of the network a copy, so that an in-place operation after
                 # this layer (ReLU(inplace=True), `out += identity`) cannot change what we
@@ -126,6 +137,7 @@ class ActivationsAndGradients:
 
     def _make_gradient_hook(self, index: int, key: object = None) -> Callable:
         def hook(grad: torch.Tensor) -> None:
+            self.reached[index] = True
             if key is None:
                 grad = self._reshape(grad)
                 if self.reduce_gradient is not None:
@@ -174,6 +186,8 @@ class ActivationsAndGradients:
         self.layer_outputs = [None] * len(self.target_layers)
         self.activations = [None] * len(self.target_layers)
         self.gradients = [None] * len(self.target_layers)
+        self.gradient_edges = [None] * len(self.target_layers)
+        self.reached = [False] * len(self.target_layers)
         self._parts = {}
 
     def __enter__(self) -> "ActivationsAndGradients":

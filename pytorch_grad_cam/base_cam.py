@@ -529,14 +529,27 @@ class BaseCAM:
         """One backward pass of ``loss`` to the target layers' outputs (their tensor hooks
         record the gradients) and, with ``compute_input_gradient``, to the input
         (kept as ``self._input_gradient``). Methods needing more (ShapleyCAM) override it."""
-        # Without recorded activations the layers' outputs may have been changed in place
-        # since (ReLU(inplace=True)): the backward pass goes to the input, and the tensor
-        # hooks, registered before any change, catch the layers' gradients on the way.
-        outputs = recorder.layer_outputs if recorder.record_activations else []
-        inputs = [t for out in outputs for t in _tensors_in(out) if t.requires_grad]
+        if recorder.record_activations:
+            inputs = [t for out in recorder.layer_outputs for t in _tensors_in(out) if t.requires_grad]
+        else:
+            # The outputs may have been changed in place since (ReLU(inplace=True)), so
+            # they are not asked for: their tensor hooks, registered before any change,
+            # catch their gradients as the backward pass goes through them to the input.
+            # A layer it does not go through (one after a no_grad part or a detach) is
+            # then asked for where its gradient arrived when it returned its output.
+            inputs = []
         if self.compute_input_gradient:
             inputs.append(input_tensor)
-        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        missing = not recorder.record_activations
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=missing)
+        if missing:
+            edges = [
+                edge
+                for edge, reached in zip(recorder.gradient_edges, recorder.reached)
+                if edge is not None and not reached
+            ]
+            if edges:
+                torch.autograd.grad(loss, edges, allow_unused=True)
         if self.compute_input_gradient:
             self._input_gradient = (
                 torch.zeros_like(input_tensor) if grads[-1] is None else grads[-1].detach()

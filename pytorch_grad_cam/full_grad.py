@@ -108,8 +108,8 @@ class FullGrad(BaseCAM):
             return None
         scratch = self._scratch
         if scratch is None or scratch.numel() < grads.numel() or scratch.device != grads.device:
-            scratch = torch.empty(max(grads.numel(), 2 * (0 if scratch is None else scratch.numel())),
-                                  dtype=torch.float32, device=grads.device)
+            grown = 0 if scratch is None else 2 * scratch.numel()
+            scratch = torch.empty(max(grads.numel(), grown), dtype=torch.float32, device=grads.device)
             self._scratch = scratch
         return _bias_term(effective_bias(target_layer), grads, scratch)
 
