@@ -35,8 +35,10 @@ class ActivationsAndGradients:
     are neither copied nor kept as activations (``activations[i]`` stays None;
     ``layer_outputs[i]`` is the tensor as the layer returned it, whose values later
     in-place operations may change); a tensor hook registered before any such operation
-    still receives the gradient of the value the layer returned. (A layer whose output
-    is a dict or tuple is recorded as usual.)
+    still receives the gradient of the value the layer returned, and ``gradient_edges[i]``
+    says where in the graph that gradient arrives, for asking for it by name
+    (``reached[i]``: a gradient arrived). (A layer whose output is a dict or tuple is
+    recorded as usual.)
 
     ``reduce_gradient(index, grad)``, if given, is applied to each gradient inside its
     hook, and ``gradients[i]`` keeps what it returns (None: nothing), so that a method
