@@ -30,6 +30,20 @@ class ActivationsAndGradients:
     forward passes run on the thread that created the hooks are recorded, so another
     thread using the same model is not seen.
 
+    With ``record_activations=False`` (a method that reads only the gradients, and whose
+    backward pass runs through every target layer to the input: FullGrad) the outputs
+    are neither copied nor kept as activations (``activations[i]`` stays None;
+    ``layer_outputs[i]`` is the tensor as the layer returned it, whose values later
+    in-place operations may change); a tensor hook registered before any such operation
+    still receives the gradient of the value the layer returned, and ``gradient_edges[i]``
+    says where in the graph that gradient arrives, for asking for it by name
+    (``reached[i]``: a gradient arrived). (A layer whose output is a dict or tuple is
+    recorded as usual.)
+
+    ``reduce_gradient(index, grad)``, if given, is applied to each gradient inside its
+    hook, and ``gradients[i]`` keeps what it returns (None: nothing), so that a method
+    needing only a reduction of a large gradient does not keep the gradient itself.
+
     Use as a context manager, or call :meth:`release` to remove every hook.
     """
 
@@ -39,16 +53,24 @@ class ActivationsAndGradients:
         target_layers: Sequence[nn.Module],
         reshape_transform: Optional[ReshapeTransform] = None,
         record_gradients: bool = True,
+        record_activations: bool = True,
+        reduce_gradient: Optional[Callable[[int, torch.Tensor], Optional[torch.Tensor]]] = None,
     ) -> None:
         self.model = model
         self.target_layers = list(target_layers)
         self.reshape_transform = reshape_transform
         self.record_gradients = record_gradients
+        self.record_activations = record_activations
+        self.reduce_gradient = reduce_gradient
         self._thread = threading.get_ident()
         self.layer_outputs: List[Optional[torch.Tensor]] = [None] * len(self.target_layers)
         self.activations: List[Optional[torch.Tensor]] = [None] * len(self.target_layers)
         self.gradients: List[Optional[torch.Tensor]] = [None] * len(self.target_layers)
         self._handles: List[torch.utils.hooks.RemovableHandle] = []
+        # record_activations=False: where each output's gradient arrives in the graph, taken
+        # when the layer returned it (an in-place change of the tensor does not move it).
+        self.gradient_edges: List[Optional[object]] = [None] * len(self.target_layers)
+        self.reached: List[bool] = [False] * len(self.target_layers)  # a gradient arrived
         # Gradients of the tensors inside a dict/tuple output, by layer index and key.
         self._parts: Dict[int, Dict[object, torch.Tensor]] = {}
         for index, layer in enumerate(self.target_layers):
@@ -59,8 +81,16 @@ class ActivationsAndGradients:
             if threading.get_ident() != self._thread:
                 return None
             if torch.is_tensor(output):
-                output = self._prepare(output, index, None)
-                self.layer_outputs[index] = output
+                prepared = self._prepare(output, index, None)
+                self.layer_outputs[index] = prepared
+                if not self.record_activations:
+                    if prepared.requires_grad:
+                        self.gradient_edges[index] = torch.autograd.graph.get_gradient_edge(prepared)
+                    # The gradient hook is on it: no copy, no activations. A new leaf (the
+                    # layer ran without autograd) is handed on as a copy, since the network
+                    # may change its output in place (a leaf may not be).
+                    return None if prepared is output else prepared.clone()
+                output = prepared
                 self.activations[index] = self._reshape(output)
                 # Hand the rest of the network a copy, so that an in-place operation after
                 # this layer (ReLU(inplace=True), `out += identity`) cannot change what we
@@ -109,8 +139,12 @@ class ActivationsAndGradients:
 
     def _make_gradient_hook(self, index: int, key: object = None) -> Callable:
         def hook(grad: torch.Tensor) -> None:
+            self.reached[index] = True
             if key is None:
-                self.gradients[index] = self._reshape(grad)
+                grad = self._reshape(grad)
+                if self.reduce_gradient is not None:
+                    grad = self.reduce_gradient(index, grad)
+                self.gradients[index] = grad
             else:
                 self._parts[index][key] = grad.detach()
 
@@ -128,7 +162,10 @@ class ActivationsAndGradients:
             grads = {
                 key: received.get(key, torch.zeros_like(value)) for key, value in parts.items()
             }
-            self.gradients[index] = self._reshape(_rebuild(output, grads))
+            grad = self._reshape(_rebuild(output, grads))
+            if self.reduce_gradient is not None:
+                grad = self.reduce_gradient(index, grad)
+            self.gradients[index] = grad
 
     def _reshape(self, output: object) -> torch.Tensor:
         if torch.is_tensor(output):
@@ -151,6 +188,8 @@ class ActivationsAndGradients:
         self.layer_outputs = [None] * len(self.target_layers)
         self.activations = [None] * len(self.target_layers)
         self.gradients = [None] * len(self.target_layers)
+        self.gradient_edges = [None] * len(self.target_layers)
+        self.reached = [False] * len(self.target_layers)
         self._parts = {}
 
     def __enter__(self) -> "ActivationsAndGradients":

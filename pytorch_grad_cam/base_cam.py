@@ -308,6 +308,11 @@ class BaseCAM:
     #: Whether a target layer no gradient reaches is allowed (its gradient is then zero)
     #: rather than an error; FullGrad, whose layers are every bias layer, sets it.
     allow_unreached_layers: bool = False
+    #: False: the method reads only the target layers' gradients (FullGrad), so their
+    #: outputs are not copied or kept (``recorded`` then holds (None, grads)). Honoured
+    #: with ``compute_input_gradient``, whose backward pass runs through every layer to
+    #: the input; otherwise the layers are recorded as usual.
+    record_activations: bool = True
 
     def __init__(
         self,
@@ -371,6 +376,15 @@ class BaseCAM:
         if eigen_smooth:
             return get_2d_projection(weighted)
         return weighted.sum(dim=1)
+
+    def reduce_gradient(
+        self, input_tensor: torch.Tensor, target_layer: nn.Module, grads: torch.Tensor
+    ) -> Optional[torch.Tensor]:
+        """What is kept of ``target_layer``'s output gradient (after ``reshape_transform``),
+        called inside the backward pass as the gradient arrives. Returns ``grads`` itself
+        here; a method needing only a reduction of it (FullGrad's bias term) returns that,
+        so the full gradient is freed as soon as the backward pass is done with it."""
+        return grads
 
     # ----------------------------------------------------------------- public call
     def __call__(
@@ -455,8 +469,21 @@ class BaseCAM:
         grad_mode = torch.enable_grad() if self.uses_gradients else torch.no_grad()
         if self.compute_input_gradient and self.uses_gradients:
             input_tensor = input_tensor.detach().requires_grad_(True)
+        record_activations = self.record_activations or not (
+            self.compute_input_gradient and self.uses_gradients
+        )
+        layers = self.target_layers
+
+        def reduce(index: int, grads: torch.Tensor) -> Optional[torch.Tensor]:
+            return self.reduce_gradient(input_tensor, layers[index], grads)
+
         with ActivationsAndGradients(
-            self.model, self.target_layers, self.reshape_transform, self.uses_gradients
+            self.model,
+            self.target_layers,
+            self.reshape_transform,
+            self.uses_gradients,
+            record_activations=record_activations,
+            reduce_gradient=reduce,
         ) as recorder, grad_mode:
             # The graph starts at the first target layer, unless the input's gradient is wanted.
             lazy_graph = self.uses_gradients and not self.compute_input_gradient
@@ -502,10 +529,27 @@ class BaseCAM:
         """One backward pass of ``loss`` to the target layers' outputs (their tensor hooks
         record the gradients) and, with ``compute_input_gradient``, to the input
         (kept as ``self._input_gradient``). Methods needing more (ShapleyCAM) override it."""
-        inputs = [t for out in recorder.layer_outputs for t in _tensors_in(out) if t.requires_grad]
+        if recorder.record_activations:
+            inputs = [t for out in recorder.layer_outputs for t in _tensors_in(out) if t.requires_grad]
+        else:
+            # The outputs may have been changed in place since (ReLU(inplace=True)), so
+            # they are not asked for: their tensor hooks, registered before any change,
+            # catch their gradients as the backward pass goes through them to the input.
+            # A layer it does not go through (one after a no_grad part or a detach) is
+            # then asked for where its gradient arrived when it returned its output.
+            inputs = []
         if self.compute_input_gradient:
             inputs.append(input_tensor)
-        grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+        missing = not recorder.record_activations
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=missing)
+        if missing:
+            edges = [
+                edge
+                for edge, reached in zip(recorder.gradient_edges, recorder.reached)
+                if edge is not None and not reached
+            ]
+            if edges:
+                torch.autograd.grad(loss, edges, allow_unused=True)
         if self.compute_input_gradient:
             self._input_gradient = (
                 torch.zeros_like(input_tensor) if grads[-1] is None else grads[-1].detach()

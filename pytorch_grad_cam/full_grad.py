@@ -37,13 +37,20 @@ def _scale_channels(maps: torch.Tensor, size) -> torch.Tensor:
     return resize_maps(scaled, size).reshape(batch, channels, *size)
 
 
-def _bias_term(bias: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+def _bias_term(
+    bias: torch.Tensor, grads: torch.Tensor, scratch: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Σ_c minmax(|b_c · G_c|) (B, *spatial), minmax per (image, channel) as
     :func:`min_max_scale` (eps 1e-7): |b_c·G_c| = |b_c|·|G_c|, so each channel's scaled
     map is (|G_c| − min|G_c|)·|b_c| / (|b_c|·(max|G_c| − min|G_c|) + 1e-7), and the
     channel sum is one weighted reduction over |G| (four passes over the gradient
-    instead of seven)."""
-    magnitude = grads.float().abs().flatten(2)  # (B, C, N), a fresh tensor
+    instead of seven). ``scratch``: a float32 tensor of at least ``grads.numel()``
+    elements on its device that |G| is written to (else a fresh tensor)."""
+    flat = grads.flatten(2)
+    if flat.dtype == torch.float32 and scratch is not None:
+        magnitude = torch.abs(flat, out=scratch[: flat.numel()].view(flat.shape))
+    else:
+        magnitude = flat.float().abs()  # (B, C, N), a fresh tensor
     low, high = magnitude.amin(dim=2), magnitude.amax(dim=2)  # (torch.aminmax is ~10x slower on the CPU)
     weight = bias.float().abs()
     scale = weight / (weight * (high - low) + 1e-7)  # (B, C)
@@ -68,6 +75,7 @@ class FullGrad(BaseCAM):
 
     compute_input_gradient = True
     allow_unreached_layers = True
+    record_activations = False  # only the gradients are read
 
     def __init__(self, model: nn.Module, target_layers=None, reshape_transform=None, **kwargs) -> None:
         given = kwargs.pop("target_layer", None)
@@ -80,27 +88,55 @@ class FullGrad(BaseCAM):
                 "(Conv2d/3d, BatchNorm2d/3d); the model has none"
             )
         super().__init__(model, layers, None, **kwargs)
+        self._scratch: Optional[torch.Tensor] = None  # |G| of each layer in turn (reduce_gradient)
 
     def _check_layers_ran(self, recorder) -> None:
         # Bias layers the forward pass never runs add nothing (they are dropped).
         ran = [(l, o) for l, o in zip(self.target_layers, recorder.layer_outputs) if o is not None]
         self._ran = {id(layer) for layer, _ in ran}
 
+    def reduce_gradient(self, input_tensor, target_layer, grads) -> Optional[torch.Tensor]:
+        """The layer's bias term Σ_c s(|b_c · G_c|) (B, *spatial) at the layer's
+        resolution, computed as its gradient arrives (the gradient is then freed); None
+        for a layer whose output is not a grid of the input's rank (a Conv1d over
+        channels, as in ECA attention): it has no map at the input's size.
+
+        |G| goes to one scratch buffer reused by every layer of the call (grown as the
+        backward pass reaches larger layers, dropped when the maps are done), not to 53
+        fresh tensors, each of whose memory pages the system would have to supply."""
+        if grads.ndim != input_tensor.ndim:
+            return None
+        scratch = self._scratch
+        if scratch is None or scratch.numel() < grads.numel() or scratch.device != grads.device:
+            grown = 0 if scratch is None else 2 * scratch.numel()
+            scratch = torch.empty(max(grads.numel(), grown), dtype=torch.float32, device=grads.device)
+            self._scratch = scratch
+        return _bias_term(effective_bias(target_layer), grads, scratch)
+
     def compute_cam_per_layer(self, input_tensor, targets, recorded, eigen_smooth) -> List[torch.Tensor]:
+        self._scratch = None  # the backward pass is over
         size = tuple(input_tensor.shape[2:])
         gradient = self._input_gradient.float()
-        terms = [_scale_channels((gradient * input_tensor.float()).abs(), size)]
-        for layer, (activations, grads) in zip(self.target_layers, recorded):
-            # A layer whose output is not a grid of the input's rank (a Conv1d over
-            # channels, as in ECA attention) has no map at the input's size: it adds nothing.
-            if id(layer) not in self._ran or grads is None or grads.ndim != input_tensor.ndim:
-                continue
-            # Σ_c resize(s_c) = resize(Σ_c s_c): resizing is linear, so the channels are
-            # summed at the layer's resolution and one map per image is resized (not C).
-            terms.append(resize_maps(_bias_term(effective_bias(layer), grads), size)[:, None])
-        terms = torch.cat(terms, dim=1)
+        input_term = _scale_channels((gradient * input_tensor.float()).abs(), size)
+        # Each layer's term is already summed over its channels at the layer's resolution
+        # (Σ_c resize(s_c) = resize(Σ_c s_c): resizing is linear), see reduce_gradient.
+        bias_terms = [
+            term
+            for layer, (_, term) in zip(self.target_layers, recorded)
+            if id(layer) in self._ran and term is not None
+        ]
         if not eigen_smooth:
-            return [terms.sum(1)]
+            # For the same reason the layers of one resolution are summed there, and one
+            # map per resolution is resized (a handful of maps at the input size, not 53).
+            by_size = {}
+            for term in bias_terms:
+                key = tuple(term.shape[1:])
+                by_size[key] = term if key not in by_size else by_size[key] + term
+            total = input_term.sum(1)
+            for summed in by_size.values():
+                total += resize_maps(summed, size)
+            return [total]
+        terms = torch.cat([input_term] + [resize_maps(t, size)[:, None] for t in bias_terms], dim=1)
         # The reference projects at 1/8 of the input size. Below 64 pixels a side that
         # leaves a grid of a few cells (a 1x1x1 grid has no principal component at all),
         # so the grid keeps up to 8 cells a side there; at 64 pixels and up it is 1/8.
@@ -110,6 +146,11 @@ class FullGrad(BaseCAM):
 
     def aggregate_multi_layers(self, cams: List[torch.Tensor]) -> torch.Tensor:
         return min_max_scale(cams[0])
+
+    def release(self) -> None:
+        """Drop what the last call kept, the scratch buffer of a call that raised too."""
+        self._scratch = None
+        super().release()
 
 
 def _empty_list(layers: object) -> bool:

@@ -267,8 +267,9 @@ def test_fullgrad_terms_on_a_batchnorm_free_model_with_reordered_registration():
     assert np.abs(scaled_channels((cam._input_gradient * captured[0][0]).abs().double().numpy(), (16, 16)) - input_term).max() < 1e-5
     by_layer = dict(zip(cam.target_layers, captured[0][1]))
     for layer, term in zip([model.early, model.late], bias_terms):
-        grads = by_layer[layer][1]
-        mine = scaled_channels((layer.bias.detach().reshape(1, -1, 1, 1) * grads).abs().double().numpy(), (16, 16)).sum(1)
+        # What is recorded per layer is its bias term, reduced as its gradient arrives
+        # (Σ_c minmax(|b_c·G_c|) at the layer's resolution), not the gradient itself.
+        mine = np.stack([resize_half_pixel(m, (16, 16)) for m in by_layer[layer][1].double().numpy()])
         assert np.abs(mine - term).max() < 1e-5
     assert np.abs(result - expected).max() < 1e-5 and expected.std() > 0.05
 
@@ -405,3 +406,45 @@ def test_batch_equals_per_image(name, small_cnn):
     batch = cam(x, targets)
     single = np.concatenate([cam(x[i : i + 1], targets[i : i + 1]) for i in range(3)])
     assert np.abs(batch - single).max() < 1e-5
+
+
+class FrozenStem(nn.Module):
+    """A stem run under no_grad (no gradient reaches the input), then a bias convolution
+    whose output a ReLU changes in place (``inplace``)."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.early = nn.Conv2d(3, 6, 3, padding=1, stride=2)
+        self.late = nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 3)
+        self.inplace = inplace
+
+    def forward(self, x):
+        with torch.no_grad():
+            x = torch.relu(self.early(x))
+        y = self.late(x)
+        y = torch.relu_(y) if self.inplace else torch.relu(y)
+        return self.fc(y.mean((2, 3)))
+
+
+def test_fullgrad_reaches_a_layer_after_a_no_grad_stem_whose_output_changes_in_place():
+    # FullGrad records no copies of its layers' outputs: a gradient the backward pass to
+    # the input never meets (after the no_grad stem) is still asked for, and relu_ must
+    # not change which tensor's gradient it is (the output of `late`, before the ReLU).
+    from pytorch_grad_cam import FullGrad
+
+    torch.manual_seed(0)
+    model = FrozenStem(inplace=True).eval()
+    x = torch.rand(2, 3, 16, 16)
+    classes = [0, 2]
+    result = FullGrad(model)(x, [ClassifierOutputTarget(c) for c in classes])
+    # plain definition, out of place: G = d score / d late(x); the input term is zero
+    model.inplace = False
+    kept = []
+    handle = model.late.register_forward_hook(lambda m, i, o: kept.append(o))
+    logits = model(x)
+    handle.remove()
+    grad = torch.autograd.grad(logits[range(2), classes].sum(), kept[0])[0]
+    term = (model.late.bias.detach().reshape(1, -1, 1, 1) * grad).abs().double().numpy()
+    expected = np.stack([min_max(t) for t in scaled_channels(term, (16, 16)).sum(1)])
+    assert np.abs(result - expected).max() < 1e-5 and expected.std() > 0.05
