@@ -399,7 +399,12 @@ def test_refinecam_is_the_min_max_product_of_per_layer_maps(small_cnn):
 def test_batch_equals_per_image(name, small_cnn):
     from pytorch_grad_cam.registry import METHODS
 
-    x = torch.rand(3, 3, 32, 32)
+    # A seeded input: FullGrad's per-channel min-max is discontinuous where a ReLU input
+    # sits at ~0 (a float rounding flips one pixel of a channel's mask, and a channel that
+    # was constant gets a one-pixel hole scaled to 1). Drawn from the global generator,
+    # the input depended on the tests before, and one order hit such a pixel (0.049);
+    # seeds 0-59 here stay below 1e-5.
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     layers = None if name == "fullgrad" else [small_cnn.features[2], small_cnn.features[-1]]
     cam = METHODS[name](small_cnn, layers)
     targets = [ClassifierOutputTarget(c) for c in (0, 1, 3)]
