@@ -257,11 +257,11 @@ def free_port() -> int:
 
 def explained_per_rank(stderr: str) -> Dict[int, int]:
     """{rank: images} from the "rank r of 2: explained n images" lines."""
-    counts = {}
-    for line in stderr.splitlines():
-        if line.startswith("rank ") and " of 2: explained " in line:
-            counts[int(line.split()[1])] = int(line.split("explained ")[1].split()[0])
-    return counts
+    # Searched anywhere, not at line starts: both ranks write to the one stderr pipe that
+    # torchrun gives them, so another process's output can precede a line (seen in CI).
+    import re
+
+    return {int(rank): int(count) for rank, count in re.findall(r"rank (\d+) of 2: explained (\d+) images", stderr)}
 
 
 def assert_sharded(out: Path, counts: Dict[int, int]) -> None:

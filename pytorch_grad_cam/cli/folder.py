@@ -795,8 +795,10 @@ def run_folder(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
             gathered = [summary]
         seconds = time.perf_counter() - started
         if ranks.distributed:
-            print(f"rank {ranks.rank} of {ranks.world_size}: explained {len(pending)} images, "
-                  f"skipped {len(shard) - len(pending)} done before", file=sys.stderr)
+            # One write of the whole line: the ranks share torchrun's stderr pipe.
+            sys.stderr.write(f"rank {ranks.rank} of {ranks.world_size}: explained {len(pending)} images, "
+                             f"skipped {len(shard) - len(pending)} done before\n")
+            sys.stderr.flush()
         if ranks.rank != 0:
             return
         merged = sorted((row for *_, part in gathered for row in part), key=lambda row: (row["path"], row["method"]))
