@@ -41,6 +41,19 @@ def small_cnn() -> SmallCNN:
 
 
 @pytest.fixture(scope="session")
+def fasterrcnn():
+    """torchvision's Faster R-CNN (MobileNetV3-FPN, 160 px, random weights, seed 0), built
+    once for the three test files that explain detections."""
+    import torchvision
+
+    torch.manual_seed(0)
+    # box_score_thresh=0: with random weights every score is ~1/91, below the default 0.05.
+    return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
+        weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=160, max_size=160
+    ).eval()
+
+
+@pytest.fixture(scope="session")
 def resnet18():
     import torchvision
 

@@ -277,17 +277,6 @@ def test_ablation_layer_vit_on_deit_gives_the_default_weights(deit_tiny):
 
 
 # ---------------------------------------------------------------- Faster R-CNN
-@pytest.fixture(scope="module")
-def fasterrcnn():
-    import torchvision
-
-    torch.manual_seed(0)
-    # box_score_thresh=0: with random weights every score is ~1/91, below the default 0.05.
-    return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=160, max_size=160
-    ).eval()
-
-
 def test_faster_rcnn_ablation_at_the_fpn_backbone(fasterrcnn):
     model = fasterrcnn
     image = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))

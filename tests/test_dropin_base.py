@@ -144,17 +144,6 @@ class BoxScoreSum:
         return output["scores"].sum()
 
 
-@pytest.fixture(scope="module")
-def fasterrcnn():
-    import torchvision
-
-    torch.manual_seed(0)
-    # box_score_thresh=0: with random weights every score is ~1/91, below the default 0.05.
-    return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=160, max_size=160
-    ).eval()
-
-
 def test_decision5_faster_rcnn_gradcam_and_eigencam(fasterrcnn):
     x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
     cam = GradCAM(fasterrcnn, [fasterrcnn.backbone], fasterrcnn_reshape_transform)

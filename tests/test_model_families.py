@@ -222,17 +222,6 @@ def test_yolo_style_list_output_eigencam_without_targets():
 
 
 # ------------------------------------------------------------ Faster R-CNN
-@pytest.fixture(scope="module")
-def fasterrcnn():
-    import torchvision
-
-    torch.manual_seed(0)
-    # box_score_thresh=0: with random weights every score is ~1/91, below the default 0.05.
-    return torchvision.models.detection.fasterrcnn_mobilenet_v3_large_320_fpn(
-        weights=None, weights_backbone=None, box_score_thresh=0.0, min_size=160, max_size=160
-    ).eval()
-
-
 def test_faster_rcnn_box_score_target_gradcam(fasterrcnn):
     x = seeded_input(1, 3, 96, 96)
     with torch.no_grad():
