@@ -322,3 +322,67 @@ def test_mistakes_are_one_line(arguments: List[str], code: int, needles: List[st
     assert len(lines) == 1 and lines[0].startswith("cam.py: error: "), lines
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------- channels_last
+def _format_models(view: bool):
+    """A model entry whose forward records the memory format of each batch it is given;
+    with ``view`` it flattens its feature map with ``.view``, which a channels_last batch
+    of a non-square map cannot take (the failure folder mode must recover from)."""
+    import torch
+    from torch import nn
+
+    from pytorch_grad_cam.cli.model_zoo import ModelEntry
+
+    seen: List[bool] = []
+
+    class FormatNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            generator_state = torch.random.get_rng_state()
+            torch.manual_seed(3)
+            self.conv = nn.Conv2d(3, 6, 3, padding=1)
+            self.fc = nn.Linear(6 * 4 * 2, 5)
+            torch.random.set_rng_state(generator_state)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            a = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), (4, 2))
+            return self.fc(a.view(a.shape[0], -1) if view else a.reshape(a.shape[0], -1))
+
+    entry = ModelEntry(architecture=FormatNet, target_layer=lambda model: model.conv,
+                       pretrained=lambda progress: FormatNet(), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                       input_size=(24, 24))
+    return {"fmt": entry}, seen
+
+
+@pytest.mark.parametrize("view", [False, True], ids=["channels-last", "view-falls-back"])
+def test_batches_go_channels_last_and_a_model_that_cannot_take_them_falls_back(folder: Path, tmp_path: Path,
+                                                                               view: bool) -> None:
+    """On the CPU the batches reach the model in channels_last (same maps as the
+    single-image call); a model whose ``.view`` fails on them gets contiguous batches
+    from the first failure on, and the run still ends with every image explained."""
+    import torch
+
+    models, seen = _format_models(view)
+    out = tmp_path / "out"
+    code = cli.main(["--image-dir", str(folder), "--output-dir", str(out), "--method", "gradcam",
+                     "--batch-size", "3", "--num-workers", "0", "--no-progress"],
+                    models=models, default_model="fmt", prog="cam.py")
+    assert code == 0
+    rows = read_rows(out)
+    assert sorted(row["path"] for row in rows if row["status"] == "ok") == sorted(GOOD)
+    if view:
+        assert seen[0] is True and not any(seen[1:])  # one failed try, then contiguous only
+        with pytest.raises(RuntimeError, match="view"):
+            models["fmt"].pretrained(False)(torch.rand(2, 3, 24, 24).contiguous(memory_format=torch.channels_last))
+    else:
+        assert seen and all(seen)
+    model = models["fmt"].pretrained(False).eval()
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        input_tensor = cli.model_input(cli.read_photo(folder / row["path"]), models["fmt"])
+        single = cli.compute_cam("gradcam", model, model.conv, input_tensor, int(row["explained_class"]),
+                                 progress=False)
+        np.testing.assert_allclose(np.load(out / row["map"])["cam"], single, atol=1e-5, rtol=0)

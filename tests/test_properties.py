@@ -193,6 +193,27 @@ def test_show_cam_on_image(pair, use_rgb, colormap, image_weight) -> None:
 
 
 @PROPERTY
+@given(pair=unit_images(), use_rgb=st.booleans(), colormap=COLORMAPS, image_weight=st.floats(0, 1),
+       double=st.booleans())
+def test_show_cam_on_image_is_the_formula_written_out(pair, use_rgb, colormap, image_weight, double) -> None:
+    """The in-place implementation gives the bytes of the formula written out term by term
+    (COMPAT: (1 - w) * heatmap / 255 + w * img, divided by its maximum, times 255, as uint8),
+    for float32 and float64 images."""
+    img, mask = pair
+    img = img.astype(np.float64) if double else img
+    heatmap = cv2.applyColorMap(np.uint8(np.clip(255 * mask, 0, 255)), colormap)
+    if use_rgb:
+        heatmap = cv2.cvtColor(heatmap, cv2.COLOR_BGR2RGB)
+    blend = (1 - image_weight) * (np.float32(heatmap) / 255) + image_weight * img
+    if blend.max() > 0:
+        blend = blend / blend.max()
+    expected = np.uint8(255 * blend)
+    out = show_cam_on_image(img, mask, use_rgb=use_rgb, colormap=colormap, image_weight=image_weight)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+
+
+@PROPERTY
 @given(pair=unit_images(), other_mask_seed=st.integers(0, 2**16))
 def test_show_cam_on_image_weight_extremes(pair, other_mask_seed) -> None:
     img, mask = pair

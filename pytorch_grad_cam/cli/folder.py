@@ -520,6 +520,11 @@ class ShardRun:
     writer: Optional[ThreadPoolExecutor] = None
     writes: Deque[Future] = field(default_factory=deque)
     category_checked: bool = False
+    #: Batches go to the model in ``channels_last`` memory format on the CPU (the same
+    #: numbers; torch's CPU convolutions run a batch of them 1.3-2x faster, see
+    #: benchmarks/bench.py). The first call that fails with them (a model that ``.view``s
+    #: a feature map) is run again with contiguous ones, and so is every later call.
+    channels_last: bool = True
 
     def run(self, progress: bool, description: str) -> None:
         """Explain every pending item, batch by batch, with a progress bar of images/s."""
@@ -642,14 +647,25 @@ class ShardRun:
             targets = [ClassifierOutputTarget(categories[p]) for p in positions]
         elif self.category is not None:
             targets = [ClassifierOutputTarget(self.category) for _ in positions]
+        maps = self.call(method, inputs if whole else inputs[positions], targets)
         cam = self.cams[method]
-        maps = cam(inputs if whole else inputs[positions], targets=targets,
-                   aug_smooth=self.args.aug_smooth, eigen_smooth=self.args.eigen_smooth)
         if probabilities is None:
             probabilities = logits_to_probabilities(getattr(cam, "outputs", None), inputs.shape[0])
             if probabilities is None:
                 probabilities = self.predict(inputs)
         return maps, probabilities
+
+    def call(self, method: str, inputs: torch.Tensor, targets: Optional[List[ClassifierOutputTarget]]) -> np.ndarray:
+        """The maps (n, h, w) of one call of ``method`` on ``inputs``, in ``channels_last``
+        on the CPU while the model takes it (see :attr:`channels_last`)."""
+        cam = self.cams[method]
+        options = {"targets": targets, "aug_smooth": self.args.aug_smooth, "eigen_smooth": self.args.eigen_smooth}
+        if self.channels_last and inputs.ndim == 4 and inputs.device.type == "cpu":
+            try:
+                return cam(inputs.contiguous(memory_format=torch.channels_last), **options)
+            except RuntimeError:
+                self.channels_last = False  # then the contiguous batch, which raises a real error again
+        return cam(inputs, **options)
 
     def write_outputs(
         self, batch: Batch, position: int, method: str, grayscale: np.ndarray, probabilities: torch.Tensor,

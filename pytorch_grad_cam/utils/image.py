@@ -95,9 +95,8 @@ def show_cam_on_image(
     mask = np.asarray(mask)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"img must be (H, W, 3), got shape {img.shape}")
-    if not np.issubdtype(img.dtype, np.floating) or img.size and not (
-        np.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
-    ):
+    # min/max propagate NaN, and a NaN or an infinity fails one of the comparisons.
+    if not np.issubdtype(img.dtype, np.floating) or img.size and not (img.min() >= 0 and img.max() <= 1):
         raise ValueError(
             f"img must be a float image with values in [0, 1] (got dtype {img.dtype}, "
             f"range [{img.min()}, {img.max()}]); pass np.float32(img) / 255 for a uint8 photo"
@@ -112,7 +111,7 @@ def show_cam_on_image(
             f"mask of shape {mask.shape} does not match the image's {img.shape[:2]}; "
             "compute the CAM on an input of the image's size or resize the mask"
         )
-    if mask.size and not (np.isfinite(mask).all() and mask.min() >= 0 and mask.max() <= 1 + 1e-6):
+    if mask.size and not (mask.min() >= 0 and mask.max() <= 1 + 1e-6):
         raise ValueError(
             f"mask values must lie in [0, 1], got [{mask.min()}, {mask.max()}]; "
             "pass a CAM output or scale_cam_image(mask)"
@@ -122,12 +121,21 @@ def show_cam_on_image(
     heatmap = cv2.applyColorMap(np.uint8(np.clip(255 * mask, 0, 255)), colormap)
     if use_rgb:
         heatmap = cv2.cvtColor(heatmap, cv2.COLOR_BGR2RGB)
-    heatmap = np.float32(heatmap) / 255
-    blend = (1 - image_weight) * heatmap + image_weight * img
+    # The formula's operations one at a time, in place where the dtype allows: the same
+    # numbers as ``(1 - w) * (heatmap / 255) + w * img`` written out, in half the time.
+    blend = np.float32(heatmap)
+    np.divide(blend, 255, out=blend)
+    np.multiply(blend, 1 - image_weight, out=blend)
+    weighted = np.multiply(img, image_weight)
+    if weighted.dtype == blend.dtype:
+        np.add(blend, weighted, out=blend)
+    else:
+        blend = blend + weighted
     peak = np.max(blend)
     if peak > 0:  # a black image under a colormap that starts at black stays black, not NaN
-        blend = blend / peak
-    return np.uint8(255 * blend)
+        np.divide(blend, peak, out=blend)
+    np.multiply(blend, 255, out=blend)
+    return blend.astype(np.uint8)
 
 
 def preprocess_image(
@@ -273,9 +281,8 @@ def show_factorization_on_image(
     maps = np.asarray(explanations.detach().cpu() if torch.is_tensor(explanations) else explanations)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"img must be (H, W, 3), got shape {img.shape}")
-    if not np.issubdtype(img.dtype, np.floating) or img.size and not (
-        np.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
-    ):
+    # min/max propagate NaN, and a NaN or an infinity fails one of the comparisons.
+    if not np.issubdtype(img.dtype, np.floating) or img.size and not (img.min() >= 0 and img.max() <= 1):
         raise ValueError(
             f"img must be a float RGB image with values in [0, 1] (got dtype {img.dtype}); "
             "pass np.float32(img) / 255 for a uint8 photo"
