@@ -686,7 +686,7 @@ class LibraryLoop:
         self.entry = MODELS["efficientnet_lite0"]
         self.model = load_model(self.entry, "efficientnet_lite0", progress=False)
 
-    def images_per_second(self, folder: Path, out: Path, threads: int) -> float:
+    def images_per_second(self, folder: Path, out: Path, threads: int, device: str = "cpu") -> float:
         import numpy as np
 
         from pytorch_grad_cam.cli.app import cam_overlay, model_input, read_photo
@@ -698,11 +698,12 @@ class LibraryLoop:
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
+            model = self.model.to(device)
             started = time.perf_counter()
-            with get_method("gradcam")(self.model, [self.entry.target_layer(self.model)]) as cam:
+            with get_method("gradcam")(model, [self.entry.target_layer(model)]) as cam:
                 for path in photos:
                     photo = read_photo(path)
-                    grayscale = cam(model_input(photo, self.entry), targets=None)[0]
+                    grayscale = cam(model_input(photo, self.entry).to(device), targets=None)[0]
                     (out / f"{path.stem}.gradcam.jpg").write_bytes(encode_jpeg(cam_overlay(photo, grayscale)))
                     (out / f"{path.stem}.gradcam.npz").write_bytes(encode_map(np.asarray(grayscale)))
             return len(photos) / (time.perf_counter() - started)
@@ -721,25 +722,26 @@ class CamCallsAlone:
         self.entry = MODELS["efficientnet_lite0"]
         self.model = load_model(self.entry, "efficientnet_lite0", progress=False)
 
-    def images_per_second(self, folder: Path, threads: int) -> float:
+    def images_per_second(self, folder: Path, threads: int, device: str = "cpu") -> float:
         from pytorch_grad_cam.cli.app import model_input, read_photo
         from pytorch_grad_cam.registry import get_method
 
         inputs = torch.cat([model_input(read_photo(path), self.entry) for path in sorted(folder.glob("*.jpg"))])
+        inputs, model = inputs.to(device), self.model.to(device)
+        memory_format = torch.channels_last if inputs.device.type == "cpu" else torch.contiguous_format
         before = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
             started = time.perf_counter()
-            with get_method("gradcam")(self.model, [self.entry.target_layer(self.model)]) as cam:
+            with get_method("gradcam")(model, [self.entry.target_layer(model)]) as cam:
                 for start in range(0, len(inputs), DATASET_BATCH):
-                    batch = inputs[start:start + DATASET_BATCH].contiguous(memory_format=torch.channels_last)
-                    cam(batch, targets=None)
+                    cam(inputs[start:start + DATASET_BATCH].contiguous(memory_format=memory_format), targets=None)
             return len(inputs) / (time.perf_counter() - started)
         finally:
             torch.set_num_threads(before)
 
 
-def loop_rate(folder: Path, out: Path, threads: int, ceiling: bool = False) -> float:
+def loop_rate(folder: Path, out: Path, threads: int, ceiling: bool = False, device: str = "cpu") -> float:
     """images/s of :class:`LibraryLoop` (or with ``ceiling``, :class:`CamCallsAlone`) in a
     fresh subprocess (started cold, as cam.py is),
     from the first image to the last, without Python's start, the imports and the model's loading."""
@@ -747,7 +749,7 @@ def loop_rate(folder: Path, out: Path, threads: int, ceiling: bool = False) -> f
 
     environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
     command = [sys.executable, str(Path(__file__).resolve()), "--dataset-ceiling" if ceiling else "--dataset-loop",
-               str(folder), str(out), "--threads", str(threads)]
+               str(folder), str(out), "--threads", str(threads), "--device", device]
     shutil.rmtree(out, ignore_errors=True)
     done = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT)
     shutil.rmtree(out, ignore_errors=True)
@@ -757,7 +759,7 @@ def loop_rate(folder: Path, out: Path, threads: int, ceiling: bool = False) -> f
 
 
 def folder_mode_rate(folder: Path, out: Path, processes: int, threads: Optional[int], workers: int,
-                     one_core: bool = False) -> float:
+                     one_core: bool = False, device: str = "cpu") -> float:
     """images/s of ``cam.py --image-dir`` (GradCAM, EfficientNet-Lite0, batches of
     :data:`DATASET_BATCH`) in a subprocess, as the command reports it: from the first batch
     to the merged CSV, without Python's start, the imports and the model's loading; under
@@ -771,7 +773,7 @@ def folder_mode_rate(folder: Path, out: Path, processes: int, threads: Optional[
         environment["OMP_NUM_THREADS"] = str(threads)
     program = [str(ROOT / "cam.py"), "--image-dir", str(folder), "--output-dir", str(out),
                "--model", "efficientnet_lite0", "--method", "gradcam", "--batch-size", str(DATASET_BATCH),
-               "--num-workers", str(workers), "--no-progress"]
+               "--num-workers", str(workers), "--no-progress", "--device", device]
     launcher = [sys.executable] if processes == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     shutil.rmtree(out, ignore_errors=True)
@@ -785,17 +787,19 @@ def folder_mode_rate(folder: Path, out: Path, processes: int, threads: Optional[
     return float(match.group(1))
 
 
-def dataset_table(repeats: int) -> List[str]:
+def dataset_table(repeats: int, device: str = "cpu") -> List[str]:
     """The data-set rows, round-robin over ``repeats`` rounds; prints the table and returns
-    the target lines."""
+    the target lines. On a GPU (``device`` "cuda") only the loop, folder mode and the
+    ceiling run: the one-thread and torchrun rows are about CPU cores (torchrun's second
+    rank would want a second GPU)."""
     import tempfile
 
     threads = torch.get_num_threads()
     rows = {
-        "loop": (f"Python loop, the library on one image at a time, {threads} threads (reference)",
-                 lambda folder, out: loop_rate(folder, out, threads)),
-        "folder": (f"cam.py --image-dir, batch {DATASET_BATCH}, {threads} threads, 2 DataLoader workers",
-                   lambda folder, out: folder_mode_rate(folder, out, 1, threads, 2)),
+        "loop": (f"Python loop, the library on one image at a time, {threads} threads, {device} (reference)",
+                 lambda folder, out: loop_rate(folder, out, threads, device=device)),
+        "folder": (f"cam.py --image-dir, batch {DATASET_BATCH}, {threads} threads, 2 DataLoader workers, {device}",
+                   lambda folder, out: folder_mode_rate(folder, out, 1, threads, 2, device=device)),
         "loop-1": ("Python loop, the library on one image at a time, 1 thread",
                    lambda folder, out: loop_rate(folder, out, 1)),
         "process-1x1": (f"cam.py --image-dir, batch {DATASET_BATCH}, 1 thread, no workers",
@@ -804,10 +808,12 @@ def dataset_table(repeats: int) -> List[str]:
                          lambda folder, out: folder_mode_rate(folder, out, 2, 1, 0)),
         "process-1core": (f"cam.py --image-dir, batch {DATASET_BATCH}, 1 thread, no workers, held to one core",
                           lambda folder, out: folder_mode_rate(folder, out, 1, 1, 0, one_core=True)),
-        "ceiling": (f"ceiling: the CAM calls alone (batch {DATASET_BATCH}, channels_last), {threads} threads, "
-                    "nothing read or written",
-                    lambda folder, out: loop_rate(folder, out, threads, ceiling=True)),
+        "ceiling": (f"ceiling: the CAM calls alone (batch {DATASET_BATCH}, channels_last on the CPU), {threads} "
+                    f"threads, {device}, nothing read or written",
+                    lambda folder, out: loop_rate(folder, out, threads, ceiling=True, device=device)),
     }
+    if device != "cpu":
+        rows = {key: rows[key] for key in ("loop", "folder", "ceiling")}
     rates: Dict[str, List[float]] = {key: [] for key in rows}
     with tempfile.TemporaryDirectory() as scratch:
         folder = dataset_folder(Path(scratch) / "photos")
@@ -831,10 +837,14 @@ def dataset_table(repeats: int) -> List[str]:
         return statistics.median(r / b for r, b in zip(rates[key], rates[reference]))
 
     for key, (label, _) in rows.items():
+        if references[key] not in rows:
+            references[key] = "loop"
         print(f"| {label:<{width}} | {statistics.median(rates[key]):8.2f} | {ratio(key, references[key]):5.2f}x "
               f"| {references[key]} |")
     lines = []
     for key, reference, least, text in DATASET_TARGETS:
+        if key not in rows or reference not in rows:
+            continue
         value = ratio(key, reference)
         lines.append(f"{text}: {value:.2f}x  {'met' if value >= least else 'MISSED'}")
     return lines
@@ -1321,10 +1331,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("--device cuda: CUDA is not available on this machine")
     warnings.filterwarnings("ignore", message="the model is in training mode")
     if args.dataset_loop:
-        print(LibraryLoop().images_per_second(*args.dataset_loop, torch.get_num_threads()))
+        print(LibraryLoop().images_per_second(*args.dataset_loop, torch.get_num_threads(), args.device))
         return 0
     if args.dataset_ceiling:
-        print(CamCallsAlone().images_per_second(args.dataset_ceiling[0], torch.get_num_threads()))
+        print(CamCallsAlone().images_per_second(args.dataset_ceiling[0], torch.get_num_threads(), args.device))
         return 0
     bench = Bench(device, args.scorecam_channels)
 
@@ -1397,7 +1407,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     targets = check_targets(ratios, memory, args.batches, args.scorecam_channels, seconds)
     wants_dataset = not args.only or any(word.lower() in ("dataset", "datasets", "data") for word in args.only)
     if not args.no_dataset and not args.compare_only and not args.rows and wants_dataset:
-        targets += dataset_table(args.repeats)
+        targets += dataset_table(args.repeats, args.device)
         sys.stdout.flush()
     if args.compare_with:
         comparison = compare(args, bench)
