@@ -73,7 +73,6 @@ pays the cold start of its first calls, and is timed from its first image to its
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -89,7 +88,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))  # compare_runner, beside this file
 
+from compare_runner import cpu_peak_mb  # noqa: E402
 from pytorch_grad_cam.registry import METHODS  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
@@ -147,20 +148,10 @@ def forward_to_layer_floor(bench: Bench, batch: int, layer: str) -> Callable[[],
     module = dict(model.named_modules())[layer]
     rows = torch.arange(batch, device=bench.device)
     columns = torch.tensor(bench.categories(batch), device=bench.device)
-    recorded: List[torch.Tensor] = []
-
-    def leaf(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        torch.set_grad_enabled(True)
-        recorded.append(output.detach().requires_grad_(True))
-        return recorded[-1]
 
     def run() -> None:
-        handle = module.register_forward_hook(leaf)
-        try:
-            with torch.no_grad():
-                scores = model(images)[rows, columns].sum()
-        finally:
-            handle.remove()
+        recorded: List[torch.Tensor] = []
+        scores = _hooked_scores(model, images, rows, columns, _leaf_at([module], recorded))
         torch.autograd.grad(scores, recorded.pop())
 
     return run
@@ -214,6 +205,20 @@ def _leaf_at(layers: Sequence[torch.nn.Module], recorded: List[torch.Tensor]) ->
     return [layer.register_forward_hook(leaf) for layer in layers]
 
 
+def _hooked_scores(
+    model: torch.nn.Module, images: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, handles: List[object],
+) -> torch.Tensor:
+    """The sum of the chosen logits from one forward pass under no_grad, with the hooks in
+    ``handles`` (a graph only from the layers :func:`_leaf_at` hooks); the hooks are removed
+    afterwards, also on an error."""
+    try:
+        with torch.no_grad():
+            return model(images)[rows, columns].sum()
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def input_gradient_floor(bench: Bench, batch: int) -> Callable[[], None]:
     """FullGrad's floor: one forward pass with a graph, one backward pass to the input
     (no parameter gradients)."""
@@ -239,13 +244,7 @@ def hessian_floor(bench: Bench, batch: int, layer: str) -> Callable[[], None]:
 
     def run() -> None:
         recorded: List[torch.Tensor] = []
-        handles = _leaf_at([module], recorded)
-        try:
-            with torch.no_grad():
-                scores = model(images)[rows, columns].sum()
-        finally:
-            for handle in handles:
-                handle.remove()
+        scores = _hooked_scores(model, images, rows, columns, _leaf_at([module], recorded))
         activations = recorded[0]
         (grads,) = torch.autograd.grad(scores, activations, create_graph=True)
         torch.autograd.grad(grads, activations, grad_outputs=activations.detach(), allow_unused=True)
@@ -267,13 +266,7 @@ def layers_floor(bench: Bench, batch: int, layers: Sequence[str]) -> Callable[[]
         handles = _leaf_at(modules[:1], recorded) + [
             module.register_forward_hook(lambda m, i, output: recorded.append(output)) for module in modules[1:]
         ]
-        try:
-            with torch.no_grad():
-                scores = model(images)[rows, columns].sum()
-        finally:
-            for handle in handles:
-                handle.remove()
-        torch.autograd.grad(scores, recorded)
+        torch.autograd.grad(_hooked_scores(model, images, rows, columns, handles), recorded)
 
     return run
 
@@ -888,14 +881,6 @@ def time_table(
 
 
 # =========================================================================== memory
-def _resident_kib(field_name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field_name} not in /proc/self/status")
-
-
 def cpu_memory_supported() -> bool:
     return platform.system() == "Linux" and os.access("/proc/self/clear_refs", os.W_OK)
 
@@ -910,15 +895,7 @@ def measure_row_memory(bench: Bench, row: Row) -> float:
         call()
         synchronize(bench.device)
         return (torch.cuda.max_memory_allocated(bench.device) - before) / 2**20
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # reset VmHWM to the current resident size
-    before = _resident_kib("VmRSS")
-    call()
-    return (_resident_kib("VmHWM") - before) / 1024
+    return cpu_peak_mb(call)
 
 
 def memory_in_subprocess(row_key: str, args: argparse.Namespace) -> Optional[float]:

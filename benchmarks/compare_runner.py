@@ -34,6 +34,24 @@ def _resident_kib(field_name: str) -> int:
     raise RuntimeError(f"{field_name} not in /proc/self/status")
 
 
+def cpu_peak_mb(call) -> float:
+    """MB of resident memory that ``call()`` added at its peak (Linux): free memory handed
+    back to the system first, VmHWM reset to the current size, then VmHWM - VmRSS before.
+    Used by bench.py too (this file imports nothing but the standard library at the top).
+
+    Raises:
+        OSError: where /proc/self/clear_refs cannot be written (not Linux, no permission)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset VmHWM to the current resident size
+    before = _resident_kib("VmRSS")
+    call()
+    return (_resident_kib("VmHWM") - before) / 1024
+
+
 def _architecture(name: str):
     """The case's model, built by name with random weights (bench.py saved its state dict):
     torchvision's resnet18/resnet50, or EfficientNet-Lite0 from ``efficientnet-lite-pytorch``
@@ -103,15 +121,7 @@ def main() -> int:
     case = json.loads(args.case.read_text())
     call = build_call(case, args.library)
     if args.memory:
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        before = _resident_kib("VmRSS")
-        call()
-        print(json.dumps({"peak_mb": (_resident_kib("VmHWM") - before) / 1024}))
+        print(json.dumps({"peak_mb": cpu_peak_mb(call)}))
         return 0
     for _ in range(args.warmup):
         call()
