@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.base_cam import PerturbationCAM, Target
-from pytorch_grad_cam.utils.image import resize_maps
+from pytorch_grad_cam.utils.image import ChannelsLastCalls, resize_maps
 
 #: Bytes of masked input images per forward pass at most (``batch_size`` stays the upper
 #: limit): the batch of masked copies, and the activations the model makes of it, is
@@ -83,20 +83,12 @@ class ScoreCAM(PerturbationCAM):
     """
 
     #: Hand the masked images to the model in ``channels_last`` memory format (4-D
-    #: inputs on the CPU): the same numbers, and torch's CPU convolutions run them
-    #: 20-35 % faster (ResNet-18, EfficientNet-Lite0; benchmarks/bench.py). A model
-    #: that cannot take them (``.view`` of a non-contiguous tensor) gets contiguous
-    #: images from then on. The model itself is not converted.
+    #: inputs on the CPU; :class:`~pytorch_grad_cam.utils.image.ChannelsLastCalls`): the
+    #: same numbers, and torch's CPU convolutions run them 20-35 % faster (ResNet-18,
+    #: EfficientNet-Lite0; benchmarks/bench.py). A model that cannot take them (``.view``
+    #: of a non-contiguous tensor) gets contiguous images for the rest of the call. The
+    #: model itself is not converted.
     channels_last: bool = True
-
-    def _run_masked(self, masked: torch.Tensor) -> object:
-        if not (self.channels_last and self._channels_last_ok and masked.ndim == 4 and masked.device.type == "cpu"):
-            return self.model(masked)
-        try:
-            return self.model(masked.contiguous(memory_format=torch.channels_last))
-        except RuntimeError:
-            self._channels_last_ok = False  # for this call; the contiguous images then
-            return self.model(masked)
 
     def get_cam_weights(
         self,
@@ -111,7 +103,7 @@ class ScoreCAM(PerturbationCAM):
         plans = [distinct_masks(activations[index], size) for index in range(batch)]
         total = sum(len(kept) + int(has_zero) for kept, _, has_zero in plans)
         chunk = masked_chunk_size(self.batch_size, input_tensor)
-        self._channels_last_ok = True
+        run_model = ChannelsLastCalls(self.channels_last)  # a fallback lasts for this call
         weights = []
         with self.progress_bar(total, "ScoreCAM") as bar:
             for index, (kept, group, has_zero) in enumerate(plans):
@@ -128,7 +120,7 @@ class ScoreCAM(PerturbationCAM):
                     if stop > len(kept):  # the last entry: the all-zero mask
                         parts.append(activations.new_zeros((1, *size)))
                     masks = torch.cat(parts) if len(parts) > 1 else parts[0]
-                    return self._run_masked(image * masks.unsqueeze(1).to(image.dtype))
+                    return run_model(self.model, image * masks.unsqueeze(1).to(image.dtype))
 
                 scores = self.batched_scores(count, run_chunk, targets[index], bar, chunk)
                 weights.append(torch.softmax(scores[group], dim=0))

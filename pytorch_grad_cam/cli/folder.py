@@ -75,7 +75,7 @@ from pytorch_grad_cam.cli.contact_sheet import write_contact_sheet
 from pytorch_grad_cam.cli.metrics import compute_metrics
 from pytorch_grad_cam.cli.model_zoo import MODELS, ModelEntry, imagenet_classes
 from pytorch_grad_cam.registry import get_method
-from pytorch_grad_cam.utils.image import preprocess_image
+from pytorch_grad_cam.utils.image import ChannelsLastCalls, preprocess_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 #: File name suffixes taken as images (compared case-insensitively).
@@ -525,10 +525,9 @@ class ShardRun:
     writes: Deque[Future] = field(default_factory=deque)
     category_checked: bool = False
     #: Batches go to the model in ``channels_last`` memory format on the CPU (the same
-    #: numbers; torch's CPU convolutions run a batch of them 1.3-2x faster, see
-    #: benchmarks/bench.py). The first call that fails with them (a model that ``.view``s
-    #: a feature map) is run again with contiguous ones, and so is every later call.
-    channels_last: bool = True
+    #: numbers, faster); after a call that fails with them (a model that ``.view``s a
+    #: feature map), as they come, for the rest of the run.
+    channels_last: ChannelsLastCalls = field(default_factory=ChannelsLastCalls)
 
     def run(self, progress: bool, description: str) -> None:
         """Explain every pending item, batch by batch, with a progress bar of images/s."""
@@ -663,13 +662,11 @@ class ShardRun:
         """The maps (n, h, w) of one call of ``method`` on ``inputs``, in ``channels_last``
         on the CPU while the model takes it (see :attr:`channels_last`)."""
         cam = self.cams[method]
-        options = {"targets": targets, "aug_smooth": self.args.aug_smooth, "eigen_smooth": self.args.eigen_smooth}
-        if self.channels_last and inputs.ndim == 4 and inputs.device.type == "cpu":
-            try:
-                return cam(inputs.contiguous(memory_format=torch.channels_last), **options)
-            except RuntimeError:
-                self.channels_last = False  # then the contiguous batch, which raises a real error again
-        return cam(inputs, **options)
+        return self.channels_last(
+            lambda batch: cam(batch, targets=targets, aug_smooth=self.args.aug_smooth,
+                              eigen_smooth=self.args.eigen_smooth),
+            inputs,
+        )
 
     def write_outputs(
         self, batch: Batch, position: int, method: str, grayscale: np.ndarray, probabilities: torch.Tensor,
