@@ -126,12 +126,17 @@ class Bench:
     def targets(self, batch: int) -> List[ClassifierOutputTarget]:
         return [ClassifierOutputTarget(c) for c in self.categories(batch)]
 
+    def chosen(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(rows, columns) on the device: indexing a (batch, 1000) output with them picks
+        each image's logit of :meth:`categories` (the floors' scores)."""
+        return (torch.arange(batch, device=self.device),
+                torch.tensor(self.categories(batch), device=self.device))
+
 
 def bare_forward_backward(bench: Bench, batch: int) -> Callable[[], None]:
     """model(x); the chosen logits summed; .backward() through the whole network."""
     model, images = bench.model, bench.images(batch)
-    rows = torch.arange(batch, device=bench.device)
-    columns = torch.tensor(bench.categories(batch), device=bench.device)
+    rows, columns = bench.chosen(batch)
 
     def run() -> None:
         model.zero_grad(set_to_none=True)
@@ -146,8 +151,7 @@ def forward_to_layer_floor(bench: Bench, batch: int, layer: str) -> Callable[[],
     gradient of the summed chosen logits with respect to it)."""
     model, images = bench.model, bench.images(batch)
     module = dict(model.named_modules())[layer]
-    rows = torch.arange(batch, device=bench.device)
-    columns = torch.tensor(bench.categories(batch), device=bench.device)
+    rows, columns = bench.chosen(batch)
 
     def run() -> None:
         recorded: List[torch.Tensor] = []
@@ -223,8 +227,7 @@ def input_gradient_floor(bench: Bench, batch: int) -> Callable[[], None]:
     """FullGrad's floor: one forward pass with a graph, one backward pass to the input
     (no parameter gradients)."""
     model, images = bench.model, bench.images(batch)
-    rows = torch.arange(batch, device=bench.device)
-    columns = torch.tensor(bench.categories(batch), device=bench.device)
+    rows, columns = bench.chosen(batch)
 
     def run() -> None:
         x = images.clone().requires_grad_(True)
@@ -239,8 +242,7 @@ def hessian_floor(bench: Bench, batch: int, layer: str) -> Callable[[], None]:
     Hessian-vector product d(G.A)/dA."""
     model, images = bench.model, bench.images(batch)
     module = dict(model.named_modules())[layer]
-    rows = torch.arange(batch, device=bench.device)
-    columns = torch.tensor(bench.categories(batch), device=bench.device)
+    rows, columns = bench.chosen(batch)
 
     def run() -> None:
         recorded: List[torch.Tensor] = []
@@ -258,8 +260,7 @@ def layers_floor(bench: Bench, batch: int, layers: Sequence[str]) -> Callable[[]
     model, images = bench.model, bench.images(batch)
     named = dict(model.named_modules())
     modules = [named[name] for name in layers]
-    rows = torch.arange(batch, device=bench.device)
-    columns = torch.tensor(bench.categories(batch), device=bench.device)
+    rows, columns = bench.chosen(batch)
 
     def run() -> None:
         recorded: List[torch.Tensor] = []
