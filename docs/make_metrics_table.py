@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from pytorch_grad_cam import METHODS
-from pytorch_grad_cam.base_cam import PerturbationCAM
+from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.metrics import (
     DeletionMetric,
     DropInConfidence,

@@ -8,10 +8,9 @@ whole model's scores, the whole model is re-run with the layer's output replaced
 after a warning. How a channel is ablated, and which channels are, is the ablation
 layer's business (``pytorch_grad_cam.ablation_layer``).
 """
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -19,8 +18,15 @@ from torch import nn
 # ABLATION_OFFSET stays importable from here, as before the ablation layers existed.
 from pytorch_grad_cam.ablation_layer import ABLATION_OFFSET, AblationLayer, ablation_value  # noqa: F401
 from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
-from pytorch_grad_cam.base_cam import LayerSpec, PerturbationCAM, Target
+from pytorch_grad_cam.base_cam import weighted_map
+from pytorch_grad_cam.checks import grid_activations
+from pytorch_grad_cam.layers import LayerSpec, layer_name
+from pytorch_grad_cam.perturbation_cam import PerturbationCAM
+from pytorch_grad_cam.recording import Record
+from pytorch_grad_cam.scoring import Target, per_image_outputs, score
+from pytorch_grad_cam.utils.messages import warn_user
 from pytorch_grad_cam.utils.network_tail import NetworkTail, extract_tail, replaced_output_runner
+from pytorch_grad_cam.utils.structures import first_tensor, map_tensors, tensors_in
 
 #: The tail's scores must equal the whole model's within this fraction of their magnitude.
 _TRUST_TOLERANCE = {torch.float16: 5e-2, torch.bfloat16: 5e-2}
@@ -39,34 +45,30 @@ class _LayerTail:
     tail: Optional[NetworkTail]  # the traced tail (its analysis holds even when it is not run)
     reason: str  # why there is no tail
     trusted: Optional[bool] = None  # the tail's scores equal the whole model's (None: not yet checked)
-
-
-def _first_tensor(output: LayerOutput) -> torch.Tensor:
-    if isinstance(output, Mapping):
-        values = output.values()
-    else:
-        values = output if isinstance(output, (list, tuple)) else [output]
-    return next(value for value in values if torch.is_tensor(value))
-
-
-def _map_tensors(output: LayerOutput, function: Callable[[torch.Tensor], torch.Tensor]) -> LayerOutput:
-    """``function`` applied to the tensor, or to each tensor of a dict/list/tuple output."""
-    if isinstance(output, Mapping):
-        return type(output)(
-            (key, function(value) if torch.is_tensor(value) else value) for key, value in output.items()
-        )
-    if isinstance(output, (list, tuple)):
-        return type(output)(function(value) if torch.is_tensor(value) else value for value in output)
-    return function(output)
+    reads: Optional[bool] = None  # the model's output reads the layer's output (None: not yet known)
+    warned: bool = False  # the fallback warning was shown for this tail (once per tail)
 
 
 def _image_output(output: LayerOutput, index: int) -> LayerOutput:
     """Image ``index`` of a raw layer output (a tensor, or a dict/tuple of them), batch 1."""
-    return _map_tensors(output, lambda value: value[index : index + 1])
+    return map_tensors(output, lambda value: value[index : index + 1])
 
 
 def _cloned(output: LayerOutput) -> LayerOutput:
-    return _map_tensors(output, torch.Tensor.clone)
+    return map_tensors(output, torch.Tensor.clone)
+
+
+def _difference(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> str:
+    """'' where ``actual`` equals ``expected`` within the tail tolerance for ``dtype``
+    (scaled to their magnitude, the same finite entries), else the difference and scale."""
+    actual, expected = actual.double(), expected.double()
+    finite = torch.isfinite(expected) & torch.isfinite(actual)
+    scale = torch.cat([expected[finite].abs(), actual[finite].abs()]).max() if finite.any() else 0.0
+    difference = (actual - expected)[finite].abs().max() if finite.any() else 0.0
+    tolerance = _TRUST_TOLERANCE.get(dtype, _TRUST_TOLERANCE_DEFAULT)
+    if torch.equal(torch.isfinite(expected), torch.isfinite(actual)) and float(difference) <= tolerance * float(scale):
+        return ""
+    return f"difference {float(difference):.3g} at scale {float(scale):.3g}"
 
 
 class AblationCAM(PerturbationCAM):
@@ -144,53 +146,149 @@ class AblationCAM(PerturbationCAM):
         self.tail_only = tail_only
         self._tails: Dict[nn.Module, _LayerTail] = {}
 
-    def get_cam_weights(
-        self,
-        input_tensor: torch.Tensor,
-        target_layer: nn.Module,
-        targets: List[Target],
-        activations: torch.Tensor,
-        grads: torch.Tensor,
-    ) -> torch.Tensor:
-        layer_output = self._layer_outputs[target_layer]
-        ablation = self.ablation_layer
+    def layer_map(self, record: Record, index: int, eigen_smooth: bool) -> torch.Tensor:
+        """Σ_k w_k·A_k with the ablation weights of ``record.layers[index]``."""
+        layer = record.layers[index]
+        activations = grid_activations(record.activations[index], layer, self.reshape_transform is not None)
+        return weighted_map(self.ablation_weights(record, index, activations), activations, eigen_smooth)
+
+    def ablation_weights(self, record: Record, index: int, activations: torch.Tensor) -> torch.Tensor:
+        """w (B, K) of ``record.layers[index]``, whose reshaped ``activations`` are (B, K, ...).
+
+        Raises:
+            ValueError: if the model's output does not read the layer's output, or the
+                reshape_transform computes new values.
+        """
+        layer, layer_output = record.layers[index], record.layer_outputs[index]
         batch, channels = activations.shape[:2]
         positions = self._channel_positions(layer_output, channels)
-        known = self._layer_tail(target_layer)
-        if known.tail is not None and not known.tail.reads_layer:
-            raise ValueError(
-                f"the target's score does not depend on target layer {self._layer_name(target_layer)!r}: "
-                "the model's output is computed without that layer's output (it feeds a "
-                "branch the output never reads); choose a layer on the path to the output"
-            )
-        switched_off = known.tail.switched_off if known.tail is not None else None
-        chosen = [self._channels_to_ablate(activations[index]) for index in range(batch)]
+        known = self._layer_tail(layer)
+        self._check_reads_layer(known, record, index)
+        chosen = [self._channels_to_ablate(activations[image]) for image in range(batch)]
         weights = activations.new_zeros((batch, channels))
         with self.progress_bar(sum(len(c) for c in chosen), "AblationCAM") as bar:
-            for index in range(batch):
-                image = input_tensor[index : index + 1]
-                original = _image_output(layer_output, index)
-                dtype = _first_tensor(original).dtype
-                value = ablation.ablation_value(activations[index], dtype, switched_off)
-                run = self._runner(
-                    known, target_layer, image, original, chosen[index], positions, value, targets[index]
-                )
-                chunk = ablation.ablated_copies(original, chosen[index], value, positions, self.batch_size)
-
-                def run_chunk(start: int, stop: int, chunk=chunk, run=run):
-                    return run(chunk(start, stop))
-
-                with torch.no_grad():
-                    # A copy: the network after the layer may work in place (ReLU(inplace=True),
-                    # `out += identity`) and must not change the activations being ablated.
-                    score = self.score([targets[index]], run(_cloned(original)))
-                if len(chosen[index]) == 0:
-                    continue
-                ablated_scores = self.batched_scores(len(chosen[index]), run_chunk, targets[index], bar)
-                # A zero score is not divided by (the reference's 0/0): w_k = -s_k.
-                denominator = torch.where(score == 0, torch.ones_like(score), score)
-                weights[index, chosen[index]] = ((score - ablated_scores) / denominator).to(weights.dtype)
+            for image in range(batch):
+                known = self._layer_tail(layer)  # a tail found stale on an image is replaced
+                weights[image, chosen[image]] = self._image_weights(
+                    record, index, image, known, chosen[image], positions, activations[image], bar
+                ).to(weights.dtype)
         return weights
+
+    def _image_weights(
+        self,
+        record: Record,
+        index: int,
+        image: int,
+        known: _LayerTail,
+        channels: torch.Tensor,
+        positions: Optional[torch.Tensor],
+        activations: torch.Tensor,
+        bar: object,
+    ) -> torch.Tensor:
+        """(s - s_k) / s for the ``channels`` of one image (s = 0: -s_k)."""
+        target = record.targets[image]
+        original = _image_output(record.layer_outputs[index], image)
+        switched_off = known.tail.switched_off if known.tail is not None else None
+        value = self.ablation_layer.ablation_value(activations, first_tensor(original).dtype, switched_off)
+        run, unablated = self._current_runner(record, index, image, known, channels, positions, value)
+        score = self.score([target], unablated)
+        if len(channels) == 0:
+            return score.new_zeros(0)
+        chunk = self.ablation_layer.ablated_copies(original, channels, value, positions, self.batch_size)
+        ablated_scores = self.batched_scores(len(channels), lambda start, stop: run(chunk(start, stop)), target, bar)
+        # A zero score is not divided by (the reference's 0/0): w_k = -s_k.
+        denominator = torch.where(score == 0, torch.ones_like(score), score)
+        return (score - ablated_scores) / denominator
+
+    def _current_runner(
+        self,
+        record: Record,
+        index: int,
+        image: int,
+        known: _LayerTail,
+        channels: torch.Tensor,
+        positions: Optional[torch.Tensor],
+        value: torch.Tensor,
+    ) -> Tuple[Callable, object]:
+        """The runner for one image and its output on the unablated layer output.
+
+        A traced tail is proven current on every call: run on the recorded activation
+        it must reproduce the recorded model output. A tail that does not (the model
+        changed in a way its modules do not show: a flag or attribute that forward
+        reads) is traced again once, and if that one fails too, the whole model runs,
+        after a one-line warning."""
+        layer, target = record.layers[index], record.targets[image]
+        input_image = record.input_tensor[image : image + 1]
+        original = _image_output(record.layer_outputs[index], image)
+        for attempt in range(2):
+            run, is_tail = self._runner(known, layer, input_image, original, channels, positions, value, target)
+            with torch.no_grad():
+                # A copy: the network after the layer may work in place (ReLU(inplace=True),
+                # `out += identity`) and must not change the activations being ablated.
+                unablated = run(_cloned(original))
+            mismatch = self._reproduces(unablated, record, image, first_tensor(original).dtype) if is_tail else ""
+            if not mismatch:
+                return run, unablated
+            if attempt == 0:
+                self._tails.pop(layer, None)
+                known = self._layer_tail(layer)
+        known.trusted = False
+        self._warn_fallback(known, f"its torch.fx tail does not reproduce the model's output ({mismatch}), also traced anew")
+        whole = replaced_output_runner(self.model, layer, input_image)
+        with torch.no_grad():
+            return whole, whole(_cloned(original))
+
+    @staticmethod
+    def _reproduces(unablated: object, record: Record, image: int, dtype: torch.dtype) -> str:
+        """'' where the tail's output on the unablated activation equals the recorded
+        output of ``image`` (whole tensors where both are tensors, else the target's
+        score), else why not."""
+        recorded = record.outputs
+        if torch.is_tensor(unablated) and torch.is_tensor(recorded) and unablated.shape[1:] == recorded.shape[1:]:
+            return _difference(unablated, recorded[image : image + 1], dtype)
+        target = record.targets[image]
+        expected = score([target], [per_image_outputs(recorded, len(record.targets), record.targets)[image]])
+        return _difference(score([target], unablated), expected, dtype)
+
+    def _check_reads_layer(self, known: _LayerTail, record: Record, index: int) -> None:
+        """Raises ValueError when the model's output is computed without the layer's
+        output: read from the traced graph, or, where the model cannot be traced, from
+        autograd (whether the first image's score has a gradient path to the layer's
+        output; a model that builds no graph there cannot be told and is not refused)."""
+        if known.reads is None:
+            if known.tail is not None:
+                known.reads = known.tail.reads_layer
+            else:
+                known.reads = self._reads_by_autograd(record, index)
+        if known.reads is False:
+            raise ValueError(
+                f"the target's score does not depend on target layer {layer_name(self.model, record.layers[index])}: "
+                "the model's output is computed without that layer's output (it feeds a branch the "
+                "output never reads); choose a layer on the path to the output"
+            )
+
+    def _reads_by_autograd(self, record: Record, index: int) -> Optional[bool]:
+        layer = record.layers[index]
+        leaf = map_tensors(
+            _image_output(record.layer_outputs[index], 0),
+            lambda value: value.detach().clone().requires_grad_(value.is_floating_point()),
+        )
+        wanted = [tensor for tensor in tensors_in(leaf) if tensor.requires_grad]
+        with torch.enable_grad():
+            outputs = replaced_output_runner(self.model, layer, record.input_tensor[:1])(leaf)
+            scored = score(record.targets[:1], outputs).sum()
+            if not scored.requires_grad or not wanted:
+                return None
+            grads = torch.autograd.grad(scored, wanted, allow_unused=True)
+        return any(grad is not None for grad in grads)
+
+    def release(self) -> None:
+        """Drop what the last call kept, the ablation layer's per-call state too (its
+        chosen ``indices``, replayed ``activations`` and ``value``)."""
+        super().release()
+        layer = getattr(self, "ablation_layer", None)
+        if layer is not None:
+            layer.indices = layer.activations = layer.value = None
 
     def _channels_to_ablate(self, activations: torch.Tensor) -> torch.Tensor:
         """The channels of one image's activations (K, h, w) to ablate, as an int64
@@ -201,10 +299,9 @@ class AblationCAM(PerturbationCAM):
         chosen = self.ablation_layer.activations_to_be_ablated(activations, self.ratio_channels_to_ablate)
         chosen = torch.as_tensor(chosen).to(device=activations.device, dtype=torch.long).reshape(-1)
         if len(chosen) == 0:
-            warnings.warn(
+            warn_user(
                 f"AblationCAM: ratio_channels_to_ablate={self.ratio_channels_to_ablate} selects no "
-                f"channel of {channels}; every weight is 0 (raise the ratio)",
-                stacklevel=5,
+                f"channel of {channels}; every weight is 0 (raise the ratio)"
             )
         elif len(chosen.unique()) != len(chosen):
             raise ValueError(f"{type(self.ablation_layer).__name__} chose some channels twice: {chosen.tolist()}")
@@ -244,18 +341,15 @@ class AblationCAM(PerturbationCAM):
             tail, reason = extract_tail(self.model, layer)
             known = self._tails[layer] = _LayerTail(structure, tail, reason)
             if tail is None and self.tail_only:
-                self._warn_fallback(reason)
+                self._warn_fallback(known, reason)
         return known
 
-    def _layer_name(self, layer: nn.Module) -> str:
-        for name, module in self.model.named_modules():
-            if module is layer:
-                return name
-        return type(layer).__name__
-
     @staticmethod
-    def _warn_fallback(reason: str) -> None:
-        warnings.warn(_FALLBACK + reason, stacklevel=4)
+    def _warn_fallback(known: _LayerTail, reason: str) -> None:
+        """The one-line fallback warning, once per traced tail (not per image or call)."""
+        if not known.warned:
+            known.warned = True
+            warn_user(_FALLBACK + reason)
 
     def _runner(
         self,
@@ -267,27 +361,27 @@ class AblationCAM(PerturbationCAM):
         positions: Optional[torch.Tensor],
         value: torch.Tensor,
         target: Target,
-    ) -> Callable:
-        """The function from ablated layer outputs of ``image`` to model outputs: the
-        tail where there is one and it is trusted, else the whole model with the layer's
-        output replaced."""
+    ) -> Tuple[Callable, bool]:
+        """(the function from ablated layer outputs of ``image`` to model outputs, whether
+        it is the traced tail): the tail where there is one and it is trusted, else the
+        whole model with the layer's output replaced."""
         if not self.tail_only or known.tail is None or known.trusted is False:
-            return replaced_output_runner(self.model, layer, image)
+            return replaced_output_runner(self.model, layer, image), False
         run = known.tail.bind(image)
         if run is None:
             self._warn_fallback(
-                "a tensor from before the layer that the network after it reads has no "
-                "batch dimension"
+                known,
+                "a tensor from before the layer that the network after it reads has no batch dimension"
             )
-            return replaced_output_runner(self.model, layer, image)
+            return replaced_output_runner(self.model, layer, image), False
         if known.trusted is None and len(channels):
             whole = replaced_output_runner(self.model, layer, image)
             mismatch = self._compare_with_whole_model(run, whole, original, positions, value, target, channels)
             known.trusted = not mismatch
             if mismatch:
-                self._warn_fallback(mismatch)
-                return whole
-        return run
+                self._warn_fallback(known, mismatch)
+                return whole, False
+        return run, True
 
     def _compare_with_whole_model(
         self,
@@ -304,7 +398,7 @@ class AblationCAM(PerturbationCAM):
         mismatch; the model or the target failing is the caller's error and propagates.
         ``channels``: those to be ablated (None: all, in order); the first two are tried."""
         if channels is None:
-            channels = torch.arange(_first_tensor(original).shape[1], device=_first_tensor(original).device)
+            channels = torch.arange(first_tensor(original).shape[1], device=first_tensor(original).device)
         count = min(2, len(channels))
         copies = self.ablation_layer.ablated_copies(original, channels[:count], value, positions, count)(0, count)
         with torch.no_grad():
@@ -315,16 +409,9 @@ class AblationCAM(PerturbationCAM):
                 message = str(error).strip().splitlines()[0] if str(error).strip() else ""
                 return f"its torch.fx tail fails on ablated copies ({type(error).__name__}: {message})"
             scores = self.score([target] * count, outputs)
-        tolerance = _TRUST_TOLERANCE.get(_first_tensor(original).dtype, _TRUST_TOLERANCE_DEFAULT)
-        finite = torch.isfinite(expected) & torch.isfinite(scores)
-        scale = torch.cat([expected[finite].abs(), scores[finite].abs()]).max() if finite.any() else 0.0
-        difference = (scores - expected)[finite].abs().max() if finite.any() else 0.0
-        same_finite = torch.equal(torch.isfinite(expected), torch.isfinite(scores))
-        if not same_finite or float(difference) > tolerance * float(scale):
-            return (
-                "its torch.fx tail gives other scores than the whole model on ablated copies "
-                f"(difference {float(difference):.3g} at scale {float(scale):.3g})"
-            )
+        mismatch = _difference(scores, expected, first_tensor(original).dtype)
+        if mismatch:
+            return f"its torch.fx tail gives other scores than the whole model on ablated copies ({mismatch})"
         return ""
 
     def _channel_positions(self, layer_output: LayerOutput, channels: int) -> Optional[torch.Tensor]:

@@ -11,6 +11,7 @@ from torch import nn
 
 from pytorch_grad_cam.base_cam import BaseCAM, Target
 from pytorch_grad_cam.base_method_cam import BaseMethodCAM
+from pytorch_grad_cam.scoring import top_class_targets
 from pytorch_grad_cam.grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 
@@ -38,8 +39,12 @@ class FinerCAM(BaseMethodCAM):
     def __call__(self, input_tensor, targets=None, aug_smooth=False, eigen_smooth=False, *,
                  alpha: float = 1.0, comparison_categories: Sequence[int] = (1, 2, 3),
                  target_idx: Optional[int] = None, target_category=None) -> np.ndarray:
+        # The call's options, read by default_targets during this call only.
         self.alpha, self.comparison_categories, self.target_idx = alpha, comparison_categories, target_idx
-        return super().__call__(input_tensor, targets, aug_smooth, eigen_smooth, target_category=target_category)
+        try:
+            return super().__call__(input_tensor, targets, aug_smooth, eigen_smooth, target_category=target_category)
+        finally:
+            self.alpha, self.comparison_categories, self.target_idx = 1.0, (1, 2, 3), None
 
     def forward(self, input_tensor, targets=None, eigen_smooth=False, alpha=1.0,
                 comparison_categories=(1, 2, 3), target_idx=None) -> np.ndarray:
@@ -48,7 +53,7 @@ class FinerCAM(BaseMethodCAM):
 
     def default_targets(self, outputs: object, copies: int) -> List[Target]:
         if not torch.is_tensor(outputs) or outputs.ndim != 2:
-            return self._top_class_targets(outputs, copies)  # its clear error
+            return top_class_targets(outputs, copies)  # its clear error
         scores = outputs.detach().reshape(copies, -1, outputs.shape[-1]).mean(dim=0)
         if self.target_idx is None:
             reference = scores.max(dim=-1, keepdim=True).values

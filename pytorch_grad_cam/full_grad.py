@@ -8,7 +8,9 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import BaseCAM, resolve_target_layers, unwrap_parallel
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.layers import resolve_target_layers, unwrap_parallel
+from pytorch_grad_cam.recording import Record
 from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
@@ -88,46 +90,39 @@ class FullGrad(BaseCAM):
                 "(Conv2d/3d, BatchNorm2d/3d); the model has none"
             )
         super().__init__(model, layers, None, **kwargs)
-        self._scratch: Optional[torch.Tensor] = None  # |G| of each layer in turn (reduce_gradient)
 
-    def _check_layers_ran(self, recorder) -> None:
-        # Bias layers the forward pass never runs add nothing (they are dropped).
-        ran = [(l, o) for l, o in zip(self.target_layers, recorder.layer_outputs) if o is not None]
-        self._ran = {id(layer) for layer, _ in ran}
-
-    def reduce_gradient(self, input_tensor, target_layer, grads) -> Optional[torch.Tensor]:
+    def reduce_gradient(self, record: Record, target_layer: nn.Module, grads: torch.Tensor) -> Optional[torch.Tensor]:
         """The layer's bias term Σ_c s(|b_c · G_c|) (B, *spatial) at the layer's
         resolution, computed as its gradient arrives (the gradient is then freed); None
         for a layer whose output is not a grid of the input's rank (a Conv1d over
         channels, as in ECA attention): it has no map at the input's size.
 
-        |G| goes to one scratch buffer reused by every layer of the call (grown as the
-        backward pass reaches larger layers, dropped when the maps are done), not to 53
-        fresh tensors, each of whose memory pages the system would have to supply."""
-        if grads.ndim != input_tensor.ndim:
+        |G| goes to one scratch buffer of the call (``record.extras["scratch"]``), grown
+        as the backward pass reaches larger layers, not to a fresh tensor per layer."""
+        if grads.ndim != record.input_tensor.ndim:
             return None
-        scratch = self._scratch
+        scratch = record.extras.get("scratch")
         if scratch is None or scratch.numel() < grads.numel() or scratch.device != grads.device:
             grown = 0 if scratch is None else 2 * scratch.numel()
             scratch = torch.empty(max(grads.numel(), grown), dtype=torch.float32, device=grads.device)
-            self._scratch = scratch
+            record.extras["scratch"] = scratch
         return _bias_term(effective_bias(target_layer), grads, scratch)
 
-    def compute_cam_per_layer(self, input_tensor, targets, recorded, eigen_smooth) -> List[torch.Tensor]:
-        self._scratch = None  # the backward pass is over
+    def compute_cam_per_layer(self, record: Record, eigen_smooth: bool) -> List[torch.Tensor]:
+        """The one FullGrad map (before the final min-max): the input term plus every
+        bias term. A bias layer applied several times in one forward pass (a detection
+        head's convolution shared by the pyramid levels) adds one term per application,
+        as the full-gradient decomposition counts its bias once per application; a bias
+        layer the forward pass never runs adds nothing."""
+        record.extras.pop("scratch", None)  # the backward pass is over
+        input_tensor = record.input_tensor
         size = tuple(input_tensor.shape[2:])
-        gradient = self._input_gradient.float()
-        input_term = _scale_channels((gradient * input_tensor.float()).abs(), size)
-        # Each layer's term is already summed over its channels at the layer's resolution
-        # (Σ_c resize(s_c) = resize(Σ_c s_c): resizing is linear), see reduce_gradient.
-        bias_terms = [
-            term
-            for layer, (_, term) in zip(self.target_layers, recorded)
-            if id(layer) in self._ran and term is not None
-        ]
+        input_term = _scale_channels((record.input_gradient.float() * input_tensor.float()).abs(), size)
+        bias_terms = [term for calls in record.call_gradients for term in calls if term is not None]
         if not eigen_smooth:
-            # For the same reason the layers of one resolution are summed there, and one
-            # map per resolution is resized (a handful of maps at the input size, not 53).
+            # Each term is already summed over its channels at the layer's resolution
+            # (resizing is linear), so the terms of one resolution are summed before one
+            # resize: a handful of maps at the input size, not one per layer.
             by_size = {}
             for term in bias_terms:
                 key = tuple(term.shape[1:])
@@ -137,7 +132,7 @@ class FullGrad(BaseCAM):
                 total += resize_maps(summed, size)
             return [total]
         terms = torch.cat([input_term] + [resize_maps(t, size)[:, None] for t in bias_terms], dim=1)
-        # The reference projects at 1/8 of the input size. Below 64 pixels a side that
+        # The projection runs at 1/8 of the input size. Below 64 pixels a side that
         # leaves a grid of a few cells (a 1x1x1 grid has no principal component at all),
         # so the grid keeps up to 8 cells a side there; at 64 pixels and up it is 1/8.
         small = tuple(max(side // 8, min(side, 8)) for side in size)
@@ -146,11 +141,6 @@ class FullGrad(BaseCAM):
 
     def aggregate_multi_layers(self, cams: List[torch.Tensor]) -> torch.Tensor:
         return min_max_scale(cams[0])
-
-    def release(self) -> None:
-        """Drop what the last call kept, the scratch buffer of a call that raised too."""
-        self._scratch = None
-        super().release()
 
 
 def _empty_list(layers: object) -> bool:

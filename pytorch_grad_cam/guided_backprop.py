@@ -19,7 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from pytorch_grad_cam.base_cam import BaseCAM, evaluation_mode, model_device, model_float_dtype, unwrap_parallel
+from pytorch_grad_cam.checks import check_input
+from pytorch_grad_cam.layers import unwrap_parallel
+from pytorch_grad_cam.model_state import evaluation_mode, model_device, model_float_dtype
+from pytorch_grad_cam.scoring import check_targets, score, top_class_targets
 
 
 class _GuidedReLUFunction(torch.autograd.Function):
@@ -45,6 +48,33 @@ class _GuidedReLUFunction(torch.autograd.Function):
         if ctx.upper is not None:  # ReLU6: no gradient where the input was clipped at 6 either
             passed &= output < ctx.upper
         return grad_output * passed, None, None
+
+
+class GuidedBackpropReLU(torch.autograd.Function):
+    """grad-cam's autograd function: ``GuidedBackpropReLU.apply(x)`` is ReLU(x) whose
+    backward passes a gradient only where both the input and the incoming gradient are
+    positive. (The library itself applies the same rule without replacing modules.)"""
+
+    @staticmethod
+    def forward(ctx, input_img: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """ReLU of ``input_img``."""
+        output = input_img.clamp(min=0)
+        ctx.save_for_backward(input_img)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """``grad_output`` where the input and ``grad_output`` are positive, else 0."""
+        (input_img,) = ctx.saved_tensors
+        return grad_output * ((input_img > 0) & (grad_output > 0)).to(grad_output.dtype)
+
+
+class GuidedBackpropReLUasModule(nn.Module):
+    """grad-cam's module form of :class:`GuidedBackpropReLU` (a drop-in for ``nn.ReLU``)."""
+
+    def forward(self, input_img: torch.Tensor) -> torch.Tensor:
+        """ReLU of ``input_img`` with the guided backward rule."""
+        return GuidedBackpropReLU.apply(input_img)
 
 
 _RELUS = {F.relu, torch.relu, torch.Tensor.relu}
@@ -139,9 +169,9 @@ class GuidedBackpropReLUModel:
             ValueError/TypeError: as for a CAM call's input; IndexError for a class
                 outside the output.
         """
-        input_tensor = BaseCAM._check_input(input_tensor)
+        input_tensor = check_input(input_tensor)
         batch = input_tensor.shape[0]
-        targets = BaseCAM._check_targets(None, target_category, batch)
+        targets = check_targets(None, target_category, batch)
         dtype = model_float_dtype(self.model) or input_tensor.dtype
         with torch.inference_mode(False), torch.enable_grad(), evaluation_mode(self.model):
             image = input_tensor.to(model_device(self.model), dtype).clone().requires_grad_(True)
@@ -150,8 +180,8 @@ class GuidedBackpropReLUModel:
                 # (autograd forbids in-place changes of a leaf that requires grad).
                 outputs = self.model(image.clone())
             if targets is None:
-                targets = BaseCAM._top_class_targets(outputs, 1)
-            scores = BaseCAM.score(targets, outputs)
+                targets = top_class_targets(outputs, 1)
+            scores = score(targets, outputs)
             (gradient,) = torch.autograd.grad(scores.sum(), image)
         gradient = gradient.float().movedim(1, -1).cpu().numpy()
         return gradient[0] if batch == 1 else gradient

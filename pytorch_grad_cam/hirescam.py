@@ -1,12 +1,12 @@
 """HiResCAM (Draelos & Carin, 2020): every position weighted by its own gradient, so
 that the map is a faithful decomposition of the target score of a linear head."""
-import warnings
 from typing import List
 
 import torch
 from torch import nn
 
 from pytorch_grad_cam.base_cam import BaseCAM, Target
+from pytorch_grad_cam.utils.messages import warn_user
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 
@@ -28,10 +28,9 @@ class HiResCAM(BaseCAM):
     ) -> torch.Tensor:
         elementwise = grads * activations
         if eigen_smooth:
-            warnings.warn(
+            warn_user(
                 "HiResCAM with eigen_smooth=True: the principal-component projection is not "
-                "a faithful decomposition of the target score any more",
-                stacklevel=4,  # the user's call: __call__ -> _forward -> here
+                "a faithful decomposition of the target score any more"
             )
             return get_2d_projection(elementwise)
         return elementwise.sum(dim=1)

@@ -12,7 +12,10 @@ The rule, in order:
    ``layer4.1``, the README's ``model.layer4[-1]``).
 4. For gradient methods, a candidate whose (transformed) gradient is all zeros is
    skipped (a ViT's final norm: only the class token reaches the head), so the
-   chosen layer never gives a blank map by construction.
+   chosen layer never gives a blank map by construction; when every candidate's is,
+   the search fails with a ValueError that says why.
+
+Only the calling thread's forward pass is recorded.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+
+from pytorch_grad_cam.utils.hooks import Hooks
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -49,24 +54,24 @@ def find_target_layer(
     gradient check (None: no check).
 
     Raises:
-        ValueError: if no module's output is a spatial grid.
+        ValueError: if no module's output is a spatial grid, or (with ``score``) none of
+            those gets a non-zero gradient of the score.
     """
     finished: List[Tuple[str, nn.Module, object]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if module is model:
-            continue
 
-        def hook(module: nn.Module, inputs: tuple, output: object, name: str = name) -> None:
+    def recorder(name: str) -> Callable:
+        def hook(module: nn.Module, inputs: tuple, output: object) -> None:
             finished.append((name, module, output))
 
-        handles.append(module.register_forward_hook(hook))
-    try:
+        return hook
+
+    # Hooks of this thread only: another thread running the model meanwhile is not seen.
+    with Hooks() as hooks:
+        for name, module in model.named_modules():
+            if module is not model:
+                hooks.forward(module, recorder(name))
         with torch.set_grad_enabled(score is not None):
             outputs = model(input_tensor)
-    finally:
-        for handle in handles:
-            handle.remove()
     candidates = [entry for entry in finished if _grid_shape(entry[2], reshape_transform)]
     if not candidates:
         raise ValueError(
@@ -83,8 +88,13 @@ def find_target_layer(
         if reached is not None and not reached[index]:
             continue
         return name, module
-    name, module, _ = candidates[-1]
-    return name, module
+    names = ", ".join(repr(name) for name, _, _ in candidates[-3:])
+    raise ValueError(
+        f"target_layers not given, and no module with a grid output gets a non-zero gradient of "
+        f"the target's score (the last ones: {names}): the score does not depend on them (a "
+        "constant or detached output, a part run under torch.no_grad(), or a target that reads "
+        "no class score); check the targets, or pass target_layers=[...]"
+    )
 
 
 def _gradient_reached(

@@ -5,7 +5,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import PerturbationCAM, Target
+from pytorch_grad_cam.base_cam import Target
+from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.utils.image import ChannelsLastCalls, resize_maps
 
 #: Bytes of masked input images per forward pass at most (``batch_size`` stays the upper

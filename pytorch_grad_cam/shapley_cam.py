@@ -3,14 +3,16 @@ w_k = mean over positions of (G − ½·H·A)_k, where H·A is the Hessian of th
 respect to the layer output times that output (one double-backward pass)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import ContextManager, Dict
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+from pytorch_grad_cam.base_cam import BaseCAM, weighted_map
+from pytorch_grad_cam.checks import grid_activations
+from pytorch_grad_cam.recording import Record
 
 
 def _math_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
@@ -55,25 +57,28 @@ class ShapleyCAM(BaseCAM):
     Attention (``F.scaled_dot_product_attention``, as in timm's ViT/DeiT/Swin, and
     ``nn.MultiheadAttention``, as in torchvision's ViT) runs by its composite definition
     during the call, since the fused kernels have no double backward: no
-    ``sdpa_kernel`` wrapper is needed."""
+    ``sdpa_kernel`` wrapper is needed.
 
-    def _forward(self, input_tensor, targets, eigen_smooth, copies=1):
-        # The forward pass picks the attention kernels whose backward the Hessian term
-        # differentiates again: the twice-differentiable one, on this thread only.
-        with _TwiceDifferentiableAttention():
-            return super()._forward(input_tensor, targets, eigen_smooth, copies)
+    Raises (on a call):
+        ValueError: if a target layer's output is not one tensor.
+    """
 
-    def backward(self, loss: torch.Tensor, input_tensor: torch.Tensor, recorder) -> None:
+    def forward_context(self) -> ContextManager:
+        """The forward pass picks the attention kernels whose backward the Hessian term
+        differentiates again: the twice-differentiable one, on this thread only."""
+        return _TwiceDifferentiableAttention()
+
+    def backward(self, loss: torch.Tensor, record: Record, recorder: ActivationsAndGradients) -> None:
+        """The gradients G (kept differentiable) and, per layer, the Hessian-vector
+        product HVP (``record.extras["hessian_products"]``, reshaped like G)."""
         outputs = recorder.layer_outputs
         if not all(torch.is_tensor(out) for out in outputs):
-            raise ValueError("ShapleyCAM needs target layers whose output is one tensor")
+            raise ValueError("ShapleyCAM needs target layers whose output is one tensor; choose such a layer")
         wanted = [out for out in outputs if out.requires_grad]
-        grads = torch.autograd.grad(loss, wanted, create_graph=True, allow_unused=True)
-        self._hessian_products: Dict[int, torch.Tensor] = {}
+        grads = dict(zip(map(id, wanted), torch.autograd.grad(loss, wanted, create_graph=True, allow_unused=True)))
+        products: Dict[int, torch.Tensor] = {}
         for index, out in enumerate(outputs):
-            if not out.requires_grad:
-                continue
-            grad = grads[next(i for i, w in enumerate(wanted) if w is out)]
+            grad = grads.get(id(out))
             if grad is None:
                 recorder.gradients[index] = None
                 continue
@@ -82,16 +87,15 @@ class ShapleyCAM(BaseCAM):
                 (hvp,) = torch.autograd.grad(grad, out, grad_outputs=out.detach(), retain_graph=True, allow_unused=True)
             hvp = torch.zeros_like(out) if hvp is None else hvp
             # Set here, after the second pass (whose tensor hooks would overwrite them).
-            recorder.gradients[index] = recorder._reshape(grad)
-            self._hessian_products[id(self.target_layers[index])] = recorder._reshape(hvp)
+            recorder.gradients[index] = recorder.reshape(grad)
+            products[index] = recorder.reshape(hvp)
+        record.extras["hessian_products"] = products
 
-    def get_cam_weights(
-        self,
-        input_tensor: torch.Tensor,
-        target_layer: nn.Module,
-        targets,
-        activations: torch.Tensor,
-        grads: torch.Tensor,
-    ) -> torch.Tensor:
-        hvp = self._hessian_products[id(target_layer)].to(grads)
-        return (grads - 0.5 * hvp).flatten(2).mean(dim=2)
+    def layer_map(self, record: Record, index: int, eigen_smooth: bool) -> torch.Tensor:
+        """Σ_k w_k·A_k with ShapleyCAM's weights from this layer's G and HVP."""
+        layer = record.layers[index]
+        activations = grid_activations(record.activations[index], layer, self.reshape_transform is not None)
+        grads = record.gradients[index].to(activations.dtype)
+        hvp = record.extras["hessian_products"][index].to(activations.dtype)
+        weights = (grads - 0.5 * hvp).flatten(2).mean(dim=2)
+        return weighted_map(weights, activations, eigen_smooth)

@@ -28,8 +28,8 @@ CHANNELS = 4  # ScoreCAM / AblationCAM score one copy per channel: keep a few (s
 class RecordingAblationCAM(AblationCAM):
     """AblationCAM that keeps the channel weights of its last call."""
 
-    def get_cam_weights(self, *args, **kwargs):
-        self.weights = super().get_cam_weights(*args, **kwargs)
+    def ablation_weights(self, *args, **kwargs):
+        self.weights = super().ablation_weights(*args, **kwargs)
         return self.weights
 
 

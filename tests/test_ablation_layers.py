@@ -25,8 +25,8 @@ from pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transfo
 class RecordingAblationCAM(AblationCAM):
     """AblationCAM that keeps the channel weights of its last call."""
 
-    def get_cam_weights(self, *args, **kwargs):
-        self.weights = super().get_cam_weights(*args, **kwargs)
+    def ablation_weights(self, *args, **kwargs):
+        self.weights = super().ablation_weights(*args, **kwargs)
         return self.weights
 
 

@@ -243,9 +243,9 @@ def test_fullgrad_terms_on_a_batchnorm_free_model_with_reordered_registration():
     cam = FullGrad(model)
     original = cam.compute_cam_per_layer
 
-    def keep(input_tensor, targets, recorded, eigen_smooth):
-        captured.append((input_tensor, recorded))
-        return original(input_tensor, targets, recorded, eigen_smooth)
+    def keep(record, eigen_smooth):
+        captured.append((record.input_tensor, [calls[-1] for calls in record.call_gradients], record.input_gradient))
+        return original(record, eigen_smooth)
 
     cam.compute_cam_per_layer = keep
     result = cam(x, [ClassifierOutputTarget(c) for c in classes])
@@ -253,12 +253,12 @@ def test_fullgrad_terms_on_a_batchnorm_free_model_with_reordered_registration():
     input_term, bias_terms, expected = fullgrad_reference(
         model, x, classes, [(model.early, model.early.bias.detach()), (model.late, model.late.bias.detach())]
     )
-    assert np.abs(scaled_channels((cam._input_gradient * captured[0][0]).abs().double().numpy(), (16, 16)) - input_term).max() < 1e-5
+    assert np.abs(scaled_channels((captured[0][2] * captured[0][0]).abs().double().numpy(), (16, 16)) - input_term).max() < 1e-5
     by_layer = dict(zip(cam.target_layers, captured[0][1]))
     for layer, term in zip([model.early, model.late], bias_terms):
         # What is recorded per layer is its bias term, reduced as its gradient arrives
         # (Σ_c minmax(|b_c·G_c|) at the layer's resolution), not the gradient itself.
-        mine = np.stack([resize_half_pixel(m, (16, 16)) for m in by_layer[layer][1].double().numpy()])
+        mine = np.stack([resize_half_pixel(m, (16, 16)) for m in by_layer[layer].double().numpy()])
         assert np.abs(mine - term).max() < 1e-5
     assert np.abs(result - expected).max() < 1e-5 and expected.std() > 0.05
 
@@ -317,8 +317,11 @@ def test_shapleycam_hessian_term_matches_finite_differences():
     raw = torch.relu((weights[:, :, None, None] * A).sum(1)).numpy()
     expected = np.stack([min_max(min_max(r)) for r in raw])
     cam = ShapleyCAM(model, [model.conv])
+    records = []
+    original = cam.compute_cam_per_layer
+    cam.compute_cam_per_layer = lambda record, eigen_smooth: records.append(record) or original(record, eigen_smooth)
     result = cam(x.float(), [ClassifierOutputTarget(c) for c in classes])
-    assert torch.allclose(cam._hessian_products[id(model.conv)].double(), hvp, atol=1e-4)
+    assert torch.allclose(records[0].extras["hessian_products"][0].double(), hvp, atol=1e-4)
     assert np.abs(result - expected).max() < 1e-4 and expected.std() > 0.05
     assert np.abs(result - GradCAM(model, [model.conv])(x.float(), [ClassifierOutputTarget(c) for c in classes])).max() > 1e-3
     model.float()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import PerturbationCAM
+from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.cli.metrics import METRICS, compute_metrics, metric_lines, parse_metric_names
 from pytorch_grad_cam.cli.model_zoo import (
     MODELS,

@@ -61,7 +61,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pytorch_grad_cam.base_cam import PerturbationCAM
+from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.cli.app import (
     CLIError,
     build_model,

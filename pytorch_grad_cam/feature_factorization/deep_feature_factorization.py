@@ -17,14 +17,8 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
-from pytorch_grad_cam.base_cam import (
-    LayerSpec,
-    evaluation_mode,
-    model_device,
-    model_float_dtype,
-    resolve_target_layers,
-    unwrap_parallel,
-)
+from pytorch_grad_cam.layers import LayerSpec, resolve_target_layers, unwrap_parallel
+from pytorch_grad_cam.model_state import evaluation_mode, model_device, model_float_dtype
 from pytorch_grad_cam.utils.image import (
     create_labels_legend,
     scale_cam_image,

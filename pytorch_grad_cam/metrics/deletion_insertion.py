@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytorch_grad_cam.base_cam import _ROW_WISE_TARGETS, BaseCAM, Target, model_device
+from pytorch_grad_cam.checks import check_input
+from pytorch_grad_cam.model_state import model_device
+from pytorch_grad_cam.scoring import ROW_WISE_TARGETS, Target, check_targets, score
 from pytorch_grad_cam.metrics.cams import CamsLike, as_cam_batch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
@@ -85,9 +87,9 @@ class _OneNumber:
 def _curve_scores(targets: Sequence[Target], outputs: torch.Tensor, metric: str) -> torch.Tensor:
     """(N,) float32 scores ``targets[i](outputs[i])``; raises ValueError (naming the target)
     when one returns more than one number."""
-    if type(targets[0]) in _ROW_WISE_TARGETS and all(target is targets[0] for target in targets):
-        return BaseCAM.score(targets, outputs)  # one indexing operation for the whole chunk
-    return BaseCAM.score([_OneNumber(target, metric) for target in targets], outputs)
+    if type(targets[0]) in ROW_WISE_TARGETS and all(target is targets[0] for target in targets):
+        return score(targets, outputs)  # one indexing operation for the whole chunk
+    return score([_OneNumber(target, metric) for target in targets], outputs)
 
 
 class _PixelOrderMetric:
@@ -163,7 +165,7 @@ class _PixelOrderMetric:
                 not B, a baseline that does not broadcast to the input, or a target that
                 does not return one number (the message names it and how to reduce it).
         """
-        input_tensor = BaseCAM._check_input(input_tensor)
+        input_tensor = check_input(input_tensor)
         if input_tensor.ndim != 4:
             raise ValueError(f"input_tensor must be (B, C, H, W), got shape {tuple(input_tensor.shape)}")
         maps = as_cam_batch(cams, input_tensor)
@@ -231,7 +233,7 @@ class _PixelOrderMetric:
         model: nn.Module,
         device: torch.device,
     ) -> List[Target]:
-        checked = BaseCAM._check_targets(targets, None, batch)
+        checked = check_targets(targets, None, batch)
         if checked is not None:
             return checked
         outputs = model(input_tensor.to(device))

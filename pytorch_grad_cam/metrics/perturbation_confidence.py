@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.base_cam import _ROW_WISE_TARGETS, BaseCAM
+from pytorch_grad_cam.scoring import ROW_WISE_TARGETS, score
 from pytorch_grad_cam.metrics.cams import CamsLike, as_cam_batch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -39,12 +39,12 @@ def score_outputs(targets: Sequence[Target], outputs: torch.Tensor) -> torch.Ten
     """
     shared = targets[0] if len(targets) else None
     if (
-        type(shared) in _ROW_WISE_TARGETS
+        type(shared) in ROW_WISE_TARGETS
         and all(target is shared for target in targets)
         and torch.is_tensor(outputs)
         and outputs.ndim == 2
     ):
-        return BaseCAM.score(targets, outputs)
+        return score(targets, outputs)
     values = [torch.as_tensor(target(output)).float().reshape(-1) for target, output in zip(targets, outputs)]
     sizes = {value.numel() for value in values}
     if len(sizes) != 1:
