@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -187,6 +187,29 @@ def sanity_check(
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     working = copy.deepcopy(model)
     modules = dict(working.named_modules())
+    layers = _layers_to_randomise(modules, layers)
+    devices = sorted({p.device.index for p in working.parameters() if p.device.type == "cuda"} - {None})
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        if original is None:
+            original = _maps_of(cam_factory, working, input_tensor, targets)
+        else:
+            original = _given_maps(original, input_tensor)
+        scores, kept = [], []  # per step: (Spearman, SSIM) and, if kept, the maps
+        for name in layers:
+            _randomise(modules[name])
+            maps = _maps_of(cam_factory, working, input_tensor, targets)
+            scores.append(_compare_with_original(original, maps))
+            if keep_maps:
+                kept.append(maps)
+    return _result(layers, original, scores, kept if keep_maps else None)
+
+
+def _layers_to_randomise(modules: Dict[str, nn.Module], layers: Optional[Sequence[str]]) -> List[str]:
+    """The names of the layers to randomise, in order: ``layers`` checked against the
+    parameterised layers of ``modules`` (a model's ``named_modules()``), or by default
+    all of them from the output towards the input. Raises ValueError on an unknown name
+    or a model without parameterised layers."""
     parameterised = [name for name, module in modules.items() if _own_parameters(module)]
     if layers is None:
         layers = parameterised[::-1]
@@ -199,35 +222,43 @@ def sanity_check(
             )
     if not layers:
         raise ValueError("the model has no layer with parameters to randomise")
-    devices = sorted({p.device.index for p in working.parameters() if p.device.type == "cuda"} - {None})
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        if original is None:
-            original = _maps_of(cam_factory, working, input_tensor, targets)
-        else:
-            original = torch.as_tensor(np.asarray(original, dtype=np.float32)) if not torch.is_tensor(
-                original) else original.float()
-            original = original.to(input_tensor.device)
-            if original.ndim != 3 or original.shape[0] != input_tensor.shape[0]:
-                raise ValueError(
-                    f"original must be the (B, H, W) maps of the {input_tensor.shape[0]} images, "
-                    f"got shape {tuple(original.shape)}"
-                )
-        spearman, ssim, kept = [], [], []
-        for name in layers:
-            _randomise(modules[name])
-            maps = _maps_of(cam_factory, working, input_tensor, targets)
-            if maps.shape != original.shape:
-                raise ValueError(
-                    f"original has shape {tuple(original.shape)} but the method's maps are "
-                    f"{tuple(maps.shape)}; pass the maps of the intact model for the same images"
-                )
-            spearman.append(spearman_rank_correlation(original, maps))
-            ssim.append(structural_similarity(original, maps))
-            if keep_maps:
-                kept.append(maps)
-    spearman_curves = torch.stack(spearman, dim=1).cpu().numpy()
-    ssim_curves = torch.stack(ssim, dim=1).cpu().numpy()
+    return layers
+
+
+def _given_maps(original: object, input_tensor: torch.Tensor) -> torch.Tensor:
+    """The caller's maps of the intact model as float32 on the input's device; raises
+    ValueError unless they are (B, H, W) for the B images of ``input_tensor``."""
+    if not torch.is_tensor(original):
+        original = torch.as_tensor(np.asarray(original, dtype=np.float32))
+    original = original.float().to(input_tensor.device)
+    if original.ndim != 3 or original.shape[0] != input_tensor.shape[0]:
+        raise ValueError(
+            f"original must be the (B, H, W) maps of the {input_tensor.shape[0]} images, "
+            f"got shape {tuple(original.shape)}"
+        )
+    return original
+
+
+def _compare_with_original(original: torch.Tensor, maps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Each image's (Spearman, SSIM) of ``maps`` against ``original``, two (B,) tensors;
+    raises ValueError if the shapes differ."""
+    if maps.shape != original.shape:
+        raise ValueError(
+            f"original has shape {tuple(original.shape)} but the method's maps are "
+            f"{tuple(maps.shape)}; pass the maps of the intact model for the same images"
+        )
+    return spearman_rank_correlation(original, maps), structural_similarity(original, maps)
+
+
+def _result(
+    layers: List[str],
+    original: torch.Tensor,
+    scores: List[Tuple[torch.Tensor, torch.Tensor]],
+    kept: Optional[List[torch.Tensor]],
+) -> SanityCheckResult:
+    """The :class:`SanityCheckResult` of the steps' (Spearman, SSIM) ``scores``, as numpy."""
+    spearman_curves = torch.stack([spearman for spearman, _ in scores], dim=1).cpu().numpy()
+    ssim_curves = torch.stack([ssim for _, ssim in scores], dim=1).cpu().numpy()
     return SanityCheckResult(
         layers=list(layers),
         spearman=spearman_curves,
@@ -235,7 +266,7 @@ def sanity_check(
         spearman_mean=spearman_curves.mean(axis=0),
         ssim_mean=ssim_curves.mean(axis=0),
         original=original.cpu().numpy(),
-        maps=torch.stack(kept).cpu().numpy() if keep_maps else None,
+        maps=torch.stack(kept).cpu().numpy() if kept is not None else None,
     )
 
 

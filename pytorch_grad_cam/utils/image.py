@@ -39,7 +39,7 @@ def resize_maps(cams: torch.Tensor, size: Sequence[int], align_corners: bool = F
 class ChannelsLastCalls:
     """Calls ``function(batch)`` with a 4-D CPU batch in ``channels_last`` memory format:
     the same numbers, and torch's CPU convolutions run such batches faster (ScoreCAM's
-    masked images 20-35 %, cam.py --image-dir's batches 1.3-2x; benchmarks/bench.py).
+    masked images, cam.py --image-dir's batches; benchmarks/bench.py measures it).
     The first call that raises a RuntimeError with it (a model that ``.view``s a feature
     map) is made again with the batch as given, and so is every later call; other
     batches (not 4-D, not on the CPU, or ``enabled`` False) go as given.

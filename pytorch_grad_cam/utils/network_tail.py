@@ -251,12 +251,44 @@ def extract_tail(model: nn.Module, layer: nn.Module) -> Tuple[Optional[NetworkTa
         (tail, "") on success; (None, reason) where no tail can be isolated (the model
         cannot be traced, or never calls the layer).
     """
+    graph, layer_node, reason = _trace_to_layer(model, layer)
+    if graph is None or layer_node is None:
+        return None, reason
+    depends_on_input, after_layer, shape_values = _classify_nodes(graph, layer_node)
+    tail, skipped, after_layer_copies = _tail_graph(graph, layer_node, depends_on_input, after_layer, shape_values)
+    # Everything after the layer stays; unused constants (parameters read only before
+    # the layer) go.
+    tail_module = _graph_module(model, tail, keep=lambda node: node in after_layer_copies)
+    placeholders = {node.target: node for node in tail_module.graph.nodes if node.op == "placeholder"}
+    values_read = [
+        any(not _is_metadata_read(user) for user in placeholders[f"skipped_{i + 1}"].users)
+        if f"skipped_{i + 1}" in placeholders
+        else False
+        for i in range(len(skipped))
+    ]
+    head_module = _head_module(model, graph, after_layer, skipped) if skipped else None
+    modules = dict(model.named_modules())
+    return (
+        NetworkTail(
+            tail_module,
+            head_module,
+            values_read,
+            reads_layer=_depends_on(tail_module.graph, placeholders["layer_output"]),
+            switched_off=switched_off_by_activation(graph, layer_node, modules),
+        ),
+        "",
+    )
+
+
+def _trace_to_layer(model: nn.Module, layer: nn.Module) -> Tuple[Optional[fx.Graph], Optional[fx.Node], str]:
+    """``model``'s fx graph with ``layer`` kept as one call, and the node of its (last)
+    call: (graph, node, ""), or (None, None, reason) where there is none."""
     names = {id(module): name for name, module in model.named_modules()}
     layer_name = names.get(id(layer))
     if layer_name is None:
-        return None, "the layer is not inside the model"
+        return None, None, "the layer is not inside the model"
     if layer is model:
-        return None, "the target layer is the whole model"
+        return None, None, "the target layer is the whole model"
 
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
@@ -265,14 +297,18 @@ def extract_tail(model: nn.Module, layer: nn.Module) -> Tuple[Optional[NetworkTa
     try:
         graph = _Tracer().trace(model)
     except Exception as error:  # noqa: BLE001 - any trace failure means "no tail"
-        return None, f"torch.fx cannot trace the model ({type(error).__name__}: {error})"
+        return None, None, f"torch.fx cannot trace the model ({type(error).__name__}: {error})"
     calls = [n for n in graph.nodes if n.op == "call_module" and n.target == layer_name]
     if not calls:
-        return None, "the layer is not called in the traced forward pass"
+        return None, None, "the layer is not called in the traced forward pass"
     # A module called several times (a shared activation) is recorded at its last call,
     # so the tail starts there; earlier calls belong to the head.
-    layer_node = calls[-1]
+    return graph, calls[-1], ""
 
+
+def _classify_nodes(graph: fx.Graph, layer_node: fx.Node) -> Tuple[set, set, set]:
+    """The nodes that depend on the model's input, those computed from the layer's
+    output (the layer's node included), and the shape values (see :func:`_is_shape_value`)."""
     depends_on_input = set()
     after_layer = {layer_node}
     shape_values = set()
@@ -283,7 +319,15 @@ def extract_tail(model: nn.Module, layer: nn.Module) -> Tuple[Optional[NetworkTa
             after_layer.add(node)
         if _is_shape_value(node, shape_values):
             shape_values.add(node)
+    return depends_on_input, after_layer, shape_values
 
+
+def _tail_graph(
+    graph: fx.Graph, layer_node: fx.Node, depends_on_input: set, after_layer: set, shape_values: set
+) -> Tuple[fx.Graph, List[fx.Node], set]:
+    """The tail's graph, taking the layer's output as ``layer_output`` and each value from
+    before the layer it reads as ``skipped_<i>``; also those skipped nodes of ``graph``, in
+    placeholder order, and the tail's copies of the nodes after the layer."""
     tail = fx.Graph()
     env = {layer_node: tail.placeholder("layer_output")}
     skipped: List[fx.Node] = []  # tensors (and other values) from before the layer that the tail reads
@@ -307,39 +351,19 @@ def extract_tail(model: nn.Module, layer: nn.Module) -> Tuple[Optional[NetworkTa
             break
         if node in after_layer or node not in depends_on_input:
             env[node] = tail.node_copy(node, tail_value)
-    # Everything after the layer stays; unused constants (parameters read only before
-    # the layer) go.
-    after_layer_copies = {env[node] for node in after_layer if node in env}
-    tail_module = _graph_module(model, tail, keep=lambda node: node in after_layer_copies)
-    placeholders = {node.target: node for node in tail_module.graph.nodes if node.op == "placeholder"}
-    values_read = [
-        any(not _is_metadata_read(user) for user in placeholders[f"skipped_{i + 1}"].users)
-        if f"skipped_{i + 1}" in placeholders
-        else False
-        for i in range(len(skipped))
-    ]
+    return tail, skipped, {env[node] for node in after_layer if node in env}
 
-    head_module = None
-    if skipped:
-        # The head: what comes before the layer, up to the values the tail reads.
-        head = fx.Graph()
-        head_env: dict = {}
-        for node in graph.nodes:
-            if node.op != "output" and node not in after_layer:
-                head_env[node] = head.node_copy(node, lambda n: head_env[n])
-        head.output(tuple(head_env[node] for node in skipped))
-        head_module = _graph_module(model, head, keep=lambda node: False)
-    modules = dict(model.named_modules())
-    return (
-        NetworkTail(
-            tail_module,
-            head_module,
-            values_read,
-            reads_layer=_depends_on(tail_module.graph, placeholders["layer_output"]),
-            switched_off=switched_off_by_activation(graph, layer_node, modules),
-        ),
-        "",
-    )
+
+def _head_module(model: nn.Module, graph: fx.Graph, after_layer: set, skipped: List[fx.Node]) -> fx.GraphModule:
+    """The head: what comes before the layer, up to the values the tail reads (``skipped``,
+    returned as a tuple in that order)."""
+    head = fx.Graph()
+    head_env: dict = {}
+    for node in graph.nodes:
+        if node.op != "output" and node not in after_layer:
+            head_env[node] = head.node_copy(node, lambda n: head_env[n])
+    head.output(tuple(head_env[node] for node in skipped))
+    return _graph_module(model, head, keep=lambda node: False)
 
 
 # --------------------------------------------------------------------------- the fallback

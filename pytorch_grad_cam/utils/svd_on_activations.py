@@ -161,10 +161,10 @@ def _top_right_singular_vector(matrix: torch.Tensor) -> torch.Tensor:
 
     With no more channels than positions (the usual case: 256 channels at 56 x 56) it
     is the top eigenvector of the small (K, K) Gram matrix X^T X: one matrix product
-    and a K x K symmetric eigendecomposition, about five times cheaper than the SVD of
-    X and as accurate for the top vector. Otherwise (2048 channels at 7 x 7) it is the
-    first left-singular vector of the tall X^T, whose thin SVD LAPACK computes about
-    twice as fast as that of the wide X. Neither forms a (positions x positions) matrix.
+    and a K x K symmetric eigendecomposition, cheaper than the SVD of X and as accurate
+    for the top vector. Otherwise (2048 channels at 7 x 7) it is the first
+    left-singular vector of the tall X^T, whose thin SVD LAPACK computes faster than
+    that of the wide X. Neither forms a (positions x positions) matrix.
     """
     positions, channels = matrix.shape[-2:]
     if channels <= positions:
