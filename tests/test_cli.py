@@ -22,6 +22,7 @@ import torch
 
 from pytorch_grad_cam import METHODS
 from pytorch_grad_cam.cli import app as cli
+from pytorch_grad_cam.cli import jobs
 from pytorch_grad_cam.cli.metrics import METRICS, compute_metrics, parse_metric_names
 from pytorch_grad_cam.metrics import DeletionMetric, ROADCombined
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
@@ -226,6 +227,25 @@ def test_more_bad_input_is_one_line(arguments: List[str], needles: Sequence[str]
     assert len(lines) == 1 and lines[0].startswith("cam.py: error: "), captured.err
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("cut", ["inside-the-scan", "end-marker-only"])
+def test_truncated_jpeg_is_one_line_naming_the_file(cut: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A truncated JPEG is an error that names the file, before any model is built, and
+    no picture is written (OpenCV alone may decode it into a partly grey photo)."""
+    whole = CAT.read_bytes()
+    truncated = tmp_path / "cut cat.jpg"
+    truncated.write_bytes(whole[: len(whole) * 2 // 3] if cut == "inside-the-scan" else whole[:-2])
+    code = cli.main(["--image-path", str(truncated), "--model", "efficientnet_lite0", "--output-dir", str(tmp_path),
+                     "--no-progress"], prog="cam.py")
+    captured = capsys.readouterr()
+    assert code == 1 and captured.out == ""
+    assert captured.err.splitlines() == [f"cam.py: error: {truncated}: truncated JPEG (no end-of-image marker)"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cut cat.jpg"]
+    with pytest.raises(jobs.UnreadableImage) as raised:
+        cli.read_photo(truncated)
+    assert (raised.value.path, raised.value.reason) == (truncated, "truncated JPEG (no end-of-image marker)")
+    assert cli.read_photo(CAT).shape == (300, 451, 3)  # the whole file reads
 
 
 def test_parser_takes_both_spellings() -> None:

@@ -225,6 +225,36 @@ def test_truncated_jpeg_is_found_and_progressive_ones_pass(folder: Path) -> None
     assert jpeg_is_complete(whole + b"trailing data of a motion photo")
 
 
+def test_a_truncated_jpeg_is_the_same_error_in_folder_mode_and_for_one_photo(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Folder mode records a truncated JPEG as unreadable, with the reason that the
+    one-photo command prints after the file's name (the one reader of both), writes no
+    output for it, and explains the folder's other image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    picture = cv2.resize(cv2.imread(str(ROOT / "examples" / "cat.jpg")), (64, 48), interpolation=cv2.INTER_AREA)
+    whole = cv2.imencode(".jpg", picture)[1].tobytes()
+    (folder / "good.jpg").write_bytes(whole)
+    (folder / "cut.jpg").write_bytes(whole[: len(whole) * 3 // 4])
+    out = tmp_path / "out"
+    code = cli.main(["--image-dir", str(folder), "--output-dir", str(out), "--method", "gradcam",
+                     "--num-workers", "0", "--no-progress"], models=MODELS, default_model="tiny", prog="cam.py")
+    assert code == 0
+    assert "1 unreadable, 0 with errors" in capsys.readouterr().out
+    rows = {row["path"]: row for row in read_rows(out)}
+    assert rows["cut.jpg"]["status"] == "unreadable: truncated JPEG (no end-of-image marker)"
+    assert all(rows["cut.jpg"][column] == "" for column in COLUMNS[3:])
+    assert rows["good.jpg"]["status"] == "ok"
+    assert files_under(out) == ["good.gradcam.jpg", "good.gradcam.npz", "good.thumb.jpg"]
+
+    code = cli.main(["--image-path", str(folder / "cut.jpg"), "--output-dir", str(tmp_path / "single"),
+                     "--no-progress"], models=MODELS, default_model="tiny", prog="cam.py")
+    assert code == 1
+    reason = rows["cut.jpg"]["status"].removeprefix("unreadable: ")
+    assert capsys.readouterr().err.splitlines() == [f"cam.py: error: {folder / 'cut.jpg'}: {reason}"]
+    assert not (tmp_path / "single").exists()
+
+
 def test_killed_run_resumes_to_the_same_result(folder: Path, reference: Path, tmp_path: Path) -> None:
     """SIGKILL after the first records (one image per batch, each forward slowed), then the
     same command again: the reference's CSV and files, the leftover temporary file gone."""

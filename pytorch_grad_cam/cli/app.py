@@ -1,44 +1,62 @@
 """The command line behind ``cam.py``, the ``pytorch-grad-cam`` console script and the
-usage examples, and the photo-level steps they share with the docs' grid script: read a
-photo, make the model's input, predict, compute a CAM for one class, guided
-backpropagation, and write the pictures.
+usage examples: the arguments, the run from one photo to its pictures (``--image-dir``
+hands over to :mod:`pytorch_grad_cam.cli.folder`), and the one-line errors. The steps it
+shares with folder mode (reading a photo, the model's input, the model and its layer,
+the class probabilities and labels) live in :mod:`pytorch_grad_cam.cli.jobs`; this
+module re-exports those that ``docs/make_grid.py`` and the tests use
+(``read_photo``, ``model_input``, ``predict``, ``select_layer``, ``cam_overlay``, ...).
 
-Every mistake a user can make on the command line (a missing or unreadable photo, an
-unknown method, model, layer or class, weights that cannot be had) ends in one line on
-stderr and a non-zero exit code, never a traceback. So does any other exception raised
-by the model or the library (exit code 1); ``--debug`` (or the environment variable
-``PYTORCH_GRAD_CAM_DEBUG=1``) lets it propagate with its traceback instead.
+Every mistake a user can make on the command line (a missing, unreadable or truncated
+photo, an unknown method, model, layer or class, weights that cannot be had) ends in one
+line on stderr and a non-zero exit code, never a traceback. So does any other exception
+raised by the model or the library (exit code 1); ``--debug`` (or the environment
+variable ``PYTORCH_GRAD_CAM_DEBUG=1``) lets it propagate with its traceback instead.
 """
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.perturbation_cam import PerturbationCAM
-from pytorch_grad_cam.cli.metrics import METRICS, compute_metrics, metric_lines, parse_metric_names
-from pytorch_grad_cam.cli.model_zoo import (
-    MODELS,
-    ModelEntry,
-    WeightsMismatch,
-    WeightsUnavailable,
-    imagenet_classes,
-    layer_name,
-    load_model,
+from pytorch_grad_cam import METHODS, GuidedBackpropReLUModel
+from pytorch_grad_cam.cli.folder import run_folder
+from pytorch_grad_cam.cli.jobs import (
+    CLIError,
+    build_model,
+    cam_overlay,
+    check_category,
+    check_method,
+    choose_device,
+    class_label,
+    encode_image,
+    make_cam,
+    model_entry,
+    model_input,
+    predict,
+    read_photo,
+    resize_to,
+    resolve_category,
+    select_layer,
 )
-from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
-from pytorch_grad_cam.registry import METHODS, get_method
+from pytorch_grad_cam.cli.metrics import METRICS, compute_metrics, metric_lines, parse_metric_names
+from pytorch_grad_cam.cli.model_zoo import MODELS, ModelEntry, ReshapeTransform, layer_name, load_model
 from pytorch_grad_cam.utils.image import deprocess_image, preprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+__all__ = [
+    "DESCRIPTION", "CLIError", "build_parser", "main", "run", "compute_cam", "guided_backprop", "make_pictures",
+    "save_pictures", "top_predictions",
+    # re-exported from jobs, model_zoo and utils.image for docs/make_grid.py, benchmarks/bench.py and the tests
+    "MODELS", "ModelEntry", "cam_overlay", "class_label", "layer_name", "load_model", "model_input", "predict",
+    "preprocess_image", "read_photo", "resolve_category", "select_layer",
+]
 
 TOP_K = 5
 DEBUG_VARIABLE = "PYTORCH_GRAD_CAM_DEBUG"
@@ -59,14 +77,6 @@ With --image-dir, writes for each image sub/a.jpg: sub/a.thumb.jpg, sub/a.<metho
 (the overlay) and sub/a.<method>.npz (the map), and results.csv; a run started again
 with the same arguments skips what is done.
 """
-
-
-class CLIError(Exception):
-    """A user error, reported as one line on stderr with exit code ``code``."""
-
-    def __init__(self, message: str, code: int = 1) -> None:
-        super().__init__(" ".join(str(message).split()))  # one line, whatever the source said
-        self.code = code
 
 
 class _Parser(argparse.ArgumentParser):
@@ -152,159 +162,13 @@ def build_parser(
     return parser
 
 
-def choose_device(device: Optional[str], use_cuda: bool) -> torch.device:
-    """``--device`` if given (it must work), else CUDA for ``--use-cuda`` where available, else the CPU.
-
-    Raises:
-        CLIError: if ``device`` is not a usable torch device.
-    """
-    if device is None:
-        if use_cuda and not torch.cuda.is_available():
-            note("--use-cuda: CUDA is not available on this machine; running on the CPU")
-        return torch.device("cuda" if use_cuda and torch.cuda.is_available() else "cpu")
-    try:
-        chosen = torch.device(device)
-        torch.empty(1, device=chosen)
-    except (RuntimeError, AssertionError) as error:
-        raise CLIError(f"--device {device}: not usable here ({error}); use --device cpu") from None
-    return chosen
-
-
-def note(message: str) -> None:
-    """One informational line on stderr."""
-    print(f"note: {message}", file=sys.stderr)
-
-
-# ----------------------------------------------------------------- photos and classes
-def read_photo(path: Path) -> np.ndarray:
-    """The photo at ``path`` as an RGB float32 (H, W, 3) array in [0, 1].
-
-    Raises:
-        CLIError: if the file is missing, unreadable, or not an image OpenCV can decode.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CLIError(f"{path}: no such file")
-    if path.is_dir():
-        raise CLIError(f"{path} is a directory, not a photo")
-    try:
-        data = np.fromfile(str(path), dtype=np.uint8)
-    except OSError as error:
-        raise CLIError(f"{path}: cannot read it ({error.strerror or error})") from None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
-    if bgr is None:
-        raise CLIError(f"{path} is not an image that OpenCV can read (JPEG, PNG, BMP, TIFF, WebP, ...)")
-    return np.float32(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)) / 255
-
-
-def model_input(photo: np.ndarray, entry: ModelEntry) -> torch.Tensor:
-    """The whole photo resized to the model's input size and normalised: (1, 3, h, w).
-    Resizing (not cropping) keeps all of the photo in the explanation."""
-    height, width = entry.input_size
-    resized = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA)
-    return preprocess_image(resized, mean=entry.mean, std=entry.std)
-
-
-def resize_to(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """``image`` (h, w) or (h, w, C) resized bilinearly to ``size`` = (height, width)."""
-    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-
-
-def resolve_category(text: Optional[str]) -> Optional[int]:
-    """``--category``: None, an index, or an ImageNet class name (case-insensitive).
-
-    Raises:
-        CLIError: for a name that is not one class (with the closest names).
-    """
-    if text is None:
-        return None
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        return int(text)
-    names = imagenet_classes()
-    classes = [name.lower() for name in names]
-    exact = [index for index, name in enumerate(names) if name == text]
-    matches = exact or [index for index, name in enumerate(classes) if name == text.lower()]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        raise CLIError(f"--category {text!r} names several ImageNet classes ({matches}); pass the index")
-    close = difflib.get_close_matches(text.lower(), classes, n=3, cutoff=0.6)
-    hint = f"; did you mean {' / '.join(repr(name) for name in close)}?" if close else "; pass an index 0-999"
-    raise CLIError(f"--category {text!r} is not an ImageNet class name{hint}")
-
-
-def class_label(index: int, classes: int) -> str:
-    """'tabby (281)' for ImageNet outputs, 'class 3' otherwise."""
-    if classes == 1000:
-        return f"{imagenet_classes()[index]} ({index})"
-    return f"class {index}"
-
-
-def predict(model: nn.Module, input_tensor: torch.Tensor) -> torch.Tensor:
-    """Class probabilities (C,) for a one-image input.
-
-    Raises:
-        CLIError: if the model does not return (1, C) class scores.
-    """
-    with torch.no_grad():
-        logits = model(input_tensor)
-    if not torch.is_tensor(logits) or logits.ndim != 2:
-        raise CLIError("the model does not return (1, classes) scores; cam.py explains classifiers")
-    return logits[0].float().softmax(dim=0).cpu()
-
-
+# ----------------------------------------------------------------- the classes and the maps
 def top_predictions(probabilities: torch.Tensor, k: int = TOP_K) -> List[Tuple[int, float]]:
     """The ``k`` most probable classes as (index, probability), best first."""
     values, indices = probabilities.topk(min(k, probabilities.numel()))
     return [(int(index), float(value)) for value, index in zip(values, indices)]
 
 
-# ----------------------------------------------------------------- model and layer
-def select_layer(model: nn.Module, entry: ModelEntry, name: Optional[str]) -> Tuple[nn.Module, str]:
-    """The layer named ``name`` (dotted, as in named_modules), or the entry's default.
-
-    Raises:
-        CLIError: for a name that is not a module of the model (with the closest names).
-    """
-    if name is None:
-        layer = entry.target_layer(model)
-        return layer, layer_name(model, layer)
-    modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name], name
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.5)
-    hint = f"did you mean {' / '.join(close)}?" if close else "see model.named_modules()"
-    raise CLIError(f"--target-layer {name!r} is not a layer of this model; {hint}")
-
-
-def build_model(
-    name: str, entry: ModelEntry, weights: Optional[Path], progress: bool
-) -> nn.Module:
-    """:func:`load_model`, with every way it can fail turned into one CLIError line."""
-    if weights is not None and not Path(weights).is_file():
-        raise CLIError(f"--weights {weights}: no such file")
-    try:
-        model = load_model(entry, name, weights, progress)
-    except WeightsUnavailable as error:
-        raise CLIError(
-            f"{error}. To run offline use --model efficientnet_lite0 (its ImageNet weights come "
-            f"with a pip package) or --weights PATH to a {name} state dict"
-        ) from None
-    except WeightsMismatch as error:
-        raise CLIError(f"--weights: {error}") from None
-    except OSError as error:
-        raise CLIError(f"--weights {weights}: cannot read it ({error})") from None
-    except ModuleNotFoundError as error:
-        raise CLIError(
-            f"--model {name} needs the Python module {error.name!r}: pip install \"grad-cam[demo]\""
-        ) from None
-    if weights is None and entry.pretrained is None:
-        note(f"{name} has random weights (no trained weights offline); pass --weights PATH for trained ones")
-    return model
-
-
-# ----------------------------------------------------------------- the maps
 def compute_cam(
     method_name: str,
     model: nn.Module,
@@ -312,7 +176,7 @@ def compute_cam(
     input_tensor: torch.Tensor,
     category: int,
     *,
-    reshape_transform=None,
+    reshape_transform: Optional[ReshapeTransform] = None,
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
     batch_size: int = 32,
@@ -323,9 +187,8 @@ def compute_cam(
     Raises:
         ValueError: for an unknown method, and the method's own argument errors.
     """
-    method = get_method(method_name)
-    options = {"batch_size": batch_size, "progress": progress} if issubclass(method, PerturbationCAM) else {}
-    with method(model, [target_layer], reshape_transform, **options) as cam:
+    with make_cam(method_name, model, target_layer, reshape_transform, batch_size=batch_size,
+                  progress=progress) as cam:
         maps = cam(
             input_tensor,
             targets=[ClassifierOutputTarget(category)],
@@ -346,22 +209,14 @@ def write_image(path: Path, rgb: np.ndarray) -> None:
     Raises:
         CLIError: if it cannot be encoded or written.
     """
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
-    ok, encoded = cv2.imencode(path.suffix, bgr)
-    if not ok:
-        raise CLIError(f"cannot encode {path}")
+    encoded = encode_image(rgb, path.suffix)
     try:
-        path.write_bytes(encoded.tobytes())
+        path.write_bytes(encoded)
     except OSError as error:
         raise CLIError(f"cannot write {path} ({error.strerror or error})") from None
 
 
 # ----------------------------------------------------------------- the program
-def cam_overlay(photo: np.ndarray, grayscale: np.ndarray) -> np.ndarray:
-    """The CAM ``grayscale`` (any size) as a heatmap over ``photo`` (RGB float), at the photo's size."""
-    return show_cam_on_image(photo, np.clip(resize_to(grayscale, photo.shape[:2]), 0, 1), use_rgb=True)
-
-
 def make_pictures(photo: np.ndarray, grayscale: np.ndarray, gradient: np.ndarray) -> Dict[str, np.ndarray]:
     """The three RGB pictures at the photo's size, from the CAM and the guided gradient
     at the model's input size: "cam" (overlay), "gb" (guided backprop), "cam_gb" (both)."""
@@ -408,19 +263,11 @@ def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
         CLIError: on any user error.
     """
     if args.image_dir is not None:
-        from pytorch_grad_cam.cli.folder import run_folder
-
         return run_folder(args, models)
     if "," in args.method:
         raise CLIError(f"--method {args.method}: one method per photo; several (a,b) work with --image-dir", code=2)
-    try:
-        get_method(args.method)
-    except ValueError as error:
-        raise CLIError(f"--method: {error}", code=2) from None
-    if args.model not in models:
-        raise CLIError(f"--model {args.model!r} is not one of {', '.join(models)}", code=2)
-    entry = models[args.model]
-    method_name = args.method.lower()
+    method_name = check_method(args.method)
+    entry = model_entry(models, args.model)
     photo = read_photo(args.image_path)
     requested = resolve_category(args.category)
     device = choose_device(args.device, args.use_cuda)
@@ -431,8 +278,7 @@ def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
     input_tensor = model_input(photo, entry).to(device)
     probabilities = predict(model, input_tensor)
     classes = probabilities.numel()
-    if requested is not None and not 0 <= requested < classes:
-        raise CLIError(f"--category {requested} is outside the model's {classes} classes (0-{classes - 1})")
+    check_category(requested, classes)
     print_predictions(args.model, args.image_path, photo, probabilities)
     category = requested if requested is not None else top_predictions(probabilities, 1)[0][0]
     smoothing = [name for name, on in (("aug smooth", args.aug_smooth), ("eigen smooth", args.eigen_smooth)) if on]

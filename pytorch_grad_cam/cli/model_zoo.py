@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
+#: Turns a target layer's output into (B, C, h, w) (transformers), as the CAM classes take it.
+ReshapeTransform = Callable[[torch.Tensor], torch.Tensor]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
