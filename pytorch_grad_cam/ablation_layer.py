@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pytorch_grad_cam.utils.structures import first_tensor, map_tensors
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 #: An ablated channel becomes min(A) - ABLATION_OFFSET where A has negative values and a
@@ -232,7 +233,7 @@ class AblationLayer(nn.Module):
         layer ``activations`` (a batch), and the ablation value for that image."""
         image = self._image(activations, input_batch_index)
         self.activations = self._repeat(image, num_channels_to_ablate)
-        first = next(iter(image.values())) if isinstance(image, Mapping) else image
+        first = first_tensor(image)
         self.value = self.ablation_value(first, first.dtype)
 
     def forward(self, x: object = None) -> LayerOutput:
@@ -243,7 +244,7 @@ class AblationLayer(nn.Module):
         copies = self._batch_of(self.activations)
         image = self._image(self.activations, 0)
         channels = torch.as_tensor(self.indices[:copies])  # numpy or a tensor on any device
-        device = next(iter(image.values())).device if isinstance(image, Mapping) else image.device
+        device = first_tensor(image).device
         channels = channels.to(device=device, dtype=torch.long)
         if len(channels) < copies:
             raise ValueError(f"{copies} copies but only {len(channels)} indices left to ablate")
@@ -252,20 +253,15 @@ class AblationLayer(nn.Module):
     # ------------------------------------------------------------- helpers
     @staticmethod
     def _image(activations: LayerOutput, index: int) -> LayerOutput:
-        if isinstance(activations, Mapping):
-            return type(activations)((key, value[index : index + 1]) for key, value in activations.items())
-        return activations[index : index + 1]
+        return map_tensors(activations, lambda value: value[index : index + 1])
 
     @staticmethod
     def _repeat(image: LayerOutput, copies: int) -> LayerOutput:
-        if isinstance(image, Mapping):
-            return type(image)((key, AblationLayer._repeat(value, copies)) for key, value in image.items())
-        return image.clone().repeat(copies, *[1] * (image.ndim - 1))
+        return map_tensors(image, lambda value: value.clone().repeat(copies, *[1] * (value.ndim - 1)))
 
     @staticmethod
     def _batch_of(activations: LayerOutput) -> int:
-        first = next(iter(activations.values())) if isinstance(activations, Mapping) else activations
-        return first.shape[0]
+        return first_tensor(activations).shape[0]
 
 
 class AblationLayerVit(AblationLayer):

@@ -1,6 +1,6 @@
 """ScoreCAM (Wang et al., 2020): each activation map, upsampled and normalised, masks
 the input; the softmax of the masked inputs' target scores weights the channels."""
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import types
 import warnings
 
 import numpy as np
@@ -254,14 +255,16 @@ def tensors_reachable(cam: object, model: nn.Module) -> list:
     seen, stack, found = {id(model)}, [cam], []
     while stack:
         obj = stack.pop()
-        if id(obj) in seen or isinstance(obj, (type, type(gc))):
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType, types.CodeType, types.BuiltinFunctionType)):
             continue
         seen.add(id(obj))
-        if torch.is_tensor(obj):
+        if isinstance(obj, torch.Tensor):
             if id(obj) not in owned:
                 found.append(tuple(obj.shape))
-            continue
-        stack.extend(gc.get_referents(obj))
+        elif isinstance(obj, types.FunctionType):  # its closure and defaults, not its module's globals
+            stack.extend(list(obj.__closure__ or ()) + list(obj.__defaults__ or ()))
+        else:
+            stack.extend(gc.get_referents(obj))
     return found
 
 

@@ -13,13 +13,14 @@ layer's output replaced by a forward hook.
 from __future__ import annotations
 
 import operator
-import threading
-from collections.abc import Mapping
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+
+from pytorch_grad_cam.utils.hooks import Hooks
+from pytorch_grad_cam.utils.structures import first_tensor
 
 # --------------------------------------------------------------------------- shape values
 _METADATA_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}
@@ -370,10 +371,7 @@ def _head_module(model: nn.Module, graph: fx.Graph, after_layer: set, skipped: L
 def batch_size_of(layer_output: object) -> int:
     """The number of copies in a layer output: a tensor's first dimension, or that of
     the first tensor in a dict/list/tuple (a Faster R-CNN backbone's FPN levels)."""
-    if torch.is_tensor(layer_output):
-        return layer_output.shape[0]
-    values = layer_output.values() if isinstance(layer_output, Mapping) else layer_output
-    return next(value for value in values if torch.is_tensor(value)).shape[0]
+    return first_tensor(layer_output).shape[0]
 
 
 def replaced_output_runner(
@@ -387,31 +385,23 @@ def replaced_output_runner(
     last call replaced, the call whose output the CAM recorded; one forward pass of
     ``image`` counts the calls. Only calls from this thread are counted or replaced.
     """
-    thread = threading.get_ident()
 
     def counting_hook(counter: List[int], replacement: Optional[torch.Tensor], last: int) -> Callable:
         def hook(module: nn.Module, inputs: tuple, output: object) -> Optional[torch.Tensor]:
-            if threading.get_ident() != thread:
-                return None
             counter[0] += 1
             return replacement if counter[0] == last else None
 
         return hook
 
     calls = [0]
-    handle = layer.register_forward_hook(counting_hook(calls, None, -1))
-    try:
-        with torch.no_grad():
-            model(image)
-    finally:
-        handle.remove()
+    with Hooks() as hooks, torch.no_grad():  # this thread's calls only
+        hooks.forward(layer, counting_hook(calls, None, -1))
+        model(image)
     last = calls[0]
 
     def run(layer_output: object) -> object:
-        handle = layer.register_forward_hook(counting_hook([0], layer_output, last))
-        try:
+        with Hooks() as hooks:
+            hooks.forward(layer, counting_hook([0], layer_output, last))
             return model(image.expand(batch_size_of(layer_output), *image.shape[1:]))
-        finally:
-            handle.remove()
 
     return run
