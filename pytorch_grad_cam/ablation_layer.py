@@ -98,7 +98,8 @@ class AblatedCopies:
 
     def chunk(self, start: int, stop: int) -> torch.Tensor:
         rows = torch.arange(stop - start, device=self.buffer.device)
-        if self.version is None or self.buffer._version != self.version:
+        # Tensor._version is torch's in-place counter; it has no public spelling.
+        if self.version is None or self.buffer._version != self.version:  # noqa: SLF001
             self.buffer.copy_(self.original.expand_as(self.buffer))
         elif self.ablated is not None:
             done_start, done_stop = self.ablated
@@ -109,7 +110,7 @@ class AblatedCopies:
         target, index = self._index(self.buffer, rows, start, stop)
         target[index] = self.value
         self.ablated = (start, stop)
-        self.version = self.buffer._version
+        self.version = self.buffer._version  # noqa: SLF001
         return self.buffer[: stop - start]
 
 

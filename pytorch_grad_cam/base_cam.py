@@ -27,10 +27,10 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
+from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs, grid_activations
 from pytorch_grad_cam.layer_search import find_target_layer
 from pytorch_grad_cam.layers import LayerSpec, resolve_target_layers, unwrap_parallel
 from pytorch_grad_cam.model_state import autograd_from, compute_dtype, evaluation_mode, prepare_input
-from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs, grid_activations
 from pytorch_grad_cam.recording import Record, disconnected_error, gradient_to_layers
 from pytorch_grad_cam.scoring import Target, check_targets, score, top_class_targets
 from pytorch_grad_cam.utils.image import min_max_scale, resize_maps

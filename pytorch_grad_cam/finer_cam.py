@@ -11,8 +11,8 @@ from torch import nn
 
 from pytorch_grad_cam.base_cam import BaseCAM, Target
 from pytorch_grad_cam.base_method_cam import BaseMethodCAM
-from pytorch_grad_cam.scoring import top_class_targets
 from pytorch_grad_cam.grad_cam import GradCAM
+from pytorch_grad_cam.scoring import top_class_targets
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 
 

@@ -14,7 +14,6 @@ from pytorch_grad_cam.recording import Record
 from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
-
 _CONVOLUTIONS = (nn.Conv2d, nn.Conv3d)
 _BATCH_NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
 

@@ -7,6 +7,10 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.eigen_cam import EigenCAM
 from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
 from pytorch_grad_cam.fem import FEM
+
+# drop-in methods of grad-cam 1.5.x (COMPAT.md §3-§6)
+from pytorch_grad_cam.finer_cam import FinerCAM
+from pytorch_grad_cam.full_grad import FullGrad
 from pytorch_grad_cam.grad_cam import GradCAM
 from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
@@ -14,14 +18,11 @@ from pytorch_grad_cam.hirescam import HiResCAM
 from pytorch_grad_cam.kpca_cam import KPCA_CAM
 from pytorch_grad_cam.layer_cam import LayerCAM
 from pytorch_grad_cam.random_cam import RandomCAM
+from pytorch_grad_cam.refine_cam import RefineCAM
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
-from pytorch_grad_cam.xgrad_cam import XGradCAM
-# drop-in methods of grad-cam 1.5.x (COMPAT.md §3-§6)
-from pytorch_grad_cam.finer_cam import FinerCAM
-from pytorch_grad_cam.full_grad import FullGrad
-from pytorch_grad_cam.refine_cam import RefineCAM
 from pytorch_grad_cam.shapley_cam import ShapleyCAM
+from pytorch_grad_cam.xgrad_cam import XGradCAM
 
 METHODS: Dict[str, Type[BaseCAM]] = {
     "gradcam": GradCAM,

@@ -18,7 +18,7 @@ from pytorch_grad_cam.recording import Record
 def _math_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """``F.scaled_dot_product_attention`` by its composite definition (torch's "math"
     backend): made of differentiable operations, so it has a double backward."""
-    return torch.ops.aten._scaled_dot_product_attention_math(
+    return torch.ops.aten._scaled_dot_product_attention_math(  # noqa: SLF001 - the aten op's name
         query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
     )[0]
 

@@ -213,7 +213,7 @@ def fullgrad_by_hand(model: nn.Module, x: torch.Tensor, classes, applications: s
     layer (``applications="all"``), or per layer's first or last call only."""
     model = model.double()
     x = x.double().requires_grad_(True)
-    outputs, calls = {}, []
+    calls = []
 
     def keep(module, inputs, output):
         output.retain_grad()

@@ -143,7 +143,7 @@ MODELS: Dict[str, ModelEntry] = {
         architecture=_efficientnet_lite0_architecture,
         # The head's ReLU6. The model calls this one module after the stem too; the
         # hooks keep the last call, the head's.
-        target_layer=lambda model: model._swish,
+        target_layer=lambda model: model._swish,  # noqa: SLF001 - the model's own attribute name
         pretrained=_efficientnet_lite0_pretrained,
         # This model was trained on (x*255 - 127) / 128, not on torchvision's mean/std.
         mean=(127 / 255,) * 3,

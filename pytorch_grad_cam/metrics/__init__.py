@@ -13,12 +13,18 @@ from pytorch_grad_cam.metrics.cam_mult_image import (
     IncreaseInConfidence,
     multiply_tensor_with_cam,
 )
+
+# Faithfulness and localisation protocols: Deletion/Insertion, the pointing games,
+# relevance mass and rank accuracy, and the model-randomisation sanity check.
+from pytorch_grad_cam.metrics.deletion_insertion import DeletionMetric, InsertionMetric, gaussian_blur
+from pytorch_grad_cam.metrics.localisation import region_masks, relevance_mass, relevance_rank_accuracy
 from pytorch_grad_cam.metrics.perturbation_confidence import (
     AveragerAcrossThresholds,
     PerturbationConfidenceMetric,
     RemoveLeastRelevantFirst,
     RemoveMostRelevantFirst,
 )
+from pytorch_grad_cam.metrics.pointing_game import energy_pointing_game, pointing_game
 from pytorch_grad_cam.metrics.road import (
     NoisyLinearImputer,
     ROADCombined,
@@ -27,12 +33,6 @@ from pytorch_grad_cam.metrics.road import (
     ROADMostRelevantFirst,
     ROADMostRelevantFirstAverage,
 )
-
-# Faithfulness and localisation protocols: Deletion/Insertion, the pointing games,
-# relevance mass and rank accuracy, and the model-randomisation sanity check.
-from pytorch_grad_cam.metrics.deletion_insertion import DeletionMetric, InsertionMetric, gaussian_blur
-from pytorch_grad_cam.metrics.localisation import region_masks, relevance_mass, relevance_rank_accuracy
-from pytorch_grad_cam.metrics.pointing_game import energy_pointing_game, pointing_game
 from pytorch_grad_cam.metrics.sanity import (
     SanityCheckResult,
     sanity_check,

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytorch_grad_cam.checks import check_input
+from pytorch_grad_cam.metrics.cams import CamsLike, as_cam_batch
 from pytorch_grad_cam.model_state import model_device
 from pytorch_grad_cam.scoring import ROW_WISE_TARGETS, Target, check_targets, score
-from pytorch_grad_cam.metrics.cams import CamsLike, as_cam_batch
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 __all__ = ["DeletionMetric", "InsertionMetric", "gaussian_blur"]

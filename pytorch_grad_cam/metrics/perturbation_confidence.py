@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam.scoring import ROW_WISE_TARGETS, score
 from pytorch_grad_cam.metrics.cams import CamsLike, as_cam_batch
+from pytorch_grad_cam.scoring import ROW_WISE_TARGETS, score
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 Target = Callable[[torch.Tensor], torch.Tensor]

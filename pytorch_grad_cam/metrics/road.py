@@ -24,17 +24,16 @@ from pytorch_grad_cam.metrics.perturbation_confidence import (
 )
 
 # The imputer's names, at the reference's import path.
+# The solver's internals stay importable here, where tests/test_metrics_compat.py
+# checks them; they are not part of the API.
 from pytorch_grad_cam.metrics.road_imputer import (  # noqa: F401
     DEFAULT_TOLERANCE,
     NoisyLinearImputer,
     Offset,
+    _kernel,  # noqa: F401
     neighbors_weights,
     solve_interpolation,
 )
-
-# The solver's internals stay importable here, where tests/test_metrics_compat.py
-# checks them; they are not part of the API.
-from pytorch_grad_cam.metrics.road_imputer import _kernel  # noqa: F401
 from pytorch_grad_cam.metrics.road_multigrid import _Multigrid, _prolong, _restrict, _Stencil  # noqa: F401
 
 _DEFAULT_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)

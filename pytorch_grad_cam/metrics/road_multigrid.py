@@ -19,6 +19,7 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+
 class _Stencil:
     """x ↦ Σ_d w_d·x(p + d) over in-bounds neighbours (zero outside the image), on (..., H, W)."""
 

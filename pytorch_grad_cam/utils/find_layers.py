@@ -16,9 +16,9 @@ def replace_layer_recursive(model: nn.Module, old_layer: nn.Module, new_layer: n
     Returns:
         True if a child was replaced, False if ``old_layer`` is not inside ``model``.
     """
-    for name, layer in model._modules.items():
+    for name, layer in model._modules.items():  # noqa: SLF001 - every registration, as grad-cam walks them
         if layer is old_layer:
-            model._modules[name] = new_layer
+            model._modules[name] = new_layer  # noqa: SLF001 - the same slot, as grad-cam replaces it
             return True
         if layer is not None and replace_layer_recursive(layer, old_layer, new_layer):
             return True
@@ -30,9 +30,9 @@ def replace_all_layer_type_recursive(
 ) -> None:
     """Replace every child that is an instance of ``old_layer_type`` (``isinstance``)
     with the same ``new_layer`` object; the search continues into every child."""
-    for name, layer in model._modules.items():
+    for name, layer in model._modules.items():  # noqa: SLF001 - every registration, as grad-cam walks them
         if isinstance(layer, old_layer_type):
-            model._modules[name] = new_layer
+            model._modules[name] = new_layer  # noqa: SLF001 - the same slot, as grad-cam replaces it
         if layer is not None:
             replace_all_layer_type_recursive(layer, old_layer_type, new_layer)
 
@@ -51,7 +51,7 @@ def find_layer_predicate_recursive(
     true, in pre-order: a parent before its descendants. A module registered under
     two parents is found twice."""
     found = []
-    for layer in model._modules.values():
+    for layer in model._modules.values():  # noqa: SLF001 - duplicates included (named_children drops them)
         if layer is None:
             continue
         if predicate(layer):

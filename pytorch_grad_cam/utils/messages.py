@@ -2,8 +2,8 @@
 warning raised deep in a method shows the line of code that called the CAM."""
 from __future__ import annotations
 
+import inspect
 import os
-import sys
 import warnings
 from typing import Type
 
@@ -20,7 +20,7 @@ def warn_user(message: str, category: Type[Warning] = UserWarning) -> None:
     """``warnings.warn(message, category)`` attributed to the first frame outside this
     package and torch (the user's call), however deep inside the library it is raised."""
     level = 2  # warnings.warn's stacklevel of warn_user's caller
-    frame = sys._getframe(1)
+    frame = inspect.currentframe().f_back
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_SKIPPED):
         frame = frame.f_back
         level += 1
