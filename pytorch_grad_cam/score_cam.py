@@ -12,7 +12,7 @@ from pytorch_grad_cam.utils.image import ChannelsLastCalls, resize_maps
 #: Bytes of masked input images per forward pass at most (``batch_size`` stays the upper
 #: limit): the batch of masked copies, and the activations the model makes of it, is
 #: ScoreCAM's peak memory. 16 MiB is 27 images of 3 x 224 x 224 in float32; on a CPU
-#: smaller batches run as fast per image (see benchmarks/bench.py).
+#: smaller batches run as fast per image (benchmarks/).
 MASKED_BATCH_BYTES = 16 * 2**20
 
 
@@ -84,11 +84,12 @@ class ScoreCAM(PerturbationCAM):
     """
 
     #: Hand the masked images to the model in ``channels_last`` memory format (4-D
-    #: inputs on the CPU; :class:`~pytorch_grad_cam.utils.image.ChannelsLastCalls`): the
-    #: same numbers, and torch's CPU convolutions run them 20-35 % faster (ResNet-18,
-    #: EfficientNet-Lite0; benchmarks/bench.py). A model that cannot take them (``.view``
-    #: of a non-contiguous tensor) gets contiguous images for the rest of the call. The
-    #: model itself is not converted.
+    #: inputs on the CPU; :class:`~pytorch_grad_cam.utils.image.ChannelsLastCalls`):
+    #: torch's CPU convolutions run them faster (the README's Performance section), and
+    #: the maps equal the contiguous ones to float rounding, not bit for bit
+    #: (docs/decisions.md, G11). A model that cannot take them (``.view`` of a
+    #: non-contiguous tensor) gets contiguous images for the rest of the call. The model
+    #: itself is not converted.
     channels_last: bool = True
 
     def get_cam_weights(
