@@ -298,7 +298,7 @@ def ablationcam_weights(
     return (base - scores) / base
 
 
-def ablationcam_rounding_tolerances(
+def ablationcam_reference_and_tolerances(
     model: nn.Module,
     layer: nn.Module,
     input_tensor: torch.Tensor,
@@ -306,22 +306,24 @@ def ablationcam_rounding_tolerances(
     switched_off: Optional[bool] = None,
     transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     ablate: Callable[[torch.Tensor, float], torch.Tensor] = ablate_channels,
-) -> List[float]:
-    """Per image, how far float32 rounding of AblationCAM's weights can move the
-    finished map: the weights evaluated once in the model's dtype and once in float64
-    give each weight's rounding scale |w32 - w64| (s - s_k nearly cancels where a
-    channel matters little, so a deep float32 network's scores carry errors the
-    division magnifies), fed to :func:`weight_rounding_tolerance`."""
+) -> Tuple[np.ndarray, List[float]]:
+    """AblationCAM's map of one layer (as :func:`reference_cam`'s, float64 ablated
+    scores) and, per image, how far float32 rounding of its weights can move the
+    finished map: the weights evaluated once more in the model's dtype give each
+    weight's rounding scale |w32 - w64| (s - s_k nearly cancels where a channel matters
+    little, so a deep float32 network's scores carry errors the division magnifies),
+    fed to :func:`weight_rounding_tolerance`."""
     model64, (layer64,) = float64_copy(model, [layer])
     A, _, _ = capture(model, layer, input_tensor, classes, transform)
     size = tuple(input_tensor.shape[2:])
-    tolerances = []
+    maps, tolerances = [], []
     for b, category in enumerate(classes):
         image = input_tensor[b : b + 1]
         exact = ablationcam_weights(model64, layer64, image, A[b], category, switched_off, ablate)
         rounded = ablationcam_weights(model, layer, image, A[b], category, switched_off, ablate)
+        maps.append(min_max(finish_layer(weighted_map(exact, A[b], eigen_smooth=False), size)))
         tolerances.append(weight_rounding_tolerance(A[b], exact, np.abs(rounded - exact), size))
-    return tolerances
+    return np.stack(maps), tolerances
 
 
 # ---------------------------------------------------------------- the drop-in methods (COMPAT.md §1, §2)
