@@ -1,17 +1,19 @@
-"""Independent reference implementations of SPEC.md's CAM formulas (and COMPAT.md's
-for FullGrad, ShapleyCAM, FinerCAM and RefineCAM), for the tests.
+"""Independent reference implementations of the CAM methods' formulas, written from
+their definitions (FullGrad, ShapleyCAM, FinerCAM and RefineCAM included), for the tests.
 
-Nothing here imports the engine: activations and gradients are captured by
+Nothing here imports the library: activations and gradients are captured by
 replacing a layer's output with a fresh leaf tensor and calling
 ``torch.autograd.grad``; the maps, scalings and resizes are computed in float64
 numpy (OpenCV's ``cv2.resize(INTER_LINEAR)`` for the half-pixel-centred bilinear
 resize, an explicit interpolation matrix for ScoreCAM's ``align_corners=True``).
+FinerCAM's target and AblationCAM's ablated scores are computed on a float64 copy of
+the model, the latter by a forward hook that replaces the layer's output.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -45,15 +47,16 @@ def single_thread_module() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- capture
-def capture(
+def capture_score(
     model: nn.Module,
     layer: nn.Module,
     input_tensor: torch.Tensor,
-    classes: Sequence[int],
+    score: Callable[[torch.Tensor], torch.Tensor],
     transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(A, G, logits) for one layer: the layer's output A (after ``transform``) and
-    dL/dA for L = sum_b logits[b, classes[b]], via a leaf substituted for the output."""
+    dL/dA for L = sum over the batch of ``score(logits)`` (one score per image), via a
+    leaf substituted for the output. Runs in the model's own dtype."""
     leaves: List[torch.Tensor] = []
 
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -65,8 +68,7 @@ def capture(
     try:
         with torch.enable_grad():
             logits = model(input_tensor)
-            loss = logits[torch.arange(len(classes)), list(classes)].sum()
-            (grad,) = torch.autograd.grad(loss, leaves[-1])
+            (grad,) = torch.autograd.grad(score(logits).sum(), leaves[-1])
     finally:
         handle.remove()
     activations = transform(leaves[-1].detach()).double().numpy()
@@ -74,11 +76,33 @@ def capture(
     return activations, grads, logits.detach().double().numpy()
 
 
+def capture(
+    model: nn.Module,
+    layer: nn.Module,
+    input_tensor: torch.Tensor,
+    classes: Sequence[int],
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A, G, logits) for one layer: the layer's output A (after ``transform``) and
+    dL/dA for L = sum_b logits[b, classes[b]], via a leaf substituted for the output."""
+    return capture_score(
+        model, layer, input_tensor, lambda logits: logits[torch.arange(len(classes)), list(classes)], transform
+    )
+
+
+def float64_copy(model: nn.Module, layers: Sequence[nn.Module]) -> Tuple[nn.Module, List[nn.Module]]:
+    """A float64 deep copy of ``model`` and the copies of ``layers`` inside it."""
+    names = {id(module): name for name, module in model.named_modules()}
+    model64 = copy.deepcopy(model).double()
+    return model64, [model64.get_submodule(names[id(layer)]) for layer in layers]
+
+
 def run_with_layer_output(
     model: nn.Module, layer: nn.Module, image: torch.Tensor, layer_output: torch.Tensor
 ) -> np.ndarray:
     """Logits of ``model`` on copies of ``image`` (1, C, ...) with ``layer``'s output
-    replaced by the batch ``layer_output`` (the definition of an ablated score)."""
+    replaced by the batch ``layer_output`` (the definition of an ablated score), by a
+    forward hook that returns ``layer_output`` in place of what the layer computed."""
     # A copy, so that in-place operations after the layer leave ``layer_output`` as it was.
     handle = layer.register_forward_hook(lambda module, inputs, output: layer_output.clone())
     try:
@@ -233,23 +257,73 @@ def ablate_channels(raw_output: torch.Tensor, value: float) -> torch.Tensor:
     return ablated
 
 
+#: An ablated channel that a ReLU-like activation switches off is set this far below min(A).
+ABLATION_OFFSET = 1e7
+
+
+def ablation_value(A: np.ndarray, switched_off: Optional[bool]) -> float:
+    """What an ablated channel of one image's activations A becomes: min(A) - 1e7 where
+    A has negative values and every use of the layer's output reaches a ReLU-like
+    activation through element-wise steps (``switched_off``, stated by the test for its
+    model), else 0. A signed A without the flag is the test's mistake: raises."""
+    low = float(A.min())
+    if low >= 0:
+        return 0.0
+    if switched_off is None:
+        raise ValueError(
+            "the layer's activations are signed: state switched_off=True/False (whether every "
+            "use of the layer's output reaches a ReLU-like activation) for AblationCAM's reference"
+        )
+    return low - ABLATION_OFFSET if switched_off else 0.0
+
+
 def ablationcam_weights(
     model: nn.Module,
     layer: nn.Module,
     image: torch.Tensor,
     A: np.ndarray,
     category: int,
+    switched_off: Optional[bool],
     ablate: Callable[[torch.Tensor, float], torch.Tensor] = ablate_channels,
 ) -> np.ndarray:
-    """(s - s_k) / s with channel k of the layer output set to 0, or to min(A) - 1e7
-    where the activations A (K, ...) of this image have negative values. ``ablate``
-    makes the K ablated copies of the layer's raw output."""
+    """(s - s_k) / s, s the target score and s_k the score with channel k of the layer
+    output set to :func:`ablation_value`, both computed on ``model`` (the reference
+    passes a float64 copy) in its dtype, with the layer's output replaced by a hook.
+    ``ablate`` makes the K ablated copies of the layer's raw output."""
+    image = image.to(next(model.parameters()).dtype)
     raw_output = raw_layer_output(model, layer, image)
-    low = float(A.min())
-    value = 0.0 if low >= 0 else low - 1e7
+    value = ablation_value(A, switched_off)
     base = run_with_layer_output(model, layer, image, raw_output)[0, category]
     scores = run_with_layer_output(model, layer, image, ablate(raw_output, value))[:, category]
     return (base - scores) / base
+
+
+def ablationcam_reference_and_tolerances(
+    model: nn.Module,
+    layer: nn.Module,
+    input_tensor: torch.Tensor,
+    classes: Sequence[int],
+    switched_off: Optional[bool] = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    ablate: Callable[[torch.Tensor, float], torch.Tensor] = ablate_channels,
+) -> Tuple[np.ndarray, List[float]]:
+    """AblationCAM's map of one layer (as :func:`reference_cam`'s, float64 ablated
+    scores) and, per image, how far float32 rounding of its weights can move the
+    finished map: the weights evaluated once more in the model's dtype give each
+    weight's rounding scale |w32 - w64| (s - s_k nearly cancels where a channel matters
+    little, so a deep float32 network's scores carry errors the division magnifies),
+    fed to :func:`weight_rounding_tolerance`."""
+    model64, (layer64,) = float64_copy(model, [layer])
+    A, _, _ = capture(model, layer, input_tensor, classes, transform)
+    size = tuple(input_tensor.shape[2:])
+    maps, tolerances = [], []
+    for b, category in enumerate(classes):
+        image = input_tensor[b : b + 1]
+        exact = ablationcam_weights(model64, layer64, image, A[b], category, switched_off, ablate)
+        rounded = ablationcam_weights(model, layer, image, A[b], category, switched_off, ablate)
+        maps.append(min_max(finish_layer(weighted_map(exact, A[b], eigen_smooth=False), size)))
+        tolerances.append(weight_rounding_tolerance(A[b], exact, np.abs(rounded - exact), size))
+    return np.stack(maps), tolerances
 
 
 # ---------------------------------------------------------------- the drop-in methods (COMPAT.md §1, §2)
@@ -421,10 +495,6 @@ def fullgrad_reference(model: nn.Module, input_tensor: torch.Tensor, classes: Se
     return np.stack(maps)
 
 
-#: Which base method's map each wrapper method builds on (COMPAT.md §5, §6 defaults).
-WRAPPER_BASE = {"finercam": "gradcam", "refinecam": "gradcam++"}
-
-
 def weighted_map(weights: np.ndarray, A: np.ndarray, eigen_smooth: bool) -> np.ndarray:
     weighted = weights.reshape(-1, *[1] * (A.ndim - 1)) * A
     return pc_projection(weighted) if eigen_smooth else weighted.sum(axis=0)
@@ -439,19 +509,25 @@ def reference_cam(
     eigen_smooth: bool = False,
     transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
     ablate: Callable[[torch.Tensor, float], torch.Tensor] = ablate_channels,
+    switched_off: Optional[bool] = None,
 ) -> np.ndarray:
-    """The (B, *spatial) CAM of SPEC.md (or COMPAT.md §3-§6 for fullgrad, shapleycam,
-    finercam, refinecam) for ``method`` (a registry name), for given ``classes``. ``transform``
-    turns a layer's output into (B, K, *spatial) maps (a reshape_transform); ``ablate``
-    makes AblationCAM's K ablated copies of one image's raw layer output."""
+    """The (B, *spatial) CAM of ``method`` (a registry name; FinerCAM and RefineCAM have
+    their own references below) for given ``classes``: per layer ReLU, min-max, resize;
+    the mean over layers, min-max. ``transform`` turns a layer's output into
+    (B, K, *spatial) maps (a reshape_transform); ``ablate`` makes AblationCAM's K
+    ablated copies of one image's raw layer output and ``switched_off`` says whether
+    every use of the layers' outputs reaches a ReLU-like activation (see
+    :func:`ablation_value`; needed for AblationCAM on signed activations)."""
     size = tuple(input_tensor.shape[2:])
     if method == "fullgrad":
         return fullgrad_reference(model, input_tensor, classes)
-    wrapper, method = method, WRAPPER_BASE.get(method, method)
+    if method in ("finercam", "refinecam"):
+        raise KeyError(f"{method}: use {method}_reference")
     if method == "randomcam":
         torch.manual_seed(RANDOM_SEED)
+    model64, layers64 = float64_copy(model, layers) if method == "ablationcam" else (None, [None] * len(layers))
     per_layer = []
-    for layer in layers:
+    for layer, layer64 in zip(layers, layers64):
         if method == "shapleycam":
             A, G, hessian_products = capture_with_hessian(model, layer, input_tensor, classes, transform)
         else:
@@ -477,7 +553,9 @@ def reference_cam(
                 weights = scorecam_weights(model, input_tensor[b : b + 1], a, category)
                 raw = weighted_map(weights, a, eigen_smooth)
             elif method == "ablationcam":
-                weights = ablationcam_weights(model, layer, input_tensor[b : b + 1], a, category, ablate)
+                weights = ablationcam_weights(
+                    model64, layer64, input_tensor[b : b + 1], a, category, switched_off, ablate
+                )
                 raw = weighted_map(weights, a, eigen_smooth)
             elif method == "hirescam":
                 raw = pc_projection(g * a) if eigen_smooth else (g * a).sum(axis=0)
@@ -498,9 +576,102 @@ def reference_cam(
                 raise KeyError(method)
             maps.append(finish_layer(raw, size))
         per_layer.append(np.stack(maps))
-    if wrapper == "refinecam":  # the product of the per-layer maps, each min-max scaled
-        product = np.prod([np.stack([min_max(m) for m in maps]) for maps in per_layer], axis=0)
-        return np.stack([min_max(m) for m in product])
-    # FinerCAM with given targets: its base method's map of them.
     mean = np.mean(per_layer, axis=0)
     return np.stack([min_max(m) for m in mean])
+
+
+# ---------------------------------------------------------------- FinerCAM
+def finer_choice(
+    logits: np.ndarray, ranks: Sequence[int], target_idx: Optional[int] = None, margin: float = 1e-5
+) -> List[Tuple[int, List[int]]]:
+    """FinerCAM's default classes per image, (main class, comparison classes): the
+    classes sorted by |z - z_ref| (z_ref the top logit, or z[target_idx]), the main
+    class first in that order (or ``target_idx``), the comparison classes those at
+    positions ``ranks`` of the order (positions past the last class dropped). Asserts
+    that the distances that decide the order are ``margin`` apart, so that float32
+    logits (within ~1e-7 of float64 ones for the small test models) order the classes
+    the same way."""
+    chosen = []
+    for z in logits:
+        reference = z.max() if target_idx is None else z[target_idx]
+        distance = np.abs(z - reference)
+        order = np.argsort(distance, kind="stable")
+        deciding = np.sort(distance)[: max(ranks) + 2]
+        assert np.diff(deciding).min() > margin, "classes nearly tied: choose another input"
+        main = int(order[0]) if target_idx is None else int(target_idx)
+        chosen.append((main, [int(order[r]) for r in ranks if r < len(z)]))
+    return chosen
+
+
+def finer_score(logits: torch.Tensor, chosen: Sequence[Tuple[int, List[int]]], alpha: float) -> torch.Tensor:
+    """FinerCAM's target per image, from its definition: with p = softmax(z) (gradients
+    flow through p), sum_j p_j (z_main - alpha z_j) / (sum_j p_j + 1e-9) over the
+    comparison classes j; z_main alone where there is no comparison class."""
+    p = torch.softmax(logits, dim=-1)
+    scores = []
+    for b, (main, others) in enumerate(chosen):
+        if not others:
+            scores.append(logits[b, main])
+            continue
+        numerator = sum(p[b, j] * (logits[b, main] - alpha * logits[b, j]) for j in others)
+        scores.append(numerator / (sum(p[b, j] for j in others) + 1e-9))
+    return torch.stack(scores)
+
+
+def finercam_reference(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    input_tensor: torch.Tensor,
+    alpha: float = 1.0,
+    ranks: Sequence[int] = (1, 2, 3),
+    target_idx: Optional[int] = None,
+    eigen_smooth: bool = False,
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> Tuple[np.ndarray, List[Tuple[int, List[int]]]]:
+    """FinerCAM with its default targets (targets=None) and GradCAM as the base method,
+    on a float64 copy of the model: the classes of :func:`finer_choice`, the gradient
+    of :func:`finer_score` with respect to each layer's output (after ``transform``,
+    a reshape_transform) by autograd, GradCAM's map of it per layer (ReLU, min-max,
+    resize), the mean over layers, min-max. Returns (maps (B, *spatial), the chosen
+    classes)."""
+    model64, layers64 = float64_copy(model, layers)
+    input64 = input_tensor.double()
+    with torch.no_grad():
+        chosen = finer_choice(model64(input64).numpy(), ranks, target_idx)
+    size = tuple(input_tensor.shape[2:])
+    per_layer = []
+    for layer64 in layers64:
+        A, G, _ = capture_score(
+            model64, layer64, input64, lambda logits: finer_score(logits, chosen, alpha), transform
+        )
+        per_layer.append(np.stack([
+            finish_layer(weighted_map(gradcam_weights(a, g), a, eigen_smooth), size) for a, g in zip(A, G)
+        ]))
+    mean = np.mean(per_layer, axis=0)
+    return np.stack([min_max(m) for m in mean]), chosen
+
+
+# ---------------------------------------------------------------- RefineCAM
+def refinecam_reference(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    input_tensor: torch.Tensor,
+    classes: Sequence[int],
+    eigen_smooth: bool = False,
+    transform: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> np.ndarray:
+    """RefineCAM with GradCAM++ as the base method, on two or more layers: each layer's
+    GradCAM++ map (of its output after ``transform``; ReLU, min-max, resize;
+    eigen-smoothed per layer with ``eigen_smooth``), min-max scaled, multiplied
+    element-wise over the layers, and the product min-max scaled."""
+    assert len(layers) >= 2, "RefineCAM refines one layer's map by another's: give two or more"
+    size = tuple(input_tensor.shape[2:])
+    product = 1.0
+    for layer in layers:
+        A, G, _ = capture(model, layer, input_tensor, classes, transform)
+        maps = np.stack([
+            min_max(finish_layer(weighted_map(gradcam_plusplus_weights(a, g), a, eigen_smooth), size))
+            for a, g in zip(A, G)
+        ])
+        product = product * maps
+    return np.stack([min_max(m) for m in product])

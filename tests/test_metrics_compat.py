@@ -5,6 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import scipy.sparse
+import scipy.sparse.linalg
 import torch
 from torch import nn
 
@@ -30,7 +32,6 @@ from pytorch_grad_cam.metrics.road import (
     ROADLeastRelevantFirstAverage,
     ROADMostRelevantFirst,
     ROADMostRelevantFirstAverage,
-    neighbors_weights,
     solve_interpolation,
 )
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
@@ -115,11 +116,20 @@ def test_remove_most_and_least_relevant_first_with_a_constant_imputer():
     assert perturbed[0, :, 3].abs().sum() == 0 and (perturbed[0, :, :3] == 1).all()
 
 
+#: ROAD's noisy linear imputation (Rong et al., 2022), from its definition: a removed
+#: pixel is the weighted mean of its 8 neighbours, weight 1/6 for the 4 direct and 1/12
+#: for the 4 diagonal ones. ((dy, dx), weight), written here, not the library's table.
+ROAD_WEIGHTS = tuple(
+    ((dy, dx), 1 / 6 if dy == 0 or dx == 0 else 1 / 12)
+    for dy in (-1, 0, 1)
+    for dx in (-1, 0, 1)
+    if (dy, dx) != (0, 0)
+)
+
+
 def neighbour_mean(image, y, x):
     """The interpolation of an interior pixel whose 8 neighbours are known: Σ w·v / Σ w."""
-    return sum(w * image[y + dy, x + dx] for (dy, dx), w in neighbors_weights) / sum(
-        w for _, w in neighbors_weights
-    )
+    return sum(w * image[y + dy, x + dx] for (dy, dx), w in ROAD_WEIGHTS) / sum(w for _, w in ROAD_WEIGHTS)
 
 
 def test_road_combined_equals_the_hand_value():
@@ -182,87 +192,71 @@ def test_complexity_pearson_coherency_and_arcc_equal_the_hand_values():
 
 
 # ------------------------------------------------------------------------- the imputer
-def dense_system(known, weights=neighbors_weights):
-    """The interpolation system of COMPAT §13 built entry by entry (float64)."""
+def interpolation_system(known, weights=ROAD_WEIGHTS):
+    """The imputation's linear system for one (H, W) bool mask of known pixels, as a
+    scipy sparse matrix: for every missing pixel p with in-bounds neighbours N(p),
+    (Σ_q w_q)·x_p − Σ_{q missing} w_q·x_q = Σ_{q known} w_q·v_q. Returns (the flat
+    indices of the missing pixels, the CSC matrix, the (missing, known pixel, weight)
+    triples of the right-hand side)."""
     height, width = known.shape
-    missing = [(y, x) for y in range(height) for x in range(width) if not known[y, x]]
-    index = {pixel: i for i, pixel in enumerate(missing)}
-    matrix = torch.zeros(len(missing), len(missing), dtype=torch.float64)
-    sources = []  # (row, known pixel, weight)
-    for i, (y, x) in enumerate(missing):
-        for (dy, dx), w in weights:
-            yy, xx = y + dy, x + dx
-            if 0 <= yy < height and 0 <= xx < width:
-                matrix[i, i] += w
-                if known[yy, xx]:
-                    sources.append((i, (yy, xx), w))
-                else:
-                    matrix[i, index[(yy, xx)]] -= w
-    return missing, matrix, sources
-
-
-def dense_impute(image, known, weights=neighbors_weights):
-    missing, matrix, sources = dense_system(known, weights)
-    rhs = torch.zeros(len(missing), image.shape[0], dtype=torch.float64)
-    for i, (y, x), w in sources:
-        rhs[i] += w * image[:, y, x].double()
-    solution = torch.linalg.solve(matrix, rhs)
-    filled = image.double().clone()
-    for i, (y, x) in enumerate(missing):
-        filled[:, y, x] = solution[i]
-    return filled, matrix
-
-
-@pytest.mark.parametrize("weights", [None, (((0, 1), 0.3), ((0, -1), 0.3), ((1, 1), 0.1), ((-1, -1), 0.1))])
-def test_imputer_matches_a_dense_solve_of_the_same_system(weights):
-    generator = torch.Generator().manual_seed(3)
-    images = torch.rand(2, 3, 8, 8, generator=generator)
-    known = torch.rand(2, 8, 8, generator=generator) > 0.6
-    filled = NoisyLinearImputer(noise=0, weighting=weights, tolerance=CG_TOLERANCE).impute_batch(images, known.float())
-    for b in range(2):
-        expected, matrix = dense_impute(images[b], known[b], neighbors_weights if weights is None else weights)
-        assert torch.equal(matrix, matrix.T)  # symmetric: conjugate gradients applies
-        assert torch.linalg.eigvalsh(matrix).min() > 0
-        # error <= cond(A) * tolerance * |x|, with cond(A) of this small system below 100
-        assert (filled[b].double() - expected).abs().max() < 100 * CG_TOLERANCE
-        assert torch.equal(filled[b][:, known[b]], images[b][:, known[b]])  # known pixels unchanged
-
-
-def sparse_impute(image, known):
-    """The reference's route: the interpolation system as a scipy sparse matrix, solved
-    directly in float64 (all channels as right-hand sides)."""
-    sparse = pytest.importorskip("scipy.sparse")
-    linalg = pytest.importorskip("scipy.sparse.linalg")
-    height, width = known.shape
-    known = known.numpy()
-    unknown = np.flatnonzero(~known.ravel())
+    known = np.asarray(known, bool).ravel()
+    unknown = np.flatnonzero(~known)
     index = np.full(height * width, -1)
     index[unknown] = np.arange(len(unknown))
     ys, xs = np.divmod(unknown, width)
-    values = image.double().numpy().reshape(image.shape[0], -1)
-    rows, columns, entries = [], [], []
+    rows, columns, entries, sources = [], [], [], []
     diagonal = np.zeros(len(unknown))
-    rhs = np.zeros((len(unknown), image.shape[0]))
-    for (dy, dx), w in neighbors_weights:
+    for (dy, dx), w in weights:
         yy, xx = ys + dy, xs + dx
         inside = (0 <= yy) & (yy < height) & (0 <= xx) & (xx < width)
         diagonal[inside] += w
         neighbour = yy[inside] * width + xx[inside]
         source = np.flatnonzero(inside)
-        is_known = known.ravel()[neighbour]
-        rhs[source[is_known]] += w * values[:, neighbour[is_known]].T
+        is_known = known[neighbour]
+        sources.append((source[is_known], neighbour[is_known], w))
         rows.append(source[~is_known])
         columns.append(index[neighbour[~is_known]])
         entries.append(np.full((~is_known).sum(), -w))
     rows.append(np.arange(len(unknown)))
     columns.append(np.arange(len(unknown)))
     entries.append(diagonal)
-    matrix = sparse.csc_matrix((np.concatenate(entries), (np.concatenate(rows), np.concatenate(columns))),
-                               shape=(len(unknown), len(unknown)))
-    solution = linalg.spsolve(matrix, rhs)
+    matrix = scipy.sparse.csc_matrix(
+        (np.concatenate(entries), (np.concatenate(rows), np.concatenate(columns))), shape=(len(unknown),) * 2
+    )
+    return unknown, matrix, sources
+
+
+def sparse_impute(image, known, weights=ROAD_WEIGHTS):
+    """The removed pixels of ``image`` (C, H, W) filled by a direct sparse solve
+    (scipy's spsolve, float64, all channels as right-hand sides), the known ones kept;
+    also the system's matrix."""
+    unknown, matrix, sources = interpolation_system(known.numpy(), weights)
+    values = image.double().numpy().reshape(image.shape[0], -1)
+    rhs = np.zeros((len(unknown), image.shape[0]))
+    for rows, neighbours, w in sources:  # each missing pixel once per offset: += is safe
+        rhs[rows] += w * values[:, neighbours].T
+    solution = scipy.sparse.linalg.spsolve(matrix, rhs).reshape(len(unknown), -1)
     filled = values.copy()
     filled[:, unknown] = solution.T
-    return torch.from_numpy(filled.reshape(image.shape))
+    return torch.from_numpy(filled.reshape(image.shape)), matrix
+
+
+@pytest.mark.parametrize("weights", [None, (((0, 1), 0.3), ((0, -1), 0.3), ((1, 1), 0.1), ((-1, -1), 0.1))])
+def test_imputer_matches_a_direct_solve_of_the_same_system(weights):
+    """The default weighting is ROAD's (1/6 direct, 1/12 diagonal, written in this
+    file), and a custom one is used as given."""
+    generator = torch.Generator().manual_seed(3)
+    images = torch.rand(2, 3, 8, 8, generator=generator)
+    known = torch.rand(2, 8, 8, generator=generator) > 0.6
+    filled = NoisyLinearImputer(noise=0, weighting=weights, tolerance=CG_TOLERANCE).impute_batch(images, known.float())
+    for b in range(2):
+        expected, matrix = sparse_impute(images[b], known[b], ROAD_WEIGHTS if weights is None else weights)
+        dense = matrix.toarray()
+        np.testing.assert_array_equal(dense, dense.T)  # symmetric: conjugate gradients applies
+        assert np.linalg.eigvalsh(dense).min() > 0
+        # error <= cond(A) * tolerance * |x|, with cond(A) of this small system below 100
+        assert (filled[b].double() - expected).abs().max() < 100 * CG_TOLERANCE
+        assert torch.equal(filled[b][:, known[b]], images[b][:, known[b]])  # known pixels unchanged
 
 
 @pytest.mark.parametrize("percentile", [20, 80])
@@ -277,7 +271,7 @@ def test_default_tolerance_keeps_imputed_values_within_1e_3_of_a_direct_solve(pe
     known = maps < torch.quantile(maps.flatten(1), percentile / 100, dim=1)[:, None, None]
     filled = NoisyLinearImputer(noise=0).impute_batch(images, known.float())
     for b in range(2):
-        expected = sparse_impute(images[b], known[b])
+        expected, _ = sparse_impute(images[b], known[b])
         assert (filled[b].double() - expected).abs().max() < 1e-3
 
 

@@ -6,14 +6,13 @@ import warnings
 
 import cv2
 import numpy as np
-import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
 
+from cam_reference import interpolation_matrix, min_max, resize_half_pixel
 from pytorch_grad_cam import METHODS, PerturbationCAM
 from pytorch_grad_cam.utils.image import (
     deprocess_image,
@@ -85,6 +84,10 @@ def test_min_max_scale(maps: np.ndarray) -> None:
     scaled = min_max_scale(tensor)
     assert scaled.shape == tensor.shape and scaled.dtype == torch.float32
     assert_unit_maps(scaled.numpy(), maps)
+    # The values: (x - min) / (max(x - min) + 1e-7) per map, in float64 on the same
+    # float32 inputs; float32 rounds x - min and the quotient, a few ulps of 1.
+    expected = np.stack([min_max(m) for m in tensor.double().numpy()])
+    np.testing.assert_allclose(scaled.numpy(), expected, atol=1e-6, rtol=0)
     # Order within each map is kept (up to ties created by rounding).
     flat_in, flat_out = tensor.reshape(len(tensor), -1), scaled.reshape(len(scaled), -1)
     order = flat_in.argsort(dim=1)
@@ -104,6 +107,9 @@ def test_scale_cam_image_without_resize(maps: np.ndarray, as_tensor: bool) -> No
         scaled = scaled.numpy()
     assert isinstance(scaled, np.ndarray) and scaled.dtype == np.float32 and scaled.shape == maps.shape
     assert_unit_maps(scaled, maps)
+    # The values: NaN and +-Inf become 0, then the min-max of each map (float64 oracle).
+    finite = np.nan_to_num(maps.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0).astype(np.float64)
+    np.testing.assert_allclose(scaled, np.stack([min_max(m) for m in finite]), atol=1e-6, rtol=0)
 
 
 @PROPERTY
@@ -139,11 +145,22 @@ def test_scale_cam_image_resize_agrees_with_cv2_inter_linear(maps, width, height
     align_corners=st.booleans(),
 )
 def test_resize_maps_is_bilinear_interpolation(maps, height, width, align_corners) -> None:
+    """Against bilinear interpolation written out (cam_reference.interpolation_matrix:
+    the 1D linear weights per output row and column, source coordinate
+    (i + 0.5) * in / out - 0.5 clamped at 0, or i * (in - 1) / (out - 1) with
+    align_corners), applied separably in float64 to the same float32 maps."""
     tensor = torch.from_numpy(maps.astype(np.float32))
     resized = resize_maps(tensor, (height, width), align_corners=align_corners)
     assert resized.shape == (len(maps), height, width)
-    expected = F.interpolate(tensor[:, None], (height, width), mode="bilinear", align_corners=align_corners)[:, 0]
-    torch.testing.assert_close(resized, expected)
+    source = tensor.double().numpy()
+    rows = interpolation_matrix(source.shape[1], height, align_corners)
+    columns = interpolation_matrix(source.shape[2], width, align_corners)
+    expected = np.einsum("hi,bij,wj->bhw", rows, source, columns)
+    # float32 computes the source coordinate with a rounding of about an ulp of the input
+    # size (<= 9 px: 9.5e-7), times a neighbour difference <= 2 max|x|, plus the rounding
+    # of the result: measured at most 9.5e-7 max|x| over 600 examples.
+    peak = np.abs(source).reshape(len(source), -1).max(axis=1)[:, None, None]
+    assert (np.abs(resized.double().numpy() - expected) <= 4e-6 * peak + 1e-12).all()
     # Interpolation never leaves the range of the source map.
     low = tensor.amin(dim=(1, 2), keepdim=True)
     high = tensor.amax(dim=(1, 2), keepdim=True)
@@ -162,6 +179,11 @@ def test_scale_cam_image_volumes(depth, height, width, target) -> None:
     resized = scale_cam_image(maps, target)  # (width, height, depth), OpenCV order extended
     assert resized.shape == (2, target[2], target[1], target[0])
     assert np.isfinite(resized).all() and resized.min() >= 0 and resized.max() <= 1
+    # The values: min-max of each volume, then trilinear interpolation with half-pixel
+    # centres (separable interpolation matrices, float64).
+    size = (target[2], target[1], target[0])
+    expected = np.stack([resize_half_pixel(min_max(m.astype(np.float32).astype(np.float64)), size) for m in maps])
+    np.testing.assert_allclose(resized, expected, atol=1e-6, rtol=0)
 
 
 # --------------------------------------------------------------------------- overlay
@@ -276,10 +298,31 @@ def test_deprocess_image(img) -> None:
         elements=st.floats(-1e3, 1e3, width=32),
     )
 )
-def test_2d_projection_is_finite_and_oriented(activations) -> None:
+def test_2d_projection_is_the_first_principal_component_oriented_by_the_channel_sum(activations) -> None:
     projection = get_2d_projection(activations)
     assert projection.shape == (activations.shape[0], *activations.shape[2:])
     assert np.isfinite(projection).all()
+    # The values, up to sign: numpy's SVD of the centred (h*w, K) matrix X in float64,
+    # X @ v1. Rounding X and X^T X to float32 (relative u ~ 6e-8 of s = max|x| sqrt(h*w*K),
+    # a bound of |X|) turns v1 by ~u s^2 / (sigma1^2 - sigma2^2) and moves X @ v1 by that
+    # times sigma1, plus ~u s; the tolerance takes 16 u (measured over 400 examples: at
+    # most 1/70 of it). v1 is not defined where sigma1 ~ sigma2, and X^T X underflows
+    # float32 where max|x| < ~1e-19: neither is compared.
+    for got, image in zip(projection, activations.astype(np.float64)):
+        matrix = image.reshape(image.shape[0], -1).T
+        scale = np.abs(matrix).max() * np.sqrt(matrix.size)
+        matrix = matrix - matrix.mean(axis=0)
+        _, singular, vt = np.linalg.svd(matrix, full_matrices=False)
+        expected = (matrix @ vt[0]).reshape(got.shape)
+        separation = singular[0] ** 2 - (singular[1] ** 2 if len(singular) > 1 else 0.0)
+        if scale == 0:
+            assert not got.any()
+            continue
+        if scale < 1e-15 or separation <= 1e-4 * scale**2:
+            continue  # (nearly) tied components, or a (nearly) constant map: rounding noise
+        tolerance = 1e-6 * (scale + singular[0] * scale**2 / separation)
+        error = min(np.abs(got - expected).max(), np.abs(got + expected).max())
+        assert error <= tolerance, (error, tolerance)
     centred = activations.reshape(*activations.shape[:2], -1)
     centred = centred - centred.mean(axis=2, keepdims=True)
     agreement = (projection.reshape(len(projection), -1) * centred.sum(axis=1)).sum(axis=1)

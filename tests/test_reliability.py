@@ -29,10 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cam_reference import finish_layer, min_max, pc_projection
 from pytorch_grad_cam import METHODS, GuidedBackpropReLUModel, PerturbationCAM
-from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD_NAMES = list(METHODS)
@@ -382,15 +381,44 @@ def plain_input_gradient(model: nn.Module, x: torch.Tensor, category: int) -> np
     return gradient[0].permute(1, 2, 0).numpy()
 
 
+class _HandGuidedReLU(torch.autograd.Function):
+    """ReLU whose backward passes only positive gradients, where its input is positive."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad.clamp(min=0) * (x > 0)
+
+
+class _HandGuidedReLUModule(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _HandGuidedReLU.apply(x)
+
+
+def hand_guided_gradient(model: StateNet, x: torch.Tensor, category: int) -> np.ndarray:
+    """Guided backpropagation by hand: the input gradient of a copy of ``model`` whose
+    two ReLUs are replaced by _HandGuidedReLU, (H, W, C)."""
+    guided = copy.deepcopy(model)
+    guided.relu = _HandGuidedReLUModule()
+    guided.relu2 = _HandGuidedReLUModule()
+    return plain_input_gradient(guided, x, category)
+
+
 def test_guided_backprop_is_guided_only_inside_its_call() -> None:
-    """The guided ReLU is really applied (the gradient differs from the plain one and
-    has no negative contributions through ReLUs), and ordinary autograd is back after."""
+    """The guided ReLU is really applied (the gradient equals guided backpropagation by
+    hand, and differs from the plain one), and ordinary autograd is back after."""
     model = state_net()
     x = image()
     plain_before = plain_input_gradient(model, x, 1)
     guided = GuidedBackpropReLUModel(model)(x, target_category=1)
     plain_after = plain_input_gradient(model, x, 1)
-    assert not np.allclose(guided, plain_before)
+    np.testing.assert_allclose(guided, hand_guided_gradient(model, x, 1), atol=1e-6, rtol=0)
+    assert np.abs(guided - plain_before).max() > 0.1 * np.abs(plain_before).max()
     np.testing.assert_array_equal(plain_after, plain_before)
 
 
@@ -526,9 +554,11 @@ def test_eigencam_records_the_true_layer_output_before_in_place_ops(resnet18) ->
             resnet18(x)
     finally:
         handle.remove()
-    expected = min_max_scale(resize_maps(min_max_scale(torch.relu(get_2d_projection(recorded[0]))), (64, 64)))
+    # The reference's own principal component (numpy SVD), ReLU, min-max, OpenCV resize.
+    expected = min_max(finish_layer(pc_projection(recorded[0][0].double().numpy()), (64, 64)))
+    assert expected.max() > 0.99 and expected.std() > 0.05
     got = make_cam("eigencam", resnet18, [block.bn2])(x)
-    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got, expected[None], atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -546,7 +576,7 @@ def test_extra_passes_do_not_overwrite_the_record_of_the_next_layer(name, option
         warnings.simplefilter("ignore")
         both = make_cam(name, model, [model.conv1, model.conv2], batch_size=4, **options)(x, targets)
         single = [make_cam(name, model, [layer], batch_size=4, **options)(x, targets) for layer in (model.conv1, model.conv2)]
-    expected = min_max_scale(torch.from_numpy((single[0] + single[1]) / 2)).numpy()
+    expected = np.stack([min_max(m) for m in (single[0].astype(np.float64) + single[1]) / 2])
     np.testing.assert_allclose(both, expected, atol=1e-5)
 
 

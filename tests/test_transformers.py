@@ -18,13 +18,15 @@ import torch
 from cam_reference import (  # noqa: F401 - single_thread_module: autouse fixture
     RANDOM_SEED,
     capture,
+    finercam_reference,
     reference_cam,
+    refinecam_reference,
     single_thread_module,
     weight_rounding_tolerance,
     xgradcam_weight_errors,
     xgradcam_weights,
 )
-from pytorch_grad_cam import METHODS, GradCAM
+from pytorch_grad_cam import METHODS, FinerCAM, GradCAM, RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import swin_reshape_transform, vit_reshape_transform
 
@@ -203,7 +205,12 @@ def ablate_vit_channels(raw_output: torch.Tensor, value: float) -> torch.Tensor:
     return ablated
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+#: FinerCAM and RefineCAM wrap a base method: with given targets and one layer they
+#: would repeat GradCAM's and GradCAM++'s checks; their own references are below.
+WRAPPERS = {"finercam", "refinecam"}
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - WRAPPERS))
 def test_small_vit_maps_match_the_reference(method, small_vit):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     layer = small_vit.blocks[-1].norm1
@@ -211,7 +218,7 @@ def test_small_vit_maps_match_the_reference(method, small_vit):
     # norm1's output goes into the attention's Linear layers: AblationCAM ablates to 0 there.
     reference = reference_cam(
         method, small_vit, [layer], images, classes, transform=fold_vit,
-        ablate=lambda raw_output, value: ablate_vit_channels(raw_output, 0.0),
+        ablate=lambda raw_output, value: ablate_vit_channels(raw_output, 0.0), switched_off=False,
     )
     assert reference.max() > 0.99 and reference.std() > 0.05
     extra = {"progress": False} if method in ("scorecam", "ablationcam") else {}
@@ -223,4 +230,25 @@ def test_small_vit_maps_match_the_reference(method, small_vit):
         torch.manual_seed(RANDOM_SEED)  # RandomCAM's draw, as the reference's
         maps = cam(images, targets=[ClassifierOutputTarget(c) for c in classes])
     assert maps.shape == (2, 32, 32)
+    np.testing.assert_allclose(maps, reference, atol=ATOL, rtol=0)
+
+
+def test_small_vit_finercam_and_refinecam_match_their_references(small_vit):
+    """FinerCAM's default target (the top class against the 2nd-4th closest logits,
+    alpha = 1, by hand in float64) and RefineCAM's product of the GradCAM++ maps of
+    both blocks' norm1, on folded tokens."""
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    layer = small_vit.blocks[-1].norm1
+    reference, _ = finercam_reference(small_vit, [layer], images, transform=fold_vit)
+    assert reference.max() > 0.99 and reference.std() > 0.05
+    maps = FinerCAM(small_vit, [layer], reshape_transform=vit_reshape_transform)(images)
+    np.testing.assert_allclose(maps, reference, atol=ATOL, rtol=0)
+
+    layers = [small_vit.blocks[0].norm1, small_vit.blocks[-1].norm1]
+    classes = [1, 4]
+    reference = refinecam_reference(small_vit, layers, images, classes, transform=fold_vit)
+    assert reference.max() > 0.99 and reference.std() > 0.05
+    maps = RefineCAM(small_vit, layers, reshape_transform=vit_reshape_transform)(
+        images, [ClassifierOutputTarget(c) for c in classes]
+    )
     np.testing.assert_allclose(maps, reference, atol=ATOL, rtol=0)
