@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
+from pytorch_grad_cam.augmentation import augmented_maps
 from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs, grid_activations
 from pytorch_grad_cam.layer_search import find_target_layer
 from pytorch_grad_cam.layers import LayerSpec, resolve_target_layers, unwrap_parallel
@@ -243,7 +244,7 @@ class BaseCAM:
             if not self.target_layers:
                 self._choose_target_layer(prepared, targets)
             if aug_smooth is not False and aug_smooth is not None:
-                cams = self._explain_augmented(prepared, targets, eigen_smooth, aug_smooth)
+                cams = augmented_maps(self._explain, prepared, targets, eigen_smooth, aug_smooth)
             else:
                 cams = self._explain(prepared, targets, eigen_smooth)
         return cams.detach().cpu().numpy().astype(np.float32, copy=False)
@@ -333,24 +334,6 @@ class BaseCAM:
             for layer, grads in zip(record.layers, recorder.gradients):
                 if grads is None:
                     raise disconnected_error(self.model, layer)
-
-    def _explain_augmented(
-        self, input_tensor: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool, transforms: object
-    ) -> torch.Tensor:
-        """Test-time augmentation: all augmented copies in one batched pass, each map
-        de-augmented back to the original geometry, then averaged."""
-        import ttach as tta
-
-        if transforms is True:
-            transforms = tta.Compose([tta.HorizontalFlip(), tta.Multiply(factors=[0.9, 1, 1.1])])
-        transformers = list(transforms)
-        batch = input_tensor.shape[0]
-        augmented = torch.cat([t.augment_image(input_tensor) for t in transformers])
-        cams = self._explain(augmented, targets, eigen_smooth, copies=len(transformers))
-        restored = [
-            t.deaugment_mask(chunk.unsqueeze(1)).squeeze(1) for t, chunk in zip(transformers, cams.split(batch))
-        ]
-        return torch.stack(restored).mean(dim=0)
 
     def _choose_target_layer(self, input_tensor: torch.Tensor, targets: Optional[List[Target]]) -> None:
         """Find the target layer with one dry forward of the first image (and, for
