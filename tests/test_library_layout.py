@@ -24,30 +24,21 @@ def modules() -> Dict[str, Path]:
 
 
 def imports_of(name: str, path: Path, known: Set[str]) -> Set[str]:
-    """The library modules ``name`` imports at module level (any depth of the module
-    body, not inside functions: those run later and cannot make an import cycle)."""
+    """The library modules ``name`` imports anywhere in its text (a function-level import
+    is a dependency too: two modules that need each other are one concern)."""
     found: Set[str] = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-
-    def visit(nodes: List[ast.stmt]) -> None:
-        for node in nodes:
-            if isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names if alias.name in known)
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(anchor + ([base] if base else []))
-                for alias in node.names:
-                    candidate = f"{base}.{alias.name}"
-                    found.add(candidate if candidate in known else base)
-            elif isinstance(node, (ast.If, ast.Try, ast.With)):
-                for field in ("body", "orelse", "finalbody", "handlers"):
-                    children = getattr(node, field, [])
-                    for child in children:
-                        visit(child.body if isinstance(child, ast.ExceptHandler) else [child])
-
-    visit(ast.parse(path.read_text(encoding="utf-8")).body)
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in known else base)
     return {module for module in found if module in known and module != name}
 
 
