@@ -1,10 +1,12 @@
-"""The grad-cam metrics at their import paths (COMPAT §13): numbers on hand-computable
+"""The grad-cam metrics at their import paths: numbers on hand-computable
 cases, the ROAD imputer against a dense solve, batched = per image, the accepted cam forms."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 import pytest
+import scipy.sparse
+import scipy.sparse.linalg
 import torch
 from torch import nn
 
@@ -183,7 +185,7 @@ def test_complexity_pearson_coherency_and_arcc_equal_the_hand_values():
 
 # ------------------------------------------------------------------------- the imputer
 def dense_system(known, weights=neighbors_weights):
-    """The interpolation system of COMPAT §13 built entry by entry (float64)."""
+    """The imputer's interpolation system built entry by entry (float64)."""
     height, width = known.shape
     missing = [(y, x) for y in range(height) for x in range(width) if not known[y, x]]
     index = {pixel: i for i, pixel in enumerate(missing)}
@@ -231,8 +233,6 @@ def test_imputer_matches_a_dense_solve_of_the_same_system(weights):
 def sparse_impute(image, known):
     """The reference's route: the interpolation system as a scipy sparse matrix, solved
     directly in float64 (all channels as right-hand sides)."""
-    sparse = pytest.importorskip("scipy.sparse")
-    linalg = pytest.importorskip("scipy.sparse.linalg")
     height, width = known.shape
     known = known.numpy()
     unknown = np.flatnonzero(~known.ravel())
@@ -257,9 +257,9 @@ def sparse_impute(image, known):
     rows.append(np.arange(len(unknown)))
     columns.append(np.arange(len(unknown)))
     entries.append(diagonal)
-    matrix = sparse.csc_matrix((np.concatenate(entries), (np.concatenate(rows), np.concatenate(columns))),
-                               shape=(len(unknown), len(unknown)))
-    solution = linalg.spsolve(matrix, rhs)
+    matrix = scipy.sparse.csc_matrix((np.concatenate(entries), (np.concatenate(rows), np.concatenate(columns))),
+                                     shape=(len(unknown), len(unknown)))
+    solution = scipy.sparse.linalg.spsolve(matrix, rhs)
     filled = values.copy()
     filled[:, unknown] = solution.T
     return torch.from_numpy(filled.reshape(image.shape))
