@@ -31,7 +31,11 @@ class TinyClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         generator_state = torch.random.get_rng_state()
-        torch.manual_seed(2)  # a seed whose classes differ between the test's photos
+        # Seed 2: the test's ten photos get two classes (it asserts they differ, so that
+        # explaining a batch with one image's class would fail). Of seeds 0-7, five give
+        # two classes, three (3, 5, 6) one. The closest top-two probabilities of a photo
+        # differ by 3e-4, 1e4 times the spread between batch sizes and kernel sets (3e-8).
+        torch.manual_seed(2)
         self.features = nn.Sequential(
             nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),

@@ -1,5 +1,5 @@
 """The ablation layers and AblationCAM's ``ablation_layer=`` / ``ratio_channels_to_ablate=``
-(issue 12, COMPAT §7, Decisions 7 and 12): the channel choice against a numpy
+(issue 12; docs/decisions.md, D7 and D12): the channel choice against a numpy
 computation of the rule, the replay protocol against hand-built ablated tensors,
 AblationCAM with a given layer against the default path, and Faster R-CNN's FPN
 backbone against the detector run with one FPN slice set to -1000 by a forward hook.
@@ -71,8 +71,10 @@ def test_activations_to_be_ablated_follows_the_rule_with_unique_channels(ratio, 
 def test_a_constant_channel_scores_zero_instead_of_nan():
     activations = torch.rand(6, 4, 4, generator=torch.Generator().manual_seed(1))
     activations[2] = 0.5  # |A_c| min-max scaled is 0/0 in grad-cam
-    chosen = AblationLayer().activations_to_be_ablated(activations, 0.2)  # one top, one bottom
-    assert 2 in chosen.tolist() and len(chosen) == 2  # the lowest score, 0
+    chosen = AblationLayer().activations_to_be_ablated(activations, 0.2)  # one top, then one bottom
+    # Channel 2 is the bottom pick (the lowest score, 0); a NaN score would sort last and
+    # make it the top pick instead.
+    assert len(chosen) == 2 and chosen.tolist()[1] == 2 and chosen.tolist()[0] != 2
 
 
 # ---------------------------------------------------------------- the replay protocol

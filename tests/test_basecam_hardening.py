@@ -209,10 +209,20 @@ def test_a_legitimately_zero_gradient_still_gives_an_all_zero_map(name: str) -> 
 
 @pytest.mark.parametrize("name", ["scorecam", "eigencam"])
 def test_gradient_free_methods_accept_a_side_branch(name: str) -> None:
-    """They never take a gradient; ScoreCAM's map there is a mask-weighted mean of A."""
+    """They never take a gradient, so a layer off the scored path is no error, and the map
+    there is the method's definition: ScoreCAM's softmax-of-scores weighted mean of A (the
+    input masked by each channel still changes the score), EigenCAM's first component."""
+    from test_fast_paths import finish, layer_output, numpy_projection, scorecam_reference
+
     model = TwoHeads().eval()
-    maps = make_cam(name, model, [model.aux[0]])(image(), targets(0, 1))
-    assert maps.shape == (2, 10, 10) and np.isfinite(maps).all()
+    x = image()
+    maps = make_cam(name, model, [model.aux[0]])(x, targets(0, 1))
+    if name == "scorecam":
+        expected = scorecam_reference(model, model.aux[0], x, [0, 1])
+    else:
+        expected = finish(torch.from_numpy(numpy_projection(layer_output(model, model.aux[0], x).numpy())), (10, 10))
+    assert maps.shape == (2, 10, 10) and expected.reshape(2, -1).max(axis=1).min() > 0.999
+    np.testing.assert_allclose(maps, expected, atol=1e-5)
 
 
 # =========================================================================== 8. non-tensor outputs

@@ -396,25 +396,30 @@ RANDOM_WEIGHTS = {"randomcam", "kpcacam"}
 #: baseline) and KPCA-CAM, whose sign rule (the largest-magnitude entry positive, as in
 #: grad-cam) ignores where activation is strong.
 NOT_LOCALISING = {"randomcam", "kpcacam"}
+#: Of the 16 methods not in RANDOM_WEIGHTS, how many must give a non-empty map on a
+#: random-weight torchvision model (see the test below).
+MIN_NON_EMPTY = 11
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16", "densenet161", "mobilenet_v3_large"])
 def test_torchvision_default_layer_works_with_every_method(name: str) -> None:
     """Random weights (nothing can be downloaded), the cat at 64x64 (2x2 maps at the
-    default layers), the top class: every method gives a finite, non-empty map.
+    default layers), the top class: every method gives a finite map, and most a non-empty one.
     ScoreCAM and AblationCAM score 32 evenly spaced channels of the layer (a subset keeps
     the layer's signs) instead of up to 2208 (DenseNet-161).
 
-    With random weights a map can be empty by chance: of seeds 0-4, seeds 0, 3 and 4 give
-    one empty map somewhere (MobileNet's XGradCAM, DenseNet's ScoreCAM at the signed
-    `norm5`, VGG's AblationCAM); seed 2 gives none, and with a wide margin: measured on
-    every method and model, the raw map's largest positive value is at least 26 % of its
-    largest magnitude (MobileNet's ScoreCAM; FEM at DenseNet's norm5 36 %; most are 100 %),
-    so no other floating-point summation order can empty a map. What this guards is that each default layer is a
-    spatial layer every method runs on and gets a finite map from."""
+    With random weights a map can rightly be empty: channel weights that all come out
+    negative (XGradCAM, ScoreCAM, AblationCAM) or a threshold no position passes (FEM).
+    Measured over seeds 0-7 (40 model draws): at most 3 of the 16 methods were empty for
+    one model (MobileNet-v3, seed 1), and only those four methods ever were. A default
+    layer that is not spatial would empty them all. So at least MIN_NON_EMPTY of the 16
+    must be non-empty (two methods of margin over the worst draw), for any seed, not only
+    the one used here. What this guards is that each default layer is a spatial layer
+    every method runs on and gets a finite map from."""
     entry = cli.MODELS[name]
     torch.manual_seed(2)
     model = entry.architecture().eval()
+    empty: List[str] = []
     for method in METHODS:
         size = 224 if method in GRID_STATISTICS else 64
         photo = cv2.resize(cli.read_photo(CAT), (size, size), interpolation=cv2.INTER_AREA)
@@ -422,8 +427,9 @@ def test_torchvision_default_layer_works_with_every_method(name: str) -> None:
         subset = (lambda t: t[:, :: t.shape[1] // 32]) if method in ("scorecam", "ablationcam") else None
         grayscale = default_layer_map(method, model, entry, input_tensor, reshape_transform=subset)
         assert grayscale.shape == (size, size) and np.isfinite(grayscale).all(), method
-        if method not in RANDOM_WEIGHTS:
-            assert grayscale.max() > 0.9, f"{name} {method}: empty map at the default layer"
+        if method not in RANDOM_WEIGHTS and grayscale.max() < 0.9:
+            empty.append(method)
+    assert len(METHODS) - len(RANDOM_WEIGHTS) - len(empty) >= MIN_NON_EMPTY, f"{name}: empty maps {empty}"
 
 
 # ----------------------------------------------------------------- layout and --help

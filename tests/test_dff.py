@@ -1,5 +1,5 @@
-"""Deep Feature Factorization (COMPAT §8, §11): the torch NMF against scikit-learn's
-``NMF`` (decision 10: a test-only oracle), ``dff``'s contract, ``DeepFeatureFactorization``
+"""Deep Feature Factorization: the torch NMF against scikit-learn's ``NMF``
+(docs/decisions.md, D10: a test-only oracle), ``dff``'s contract, ``DeepFeatureFactorization``
 on ResNet-18, ``run_dff_on_image`` and the two drawing helpers, by hand."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import NMF
 
 from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from pytorch_grad_cam import DeepFeatureFactorization, run_dff_on_image
@@ -57,7 +58,7 @@ def layer4_activations(resnet18, images):
 
 
 def shifted_matrix(activations: np.ndarray):
-    """V (C, B·h·w) in float64 and the per-row offset, as COMPAT §8 builds them."""
+    """V (C, B·h·w) in float64 and the per-row offset, as dff builds them."""
     matrix = activations.transpose(1, 0, 2, 3).reshape(activations.shape[1], -1).astype(np.float64)
     offset = matrix.min(axis=1, keepdims=True)
     return matrix - offset, offset
@@ -68,8 +69,6 @@ def shifted_matrix(activations: np.ndarray):
 def test_nmf_error_within_5_percent_of_sklearn(layer4_activations, n_components):
     """‖V − WH‖_F of ours against sklearn NMF(init='random', random_state=0) at the same rank.
     Measured ratios on these activations: 1.0016 (n=2), 1.0000 (n=5), 0.9994 (n=10)."""
-    from sklearn.decomposition import NMF
-
     matrix, offset = shifted_matrix(layer4_activations)
     concepts, explanations = dff(layer4_activations, n_components)
     weights = concepts.astype(np.float64) - offset  # concepts = W + offset
@@ -392,7 +391,7 @@ def test_readme_dff_block_gives_what_it_says(resnet18, images, cat_224):
 
 
 def test_reference_import_paths_and_signatures():
-    """grad-cam's import paths, argument order and defaults (COMPAT §8, §11)."""
+    """grad-cam's import paths, argument order and defaults."""
     import inspect
 
     import pytorch_grad_cam

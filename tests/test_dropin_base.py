@@ -1,4 +1,4 @@
-"""The grad-cam 1.5.x drop-in parts of BaseCAM (COMPAT.md decisions 1, 4, 5, 6) and the
+"""The grad-cam 1.5.x drop-in parts of BaseCAM (docs/decisions.md, D1, D4, D5, D6) and the
 methods FullGrad, ShapleyCAM, FinerCAM, RefineCAM, each against an independent
 float64 computation."""
 from __future__ import annotations
@@ -169,7 +169,14 @@ def test_omitted_layers_resnet18_picks_the_last_block(resnet18):
     cam, result, message = found_layer(GradCAM, resnet18, x)
     assert cam.target_layers == [resnet18.layer4[-1]] and "'layer4.1'" in message
     assert np.allclose(result, GradCAM(resnet18, [resnet18.layer4[-1]])(x))
-    cam(x)  # found once: no second search
+    # Found once, at construction: a second call neither searches nor warns again, and
+    # explains the same layer.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = cam(x)
+    assert not [w for w in caught if "target_layers not given" in str(w.message)]
+    assert cam.target_layers == [resnet18.layer4[-1]]
+    np.testing.assert_allclose(again, result, atol=1e-6)
 
 
 def test_omitted_layers_small_cnn(small_cnn):

@@ -1,5 +1,5 @@
-"""KPCA-CAM's kernel principal component against scikit-learn's ``KernelPCA`` (COMPAT §2,
-decision 10: scikit-learn is a test-only oracle).
+"""KPCA-CAM's kernel principal component against scikit-learn's ``KernelPCA``
+(docs/decisions.md, D10: scikit-learn is a test-only oracle).
 
 For every kernel, on real activations (pretrained EfficientNet-Lite0 on two photos, at a
 14×14 and a 7×7 layer): ``get_2d_projection_kernel`` equals
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sklearn.decomposition as sklearn_decomposition
 import torch
 
 from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from conftest import efficientnet_input
 from pytorch_grad_cam.utils.svd_on_activations import KERNELS, get_2d_projection_kernel
-
-sklearn_decomposition = pytest.importorskip("sklearn.decomposition")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The grad-cam metrics at their import paths (COMPAT §13): numbers on hand-computable
+"""The grad-cam metrics at their import paths: numbers on hand-computable
 cases, the ROAD imputer against a dense solve, batched = per image, the accepted cam forms."""
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import gaussian_filter
+from scipy.stats import spearmanr
+from skimage.metrics import structural_similarity as skimage_ssim
 from torch import nn
 
 from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
@@ -90,8 +93,6 @@ def test_deletion_area_by_hand_and_tensor_baseline():
 
 
 def test_gaussian_blur_equals_scipy():
-    from scipy.ndimage import gaussian_filter
-
     images = torch.rand(2, 3, 20, 17, generator=torch.Generator().manual_seed(0))
     for sigma in (1.0, 2.5):
         ours = gaussian_blur(images, sigma).numpy()
@@ -304,8 +305,6 @@ def test_regions_reject_bad_input():
 
 # ---------------------------------------------------------------- Spearman and SSIM
 def test_spearman_equals_scipy_with_ties():
-    from scipy.stats import spearmanr
-
     generator = np.random.default_rng(4)
     first = generator.integers(0, 6, (5, 12, 10)).astype(np.float32)  # many ties
     second = first + generator.integers(0, 4, (5, 12, 10))
@@ -319,8 +318,6 @@ def test_spearman_equals_scipy_with_ties():
 
 
 def test_ssim_equals_scikit_image():
-    from skimage.metrics import structural_similarity as skimage_ssim
-
     generator = np.random.default_rng(5)
     first = generator.random((3, 16, 23))
     second = np.clip(first + 0.3 * generator.standard_normal((3, 16, 23)), 0, 1)
