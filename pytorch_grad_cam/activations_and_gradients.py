@@ -58,11 +58,14 @@ class ActivationsAndGradients:
         model: nn.Module,
         target_layers: Sequence[nn.Module],
         reshape_transform: Optional[ReshapeTransform] = None,
+        detach: bool = True,
+        *,
         record_gradients: bool = True,
         record_activations: bool = True,
         reduce_gradient: Optional[GradientReducer] = None,
     ) -> None:
         self.model = model
+        self.detach = detach  # grad-cam's parameter: what is recorded is always detached here
         self.target_layers = list(target_layers)
         self.reshape_transform = reshape_transform
         self.record_gradients = record_gradients

@@ -57,6 +57,11 @@ class BaseCAM:
             (see :mod:`pytorch_grad_cam.layer_search`) and warns which.
         reshape_transform: maps a layer's output (and gradient) to (B, C, h, w) (or
             (B, C, d, h, w)); needed for transformers, see ``utils.reshape_transforms``.
+        compute_input_gradient, uses_gradients: grad-cam's spelling of the class flags
+            below, for subclasses written for it (True / False switch the flag on / off).
+        tta_transforms: a ``ttach.Compose`` used by ``aug_smooth=True`` (None: flip x
+            [0.9, 1, 1.1]).
+        detach: accepted as grad-cam's; recorded tensors are always detached here.
         target_layer: the older spelling of ``target_layers`` (one module).
         use_cuda: move the model to CUDA and compute there. Without it, computation
             runs on the device of the model's parameters.
@@ -96,10 +101,25 @@ class BaseCAM:
         model: nn.Module,
         target_layers: Union[LayerSpec, Sequence[LayerSpec], None] = None,
         reshape_transform: Optional[ReshapeTransform] = None,
+        compute_input_gradient: bool = False,
+        uses_gradients: bool = True,
+        tta_transforms: Optional[object] = None,
+        detach: bool = True,
         *,
         target_layer: Optional[LayerSpec] = None,
         use_cuda: bool = False,
     ) -> None:
+        # grad-cam's constructor flags, for subclasses written for it: a non-default
+        # value switches the class's flag; the defaults leave a subclass's own flags.
+        if compute_input_gradient:
+            self.compute_input_gradient = True
+        if not uses_gradients:
+            self.uses_gradients = False
+        #: The augmentations of ``aug_smooth=True`` (None: flip x [0.9, 1, 1.1]).
+        self.tta_transforms = tta_transforms
+        #: Accepted as grad-cam's; recorded tensors are always detached here (ShapleyCAM
+        #: builds its double backward itself), so it changes nothing.
+        self.detach = detach
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         if reshape_transform is not None and not callable(reshape_transform):
@@ -244,7 +264,8 @@ class BaseCAM:
             if not self.target_layers:
                 self._choose_target_layer(prepared, targets)
             if aug_smooth is not False and aug_smooth is not None:
-                cams = augmented_maps(self._explain, prepared, targets, eigen_smooth, aug_smooth)
+                transforms = self.tta_transforms if aug_smooth is True and self.tta_transforms else aug_smooth
+                cams = augmented_maps(self._explain, prepared, targets, eigen_smooth, transforms)
             else:
                 cams = self._explain(prepared, targets, eigen_smooth)
         return cams.detach().cpu().numpy().astype(np.float32, copy=False)
@@ -292,7 +313,7 @@ class BaseCAM:
             self.model,
             layers,
             self.reshape_transform,
-            self.uses_gradients,
+            record_gradients=self.uses_gradients,
             record_activations=self.record_activations or not wants_input_gradient,
             reduce_gradient=lambda index, grads: self.reduce_gradient(record, layers[index], grads),
         ) as recorder:

@@ -155,11 +155,11 @@ class GuidedBackpropReLUModel:
         """The model's output on ``input_img`` (moved to the model's device)."""
         return self.model(input_img.to(model_device(self.model)))
 
-    def __call__(self, input_tensor: torch.Tensor, target_category: Optional[int] = None) -> np.ndarray:
+    def __call__(self, input_img: torch.Tensor, target_category: Optional[int] = None) -> np.ndarray:
         """The guided input gradient.
 
         Args:
-            input_tensor: (B, C, H, W) float tensor.
+            input_img: (B, C, H, W) float tensor (grad-cam's name for it).
             target_category: the class to explain; None takes each image's top class.
 
         Returns:
@@ -169,7 +169,7 @@ class GuidedBackpropReLUModel:
             ValueError/TypeError: as for a CAM call's input; IndexError for a class
                 outside the output.
         """
-        input_tensor = check_input(input_tensor)
+        input_tensor = check_input(input_img)
         batch = input_tensor.shape[0]
         targets = check_targets(None, target_category, batch)
         dtype = model_float_dtype(self.model) or input_tensor.dtype

@@ -175,23 +175,11 @@ DEVIATIONS: Dict[Tuple[str, str], Tuple[object, str]] = {
 }
 
 #: Where ours does not (yet) take grad-cam's arguments: {(name, member or ""): why}.
-KNOWN_GAPS: Dict[Tuple[str, str], str] = {
-    ("BaseCAM", ""): "BaseCAM's constructor does not take grad-cam's compute_input_gradient, uses_gradients, "
-                     "tta_transforms and detach (class attributes here), so a subclass written for grad-cam "
-                     "that passes them to super().__init__ fails",
-    ("ActivationsAndGradients", ""): "ActivationsAndGradients takes record_gradients where grad-cam takes detach "
-                                     "(4th parameter), so detach=... fails and a 4th positional argument means "
-                                     "something else",
-    ("GuidedBackpropReLUModel", "__call__"): "GuidedBackpropReLUModel.__call__ names its input input_tensor, "
-                                             "grad-cam input_img (docs/decisions.md, D11), so input_img=... fails",
-}
+#: Names whose signature is knowingly not grad-cam's (name, member) -> why; empty now.
+KNOWN_GAPS: Dict[Tuple[str, str], str] = {}
 
-#: Names that are added by the engine change now in progress.
-PENDING = {
-    ("pytorch_grad_cam.fullgrad_cam", "FullGrad"),
-    ("pytorch_grad_cam.guided_backprop", "GuidedBackpropReLU"),
-    ("pytorch_grad_cam.guided_backprop", "GuidedBackpropReLUasModule"),
-}
+#: Names added by the engine change (issue 17), once marked pending; none is now.
+PENDING: set = set()
 
 #: Non-literal defaults of the reference parameter lists.
 DEFAULT_NAMES = {"cv2": cv2, "GradCAM": pytorch_grad_cam.GradCAM, "GradCAMPlusPlus": pytorch_grad_cam.GradCAMPlusPlus}

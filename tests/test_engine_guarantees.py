@@ -412,3 +412,32 @@ def test_shapley_and_scorecam_keep_nothing_between_calls():
     for cam in (ShapleyCAM(model, [model.conv2]), ScoreCAM(model, [model.conv2], progress=False)):
         cam(x, targets())
         assert [k for k, v in vars(cam).items() if torch.is_tensor(v) and k != "outputs"] == []
+
+
+def test_a_subclass_written_for_grad_cam_passes_its_flags_to_base_cam():
+    """grad-cam's ``BaseCAM(model, target_layers, reshape_transform,
+    compute_input_gradient, uses_gradients, tta_transforms, detach)``."""
+    import ttach as tta
+
+    from pytorch_grad_cam import BaseCAM
+
+    class MeanActivationCAM(BaseCAM):
+        def __init__(self, model, target_layers, reshape_transform=None):
+            super().__init__(model, target_layers, reshape_transform, uses_gradients=False,
+                             tta_transforms=tta.Compose([tta.HorizontalFlip()]))
+
+        def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+            assert float(grads.abs().max()) == 0  # no backward pass: zeros
+            return torch.ones(activations.shape[:2])
+
+    model, x = seeded(PooledNet), images()
+    cam = MeanActivationCAM(model, [model.conv2])
+    assert cam.uses_gradients is False and GradCAM.uses_gradients is True
+    plain = cam(x, targets())
+    activations = torch.relu(model.conv2(torch.relu(model.conv1(x))).sum(1))  # ReLU after the channel sum
+    expected = (activations - activations.amin((1, 2), keepdim=True))
+    expected = expected / (expected.amax((1, 2), keepdim=True) + 1e-7)
+    np.testing.assert_allclose(plain, expected.detach().numpy(), atol=1e-5)
+    flipped = cam(x.flip(-1), targets())
+    smoothed = cam(x, targets(), aug_smooth=True)  # its own transforms: the map and the flipped one's
+    np.testing.assert_allclose(smoothed, (plain + flipped[..., ::-1]) / 2, atol=1e-5)
