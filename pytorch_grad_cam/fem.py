@@ -23,7 +23,7 @@ class FEM(BaseCAM):
     """
 
     uses_gradients = False
-    needs_targets = False  # COMPAT decision 1: never builds or calls targets
+    needs_targets = False  # docs/decisions.md, D1: never builds or calls targets
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ class KPCA_CAM(BaseCAM):  # noqa: N801 - the reference's public name
     """
 
     uses_gradients = False
-    needs_targets = False  # COMPAT decision 1: never builds or calls targets
+    needs_targets = False  # docs/decisions.md, D1: never builds or calls targets
 
     def __init__(
         self,

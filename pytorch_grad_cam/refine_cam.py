@@ -16,7 +16,7 @@ from pytorch_grad_cam.utils.image import min_max_scale
 class RefineCAM(BaseMethodCAM):
     """map = minmax(Π_l M_l), M_l the base method's (GradCAM++ by default) map of layer
     l alone, in [0, 1] at input size. One forward and backward serve every layer.
-    ``eigen_smooth`` is eigen smoothing of each layer's map (COMPAT decision 6)."""
+    ``eigen_smooth`` is eigen smoothing of each layer's map (docs/decisions.md, D6)."""
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ from pytorch_grad_cam.eigen_cam import EigenCAM
 from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
 from pytorch_grad_cam.fem import FEM
 
-# drop-in methods of grad-cam 1.5.x (COMPAT.md §3-§6)
+# drop-in methods of grad-cam 1.5.x
 from pytorch_grad_cam.finer_cam import FinerCAM
 from pytorch_grad_cam.full_grad import FullGrad
 from pytorch_grad_cam.grad_cam import GradCAM

@@ -147,7 +147,7 @@ def resize_half_pixel(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 def pc_projection(weighted: np.ndarray) -> np.ndarray:
     """First-principal-component projection of one image's (K, *spatial) maps, with
-    SPEC.md's sign rule (non-negative correlation with the row sums)."""
+    the sign rule (docs/decisions.md, G18) (non-negative correlation with the row sums)."""
     channels = weighted.shape[0]
     matrix = np.nan_to_num(weighted.reshape(channels, -1).T)
     matrix = matrix - matrix.mean(axis=0)
@@ -326,7 +326,7 @@ def ablationcam_reference_and_tolerances(
     return np.stack(maps), tolerances
 
 
-# ---------------------------------------------------------------- the drop-in methods (COMPAT.md §1, §2)
+# ---------------------------------------------------------------- the drop-in methods
 #: RandomCAM draws its (B, K) weights from torch's global generator: the reference
 #: seeds it with this before its draw, and a test seeds it before the engine's call.
 RANDOM_SEED = 0
@@ -377,7 +377,7 @@ def kernel_matrix(x: np.ndarray, kernel: str, gamma: float) -> np.ndarray:
 
 def kernel_pca_projection(A: np.ndarray, kernel: str = "sigmoid", gamma=None) -> np.ndarray:
     """Kernel PCA's first component of one image's (K, *spatial) activations, from
-    COMPAT.md §2: centred positions, kernel, Kc = K - 1n K - K 1n + 1n K 1n, top
+    Kernel PCA: centred positions, kernel, Kc = K - 1n K - K 1n + 1n K 1n, top
     eigenpair (λ >= 0), the largest |v| entry positive, v * sqrt(λ)."""
     channels = A.shape[0]
     x = np.nan_to_num(A.reshape(channels, -1).T)
@@ -393,7 +393,7 @@ def kernel_pca_projection(A: np.ndarray, kernel: str = "sigmoid", gamma=None) ->
     return (vector * np.sqrt(value)).reshape(A.shape[1:])
 
 
-# ---------------------------------------------------------------- COMPAT.md §3-§6
+# ---------------------------------------------------------------- FullGrad, ShapleyCAM, FinerCAM, RefineCAM
 def capture_with_hessian(
     model: nn.Module,
     layer: nn.Module,
@@ -456,7 +456,7 @@ def scaled_channel_maps(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 def fullgrad_reference(model: nn.Module, input_tensor: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
-    """FullGrad (COMPAT.md §3) in float64 on a copy of the model: per image,
+    """FullGrad in float64 on a copy of the model: per image,
     minmax(sum_c s(|dL/dX * X|_c) + sum over the bias layers the forward runs of
     sum_c s(|b_c * dL/dO_c|)), s = per-channel min-max and resize, O the layer's
     output; no ReLU. Target layers and reshape transforms play no part."""

@@ -1,4 +1,4 @@
-"""The public call behaves as SPEC.md says, for every registered method: batches,
+"""The public call behaves as the README says (docs/decisions.md, G8, G9, G13), for every registered method: batches,
 the ways of naming targets, smoothing, several layers, volumes, and the errors a
 user meets first."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 METHOD_NAMES = sorted(METHODS)
 PERTURBATION = ("scorecam", "ablationcam")
 # Whose map ignores eigen_smooth: a principal component already, or (FEM) a map that
-# is not a weighted channel sum for a component to replace (COMPAT.md §1).
+# is not a weighted channel sum for a component to replace (docs/decisions.md, G18).
 PROJECTION_METHODS = ("eigencam", "eigengradcam", "fem", "kpcacam", "segeigencam")
 # Never call their targets: class-agnostic maps of the activations alone.
 CLASS_AGNOSTIC = ("eigencam", "fem", "kpcacam")

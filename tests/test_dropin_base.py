@@ -26,7 +26,7 @@ def reference_gradcam(model, layer, images, classes, transform=lambda t: t):
     return np.stack(maps)
 
 
-# ------------------------------------------------------------ Decision 1
+# ------------------------------------------------------------ docs/decisions.md, D1
 class YoloLike(nn.Module):
     """Returns a list like YOLO's: [(B, N, 85) predictions, a feature map]."""
 
@@ -51,7 +51,7 @@ def test_decision1_gradient_free_method_never_builds_targets():
     assert EigenCAM.needs_targets is False and GradCAM.needs_targets is True
 
 
-# ------------------------------------------------------------ Decision 4
+# ------------------------------------------------------------ docs/decisions.md, D4
 def test_decision4_forward_keeps_the_reference_positional_order(small_cnn):
     x = torch.rand(2, 3, 32, 32)
     targets = [ClassifierOutputTarget(1)] * 2
@@ -76,7 +76,7 @@ def test_decision4_custom_subclass_gets_tensors_and_may_return_numpy(small_cnn):
     assert np.abs(result - reference_gradcam(small_cnn, layer, x, [1, 3])).max() < 1e-5
 
 
-# ------------------------------------------------------------ Decision 5
+# ------------------------------------------------------------ docs/decisions.md, D5
 class DictBackbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()

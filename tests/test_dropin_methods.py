@@ -1,4 +1,4 @@
-"""The drop-in additions' utilities and targets (COMPAT.md §1, §2, §9, §10, §11, §12),
+"""The drop-in additions' utilities and targets,
 each against a computation by hand: kernel PCA for every kernel, the projections'
 input handling, sobel_cam, find_layers, the new targets, and
 scale_accross_batch_and_channels. The methods' maps are checked in test_formulas.py."""
@@ -55,7 +55,7 @@ def activations(seed: int = 0, shape=(2, 6, 5, 7)) -> np.ndarray:
 @pytest.mark.parametrize("gamma", [None, 0.3])
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_kernel_projection_is_kernel_pca_up_to_sign(kernel, gamma):
-    """Against kernel PCA written from COMPAT §2 in float64 numpy; also 3-D maps."""
+    """Against kernel PCA written out by hand in float64 numpy; also 3-D maps."""
     for shape in ((2, 6, 5, 7), (1, 4, 3, 4, 5)):
         acts = activations(1, shape)
         result = get_2d_projection_kernel(acts, kernel, gamma)

@@ -45,7 +45,7 @@ ATOL = 1e-5
 #: the two that wrap a base method: FinerCAM with given targets and RefineCAM on one
 #: layer would repeat GradCAM's and GradCAM++'s checks; their own references are
 #: checked below.
-SPEC_METHODS = sorted(set(METHODS) - {"finercam", "refinecam"})
+FORMULA_METHODS = sorted(set(METHODS) - {"finercam", "refinecam"})
 CLASSES = [1, 3]
 #: Whether every use of a small_cnn layer's output reaches a ReLU-like activation
 #: through element-wise steps (AblationCAM's ablation value), by construction:
@@ -81,7 +81,7 @@ def assert_nontrivial(reference: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("layer_index, signed", [(-1, False), (-2, True)], ids=["relu", "conv"])
-@pytest.mark.parametrize("method", SPEC_METHODS)
+@pytest.mark.parametrize("method", FORMULA_METHODS)
 def test_map_matches_reference(method, layer_index, signed, small_cnn, images):
     layer = small_cnn.features[layer_index]
     activations, _, _ = capture(small_cnn, layer, images, CLASSES)
@@ -192,7 +192,7 @@ class InPlaceResidualNet(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore:AblationCAM re-runs the whole model")  # the skip connection
-@pytest.mark.parametrize("method", SPEC_METHODS)
+@pytest.mark.parametrize("method", FORMULA_METHODS)
 def test_in_place_operations_after_the_layer_for_every_method(method):
     torch.manual_seed(4)
     model = InPlaceResidualNet().eval()
@@ -249,7 +249,7 @@ def test_reference_projection_sign_rule():
 
 
 # ---------------------------------------------------------------- the drop-in methods
-#: The methods added for the drop-in (COMPAT.md §1); their maps on tokens and volumes
+#: The methods added for the drop-in (docs/decisions.md, G18); their maps on tokens and volumes
 #: are checked here against the reference too.
 DROP_IN_METHODS = ["hirescam", "gradcamelementwise", "randomcam", "fem", "kpcacam", "segeigencam"]
 

@@ -133,7 +133,7 @@ def test_in_place_relu6_statements_are_guided(activation) -> None:
 
 
 def test_guided_backprop_computes_in_eval_mode_and_restores_modes() -> None:
-    """COMPAT decision 11 and SPEC's mode rule: a train-mode model (dropout, BatchNorm)
+    """docs/decisions.md, D11 and G2: a train-mode model (dropout, BatchNorm)
     gives the eval-mode gradient, keeps its BatchNorm statistics and every flag;
     ``device=`` is accepted and ``forward`` returns the model output."""
     torch.manual_seed(0)

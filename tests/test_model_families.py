@@ -1,4 +1,4 @@
-"""Models beyond classifiers (COMPAT.md §10, §11, §15): semantic segmentation,
+"""Models beyond classifiers: semantic segmentation,
 embeddings, HuggingFace-style outputs, YOLO-style list outputs and Faster R-CNN, each
 on a real torchvision/timm architecture with random weights, and the reference's
 ``swinT_reshape_transform``. Maps are checked against an independent computation
@@ -214,7 +214,7 @@ def test_yolo_style_list_output_eigencam_without_targets():
     x = seeded_input(2, 3, 96, 96)
     layer = model.backbone[-1]
     cam = EigenCAM(model, [layer])
-    result = cam(x)  # no targets at all (Decision 1)
+    result = cam(x)  # no targets at all (docs/decisions.md, D1)
     assert_informative(result, (2, 96, 96))
     assert isinstance(cam.outputs, list) and cam.outputs[0].shape == (2, 9, 85)
     # The same layer inside the bare trunk gives the same map.

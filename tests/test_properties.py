@@ -219,7 +219,7 @@ def test_show_cam_on_image(pair, use_rgb, colormap, image_weight) -> None:
        double=st.booleans())
 def test_show_cam_on_image_is_the_formula_written_out(pair, use_rgb, colormap, image_weight, double) -> None:
     """The in-place implementation gives the bytes of the formula written out term by term
-    (COMPAT: (1 - w) * heatmap / 255 + w * img, divided by its maximum, times 255, as uint8),
+    (grad-cam's formula: (1 - w) * heatmap / 255 + w * img, divided by its maximum, times 255, as uint8),
     for float32 and float64 images."""
     img, mask = pair
     img = img.astype(np.float64) if double else img

@@ -334,7 +334,7 @@ def test_model_state_left_as_found(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["gradcam", "scorecam", "ablationcam"])
 def test_train_mode_computes_in_eval_mode_and_every_mode_is_restored(name: str) -> None:
-    """COMPAT decision 3: a model left in train mode gives the eval-mode model's map,
+    """docs/decisions.md, D3: a model left in train mode gives the eval-mode model's map,
     without a warning; its BatchNorm statistics do not move, and every submodule gets
     its own flag back (a mixed-mode model stays mixed), also when the call raises
     midway (a target failing on its 3rd call: inside the extra passes of

@@ -110,7 +110,7 @@ def images_224() -> torch.Tensor:
 
 
 # EigenCAM is left out here: with timm's initial LayerNorm (weight 1, bias 0) every
-# token of norm1's output sums to zero over the channels, so SPEC's sign rule (agree
+# token of norm1's output sums to zero over the channels, so the sign rule (docs/decisions.md, G18) (agree
 # with the channel sum) has nothing to go by and the sign is rounding noise. The
 # small ViT below, whose norms are randomised, checks EigenCAM on tokens.
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "layercam", "eigengradcam"])

@@ -4,7 +4,7 @@ each concept, a map of where it is in every image.
 
 The factorization is a non-negative matrix factorization written in torch (coordinate
 descent on the Frobenius loss, as scikit-learn's default solver), run on the
-activations' device; no scikit-learn at run time (COMPAT decision 10).
+activations' device; no scikit-learn at run time (docs/decisions.md, D10).
 """
 from __future__ import annotations
 
