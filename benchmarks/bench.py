@@ -253,12 +253,11 @@ def run_tables(args: argparse.Namespace, bench: Bench, selected: List[Table], cl
     return ratios, seconds, memory, report
 
 
-def run_side_by_side(args: argparse.Namespace, bench: Bench) -> List[str]:
+def run_side_by_side(args: argparse.Namespace, bench: Bench) -> List[dict]:
     """The tables with grad-cam 1.5.7 and torchcam 0.5.0 (each skipped with a note
-    without its interpreter); returns the target lines."""
+    without its interpreter); returns their rows."""
     results = side_by_side(args, bench, gradcam_library(args.compare_with), comparison_cases())
-    results += side_by_side(args, bench, torchcam_library(args.torchcam_with), torchcam_cases())
-    return comparison_targets(results)
+    return results + side_by_side(args, bench, torchcam_library(args.torchcam_with), torchcam_cases())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -290,13 +289,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.no_dataset and not args.compare_only and not args.rows and wants_dataset:
         targets += dataset_table(args.repeats, args.device)
         sys.stdout.flush()
-    targets += run_side_by_side(args, bench)
+    side_by_side_rows = run_side_by_side(args, bench)
+    targets += comparison_targets(side_by_side_rows)
     print("\n### Targets")
     for line in targets:
         print(f"- {line}")
     print(f"\n(total {time.perf_counter() - started:.0f} s; {describe_machine(device)})")
     if args.json:
-        summary = {"tables": report, "memory_mb": memory, "targets": targets, "machine": describe_machine(device)}
+        summary = {"tables": report, "memory_mb": memory, "side_by_side": side_by_side_rows, "targets": targets,
+                   "machine": describe_machine(device)}
         args.json.write_text(json.dumps(summary, indent=1))
     return 0
 

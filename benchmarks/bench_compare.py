@@ -303,9 +303,9 @@ def _correlation_text(values: Optional[List[Optional[float]]]) -> str:
     if not values:
         return "-"
     finite = [value for value in values if value is not None and value == value]
-    text = "-" if not finite else f"{statistics.fmean(finite):.3f}"
+    text = "-" if not finite else f"{statistics.fmean(finite):.4f}"
     if len(finite) > 1:
-        text += f" (min {min(finite):.3f})"
+        text += f" (min {min(finite):.4f})"
     both, one = values.count(None), sum(1 for value in values if value is not None and value != value)
     if both:
         text += f"; {both}/{len(values)} constant in both"

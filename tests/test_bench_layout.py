@@ -99,7 +99,7 @@ def test_map_correlation_resizes_ignores_scale_and_counts_constant_maps(
     values = map_correlation(tmp_path / "ours.pt", tmp_path / "theirs.pt")
     assert values[0] == pytest.approx(1, abs=1e-9) and values[1] == pytest.approx(1, abs=1e-9)
     assert values[2] is None and values[3] != values[3]
-    assert _correlation_text(values) == "1.000 (min 1.000); 1/4 constant in both; 1/4 constant in one only"
+    assert _correlation_text(values) == "1.0000 (min 1.0000); 1/4 constant in both; 1/4 constant in one only"
     # a different map correlates below 1: the measure can fail
     torch.save(torch.rand(4, 7, 7, generator=torch.Generator().manual_seed(1)), tmp_path / "other.pt")
     assert max(map_correlation(tmp_path / "ours.pt", tmp_path / "other.pt")[:2]) < 0.9
