@@ -1,16 +1,20 @@
-"""One case of the side-by-side table, run in whichever interpreter starts this file.
+"""One case of a side-by-side table, run in whichever interpreter starts this file.
 
 ``bench.py --compare-with PYTHON`` starts it twice per round: once in this project's
 interpreter with ``--library ours`` (the repository put first on ``sys.path``), and
 once in the other interpreter with ``--library theirs``, where ``pytorch_grad_cam`` is
 that interpreter's installed package (grad-cam 1.5.7 in a throwaway virtual
-environment outside the repository). Both build the same architecture and load the same
-weights and input tensor that bench.py saved (as tensors, ``weights_only=True``), so the cases are the same numbers; only the library differs.
-The two libraries share the public API used here (class names, constructor, call).
+environment outside the repository). ``bench.py --torchcam-with PYTHON`` does the same
+with ``--library torchcam`` in an interpreter that has torchcam 0.5.0 installed (its
+documented API only: ``torchcam.methods``, ``extractor(class_idx, scores)``). All build
+the same architecture and load the same weights and input tensor that bench.py saved (as
+tensors, ``weights_only=True``), so the cases are the same numbers; only the library
+differs. grad-cam shares the public API used here (class names, constructor, call).
 
 It prints one JSON line: ``{"times": [...]}`` (seconds per timed call) or, with
 ``--memory``, ``{"peak_mb": ...}`` (the peak resident memory one call added, measured as
-bench.py does on the CPU).
+bench.py does on the CPU). With ``--maps PATH`` it also saves the maps of the last timed
+call there (a tensor; torchcam's at its layer's resolution, as it returns them).
 """
 from __future__ import annotations
 
@@ -67,10 +71,52 @@ def _architecture(name: str):
     raise SystemExit(f"compare_runner: unknown architecture {name!r} (resnet18, resnet50 or efficientnet)")
 
 
-def build_call(case: dict, library: str):
-    """The case's CAM call, built with ``library``'s classes (imported by name)."""
+#: torchcam's class for each of this library's class names (the cases torchcam can run).
+TORCHCAM_CLASSES = {"GradCAM": "GradCAM", "GradCAMPlusPlus": "GradCAMpp", "XGradCAM": "XGradCAM",
+                    "LayerCAM": "LayerCAM", "ScoreCAM": "ScoreCAM"}
+
+
+def _model_and_input(case: dict):
+    """The case's model (saved weights, eval) and input tensor."""
     import torch
 
+    model = _architecture(case["architecture"])
+    model.load_state_dict(torch.load(case["model"], map_location="cpu", weights_only=True))
+    model.eval()
+    return model, torch.load(case["input"], map_location="cpu", weights_only=True)
+
+
+def build_torchcam_call(case: dict):
+    """The case's call with torchcam's documented API: the extractor on the case's layer,
+    then ``model(x)`` and ``extractor(class_idx, scores)``, as its docs show (ScoreCAM: the
+    forward under ``inference_mode``, then ``extractor(class_idx)``); the call returns the
+    first hooked layer's maps, (N, h, w) at the layer's resolution."""
+    import torch
+    from torchcam import methods
+
+    if case["method"] not in TORCHCAM_CLASSES:
+        raise SystemExit(f"compare_runner: torchcam has no counterpart of {case['method']!r} here")
+    model, images = _model_and_input(case)
+    layer = dict(model.named_modules())[case["layers"][0]]
+    cls = getattr(methods, TORCHCAM_CLASSES[case["method"]])
+    categories = case["categories"]
+    if case["method"] == "ScoreCAM":
+        extractor = cls(model, target_layer=layer, batch_size=case.get("batch_size") or 32)
+
+        def score_call():
+            with torch.inference_mode():
+                model(images)
+            return extractor(class_idx=categories)[0]
+
+        return score_call
+    extractor = cls(model, target_layer=layer)
+    return lambda: extractor(class_idx=categories, scores=model(images))[0]
+
+
+def build_call(case: dict, library: str):
+    """The case's CAM call, built with ``library``'s classes (imported by name)."""
+    if library == "torchcam":
+        return build_torchcam_call(case)
     if library == "ours":
         sys.path.insert(0, str(REPOSITORY))
     else:  # never this repository's package
@@ -80,10 +126,7 @@ def build_call(case: dict, library: str):
 
     if library == "ours" and Path(pytorch_grad_cam.__file__).resolve().parents[1] != REPOSITORY:
         raise SystemExit(f"--library ours imported {pytorch_grad_cam.__file__}")
-    model = _architecture(case["architecture"])
-    model.load_state_dict(torch.load(case["model"], map_location="cpu", weights_only=True))
-    model.eval()
-    images = torch.load(case["input"], map_location="cpu", weights_only=True)
+    model, images = _model_and_input(case)
     modules = dict(model.named_modules())
     names = case.get("theirs_layers") if library == "theirs" and case.get("theirs_layers") else case["layers"]
     layers = [modules[name] for name in names]
@@ -104,13 +147,14 @@ def build_call(case: dict, library: str):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--library", choices=["ours", "theirs"], required=True)
+    parser.add_argument("--library", choices=["ours", "theirs", "torchcam"], required=True)
     parser.add_argument("--case", type=Path, required=True, help="the case, a JSON file bench.py wrote")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--calls", type=int, default=1, help="timed calls")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first")
     parser.add_argument("--memory", action="store_true", help="the peak memory of one call instead")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: process CPU time")
+    parser.add_argument("--maps", type=Path, help="save the maps of the last timed call here (a tensor)")
     args = parser.parse_args()
     os.environ["TQDM_DISABLE"] = "1"
     warnings.filterwarnings("ignore")
@@ -129,8 +173,10 @@ def main() -> int:
     times = []
     for _ in range(args.calls):
         start = clock()
-        call()
+        maps = call()
         times.append(clock() - start)
+    if args.maps:
+        torch.save(torch.as_tensor(maps).detach().float().cpu(), args.maps)
     print(json.dumps({"times": times}))
     return 0
 
