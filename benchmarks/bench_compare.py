@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-
 from bench_cases import DFF_COMPONENTS, NEW_METHOD_BATCH, REFINE_LAYERS, SHAPLEY_LAYER, Bench
 from bench_harness import MMAP_THRESHOLD, cpu_memory_supported
 
@@ -150,7 +149,8 @@ def _comparison_models(bench: Bench, wanted: set) -> Dict[str, ModelEntry]:
         models["resnet18"] = (resnet18, lambda n: bench.images(n).cpu(), Bench.categories)
     if "efficientnet" in wanted:
         from pytorch_grad_cam.cli.app import model_input, read_photo
-        from pytorch_grad_cam.cli.model_zoo import MODELS as ZOO, load_model
+        from pytorch_grad_cam.cli.model_zoo import MODELS as ZOO
+        from pytorch_grad_cam.cli.model_zoo import load_model
 
         entry = ZOO["efficientnet_lite0"]
         model = load_model(entry, "efficientnet_lite0", progress=False).eval()

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-
 from bench_harness import BENCH_SCRIPT, median_ratio
 
 #: cam.py --image-dir on the bundled photos repeated to this many images.

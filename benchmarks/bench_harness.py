@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 
 import torch
-
 from compare_runner import cpu_peak_mb
 
 if TYPE_CHECKING:  # only for the annotations: bench_cases imports nothing from here

@@ -32,6 +32,7 @@ from bench_cases import (
     scorecam_floor,
 )
 from bench_harness import Row, Table
+
 from pytorch_grad_cam.registry import METHODS
 
 

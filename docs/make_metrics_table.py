@@ -24,14 +24,13 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Sequence, Tuple
 
 import cv2
 import numpy as np
 import torch
 
 from pytorch_grad_cam import METHODS
-from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.metrics import (
     DeletionMetric,
     DropInConfidence,
@@ -43,6 +42,7 @@ from pytorch_grad_cam.metrics import (
     relevance_rank_accuracy,
     sanity_check,
 )
+from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.registry import get_method
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 

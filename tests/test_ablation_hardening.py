@@ -13,8 +13,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from cam_reference import (  # noqa: F401 - single_thread_module: autouse fixture
     RANDOM_SEED,
     ablationcam_reference_and_tolerances,
@@ -26,6 +24,8 @@ from cam_reference import (  # noqa: F401 - single_thread_module: autouse fixtur
     run_with_layer_output,
     single_thread_module,
 )
+from torch import nn
+
 from pytorch_grad_cam import METHODS, AblationCAM, FinerCAM, RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.network_tail import extract_tail, replaced_output_runner

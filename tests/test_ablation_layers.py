@@ -14,8 +14,8 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-
 from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
+
 from pytorch_grad_cam import AblationCAM, AblationLayer, AblationLayerFasterRCNN, AblationLayerVit
 from pytorch_grad_cam import ablation_layer as ablation_layer_module
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FasterRCNNBoxScoreTarget

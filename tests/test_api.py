@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import ttach as tta
+from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from torch import nn
 
-from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from pytorch_grad_cam import METHODS, AblationCAM, GradCAM, ScoreCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

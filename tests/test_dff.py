@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from sklearn.decomposition import NMF
 
-from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from pytorch_grad_cam import DeepFeatureFactorization, run_dff_on_image
 from pytorch_grad_cam.feature_factorization import deep_feature_factorization as dff_module
 from pytorch_grad_cam.feature_factorization.deep_feature_factorization import dff

@@ -8,8 +8,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from cam_reference import (
     capture,
     finish_layer,
@@ -19,6 +17,8 @@ from cam_reference import (
     sign_corrected_projection,
     single_thread_module,  # noqa: F401 - autouse fixture
 )
+from torch import nn
+
 from pytorch_grad_cam import FEM, KPCA_CAM, RandomCAM
 from pytorch_grad_cam.sobel_cam import sobel_cam
 from pytorch_grad_cam.utils.find_layers import (

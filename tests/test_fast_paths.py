@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Callable, List, Optional
+from typing import Callable, List
 
 import numpy as np
 import pytest
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytorch_grad_cam import METHODS, AblationCAM, EigenCAM, GradCAM, ScoreCAM
+from pytorch_grad_cam import METHODS, AblationCAM, GradCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 

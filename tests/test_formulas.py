@@ -14,8 +14,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
 from cam_reference import (
     RANDOM_SEED,
     capture,
@@ -33,6 +31,8 @@ from cam_reference import (
     single_thread_module,  # noqa: F401 - autouse fixture
     weighted_map,
 )
+from torch import nn
+
 from pytorch_grad_cam import METHODS, FinerCAM, GradCAM, RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
 

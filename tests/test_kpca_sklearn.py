@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import sklearn.decomposition as sklearn_decomposition
 import torch
-
 from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from conftest import efficientnet_input
+
 from pytorch_grad_cam.utils.svd_on_activations import KERNELS, get_2d_projection_kernel
 
 

@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from torch import nn
 
-from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from pytorch_grad_cam import METHODS, GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
 

@@ -14,12 +14,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 from skimage.metrics import structural_similarity as skimage_ssim
+from test_localisation import held_out, shape_mask, shapes_model  # noqa: F401 - fixtures
 from torch import nn
 
-from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.metrics import (
     DeletionMetric,
@@ -36,7 +37,6 @@ from pytorch_grad_cam.metrics import (
 )
 from pytorch_grad_cam.random_cam import RandomCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
-from test_localisation import held_out, shape_mask, shapes_model  # noqa: F401 - fixtures
 
 
 # ---------------------------------------------------------------- Deletion / Insertion

@@ -11,9 +11,9 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
+from cam_reference import gradcam_weights, min_max, resize_half_pixel, single_thread_module  # noqa: F401
 from torch import nn
 
-from cam_reference import gradcam_weights, min_max, resize_half_pixel, single_thread_module  # noqa: F401
 from pytorch_grad_cam import EigenCAM, GradCAM
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputTarget,

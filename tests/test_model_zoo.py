@@ -41,9 +41,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import pytest
 import torch
+from cam_reference import single_thread_module  # noqa: F401 - autouse: one thread
 from torch import nn
 
-from cam_reference import single_thread_module  # noqa: F401 - autouse: one thread
 from pytorch_grad_cam import METHODS, AblationCAM, ScoreCAM
 from pytorch_grad_cam.utils.reshape_transforms import swin_reshape_transform, vit_reshape_transform
 

@@ -7,12 +7,12 @@ import warnings
 import cv2
 import numpy as np
 import torch
+from cam_reference import interpolation_matrix, min_max, resize_half_pixel
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
 
-from cam_reference import interpolation_matrix, min_max, resize_half_pixel
 from pytorch_grad_cam import METHODS, PerturbationCAM
 from pytorch_grad_cam.utils.image import (
     deprocess_image,

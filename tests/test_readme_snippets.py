@@ -16,10 +16,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from cam_reference import reference_cam, single_thread_module  # noqa: F401 - autouse fixture
+
 from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import swin_reshape_transform, vit_reshape_transform
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cam_reference import finish_layer, min_max, pc_projection
 from torch import nn
 
-from cam_reference import finish_layer, min_max, pc_projection
 from pytorch_grad_cam import METHODS, GuidedBackpropReLUModel, PerturbationCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 

@@ -13,8 +13,8 @@ import functools
 import numpy as np
 import pytest
 import torch
-
 from cam_reference import reference_cam, single_thread_module  # noqa: F401 - autouse fixture
+
 from pytorch_grad_cam import METHODS, GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import (

@@ -8,13 +8,12 @@ ScoreCAM and AblationCAM, which score one perturbed copy per channel.
 """
 from __future__ import annotations
 
-import warnings
 import functools
+import warnings
 
 import numpy as np
 import pytest
 import torch
-
 from cam_reference import (  # noqa: F401 - single_thread_module: autouse fixture
     RANDOM_SEED,
     capture,
@@ -26,6 +25,7 @@ from cam_reference import (  # noqa: F401 - single_thread_module: autouse fixtur
     xgradcam_weight_errors,
     xgradcam_weights,
 )
+
 from pytorch_grad_cam import METHODS, FinerCAM, GradCAM, RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import swin_reshape_transform, vit_reshape_transform
