@@ -7,6 +7,7 @@ backpropagation, and both combined (``python cam.py --help``).
 The same program as the ``pytorch-grad-cam`` command that ``pip install`` puts on the
 PATH; it lives in pytorch_grad_cam/cli/.
 """
+
 import sys
 
 from pytorch_grad_cam.cli import main

@@ -1,4 +1,5 @@
 """Packaging for pytorch_grad_cam (distribution name: grad-cam)."""
+
 from pathlib import Path
 
 from setuptools import find_packages, setup

@@ -84,6 +84,7 @@ bench_dataset.py the data-set rows; bench_tables.py the tables and the issue's t
 bench_compare.py the side-by-side tables, whose cases compare_runner.py runs in each
 library's interpreter.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -136,9 +137,7 @@ def _add_comparison_options(parser: argparse.ArgumentParser) -> None:
         "(batch 1 and 8) and ScoreCAM in this interpreter, which has torchcam 0.5.0 installed (a throwaway "
         "virtual environment outside the repository; never a dependency), with the maps' correlation",
     )
-    parser.add_argument(
-        "--compare-rows", nargs="+", help="only these rows of the side-by-side tables (see --list)"
-    )
+    parser.add_argument("--compare-rows", nargs="+", help="only these rows of the side-by-side tables (see --list)")
     parser.add_argument("--compare-only", action="store_true", help="only the side-by-side tables")
     parser.add_argument("--compare-rounds", type=int, default=3, help="rounds of the side-by-side tables (default 3)")
 
@@ -162,15 +161,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--scorecam-channels", type=int, help="ScoreCAM's K (default 64, quick 32)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
     parser.add_argument("--metrics", action="store_true", help="also the metrics tables (ROAD, Deletion/Insertion)")
-    parser.add_argument("--only", nargs="+", help="only tables whose title contains one of these words "
-                        "(\"dataset\": the data-set rows alone)")
-    parser.add_argument("--no-dataset", action="store_true",
-                        help="skip the data-set rows (cam.py --image-dir against a loop, torchrun; ~3 min on 2 cores)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        help='only tables whose title contains one of these words ("dataset": the data-set rows alone)',
+    )
+    parser.add_argument(
+        "--no-dataset",
+        action="store_true",
+        help="skip the data-set rows (cam.py --image-dir against a loop, torchrun; ~3 min on 2 cores)",
+    )
     parser.add_argument(
         "--rows",
         nargs="+",
-        help="only these rows (keys such as gradcam:8 or scorecam:64), with their tables' "
-        "reference rows; see --list",
+        help="only these rows (keys such as gradcam:8 or scorecam:64), with their tables' reference rows; see --list",
     )
     parser.add_argument("--list", action="store_true", help="list the tables and their row keys, and exit")
     _add_comparison_options(parser)
@@ -206,14 +210,16 @@ def run_internal(args: argparse.Namespace, device: torch.device) -> Optional[int
     return None
 
 
-def print_preamble(device: torch.device, args: argparse.Namespace, measure_memory: bool,
-                   clock: Callable[[], float]) -> None:
+def print_preamble(
+    device: torch.device, args: argparse.Namespace, measure_memory: bool, clock: Callable[[], float]
+) -> None:
     """The run's title, machine, timing and memory method."""
     print("# pytorch_grad_cam benchmark: ResNet-50 (random weights), 224 x 224")
     print(f"machine: {describe_machine(device)}")
     clock_text = "process CPU time" if clock is time.process_time else "wall-clock time"
-    print(f"timing: {clock_text}; {args.warmup} warm-up call(s) per row, then {args.repeats} "
-          "round-robin rounds; median")
+    print(
+        f"timing: {clock_text}; {args.warmup} warm-up call(s) per row, then {args.repeats} round-robin rounds; median"
+    )
     if measure_memory:
         how = (
             "torch.cuda.max_memory_allocated() during one call, minus what was allocated before"
@@ -224,8 +230,9 @@ def print_preamble(device: torch.device, args: argparse.Namespace, measure_memor
         print(f"peak MB: {how}")
 
 
-def run_tables(args: argparse.Namespace, bench: Bench, selected: List[Table], clock: Callable[[], float],
-               measure_memory: bool) -> Tuple[Dict[Tuple[str, str], float], Dict[str, float], Dict, List[dict]]:
+def run_tables(
+    args: argparse.Namespace, bench: Bench, selected: List[Table], clock: Callable[[], float], measure_memory: bool
+) -> Tuple[Dict[Tuple[str, str], float], Dict[str, float], Dict, List[dict]]:
     """Time (and measure) each selected table and print it; returns the ratios by (row,
     reference), the median seconds by row, the peak MB by row, and the report."""
     ratios: Dict[Tuple[str, str], float] = {}
@@ -296,8 +303,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"- {line}")
     print(f"\n(total {time.perf_counter() - started:.0f} s; {describe_machine(device)})")
     if args.json:
-        summary = {"tables": report, "memory_mb": memory, "side_by_side": side_by_side_rows, "targets": targets,
-                   "machine": describe_machine(device)}
+        summary = {
+            "tables": report,
+            "memory_mb": memory,
+            "side_by_side": side_by_side_rows,
+            "targets": targets,
+            "machine": describe_machine(device),
+        }
         args.json.write_text(json.dumps(summary, indent=1))
     return 0
 

@@ -3,6 +3,7 @@ the floor rows (the least work a method could do, without the library), one call
 CAM method (:func:`cam_call`), and the metrics rows' case. Each function returns the
 call that a row times; bench_tables.py puts them into tables.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -49,8 +50,7 @@ class Bench:
     def chosen(self, batch: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(rows, columns) on the device: indexing a (batch, 1000) output with them picks
         each image's logit of :meth:`categories` (the floors' scores)."""
-        return (torch.arange(batch, device=self.device),
-                torch.tensor(self.categories(batch), device=self.device))
+        return (torch.arange(batch, device=self.device), torch.tensor(self.categories(batch), device=self.device))
 
 
 def bare_forward_backward(bench: Bench, batch: int) -> Callable[[], None]:
@@ -130,7 +130,11 @@ def _leaf_at(layers: Sequence[torch.nn.Module], recorded: List[torch.Tensor]) ->
 
 
 def _hooked_scores(
-    model: torch.nn.Module, images: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor, handles: List[object],
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    rows: torch.Tensor,
+    columns: torch.Tensor,
+    handles: List[object],
 ) -> torch.Tensor:
     """The sum of the chosen logits from one forward pass under no_grad, with the hooks in
     ``handles`` (a graph only from the layers :func:`_leaf_at` hooks); the hooks are removed

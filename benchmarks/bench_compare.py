@@ -5,6 +5,7 @@ dependency of this project): grad-cam 1.5.7 (``--compare-with PYTHON``) and torc
 round through compare_runner.py; the models, weights and inputs are saved once here so
 that both libraries compute on the same numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,125 +14,23 @@ import os
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from bench_cases import DFF_COMPONENTS, NEW_METHOD_BATCH, REFINE_LAYERS, SHAPLEY_LAYER, Bench
+from bench_cases import DFF_COMPONENTS, Bench
+from bench_compare_cases import (  # noqa: F401 - importable from here as before
+    CompareCase,
+    OtherLibrary,
+    comparison_cases,
+    gradcam_library,
+    torchcam_cases,
+    torchcam_library,
+)
 from bench_harness import MMAP_THRESHOLD, cpu_memory_supported
 
-RUNNER = Path(__file__).resolve().parent / "compare_runner.py"
-
-
-@dataclass
-class CompareCase:
-    """One row of a side-by-side table: a CAM call that both libraries can make."""
-
-    key: str
-    label: str
-    model: str  # resnet50 (the bench model), resnet18 (random weights), efficientnet (pretrained, cat)
-    batch: int
-    method: str  # this library's class name (grad-cam's too; compare_runner maps torchcam's)
-    layers: Tuple[str, ...]
-    batch_size: Optional[int] = None
-    options: Dict[str, object] = field(default_factory=dict)
-    no_targets: bool = False
-    head: Optional[str] = None  # DFF's computation_on_concepts
-    theirs_layers: Optional[Tuple[str, ...]] = None  # grad-cam's layers, where they must differ
-    calls: int = 2  # timed calls per process
-    warmup: int = 1
-    time_target: Optional[float] = None  # ours / theirs at most
-    memory_target: Optional[float] = None
-
-
-@dataclass
-class OtherLibrary:
-    """The library a side-by-side table compares with, and where it is installed."""
-
-    name: str  # as printed, with its version
-    short: str  # column headers
-    distribution: str  # the pip name, looked up in ``python``
-    runner_library: str  # compare_runner's --library
-    option: str  # bench.py's option naming the interpreter
-    python: Optional[str]
-    correlate: bool = False  # also the correlation of the two libraries' maps
-
-
-def gradcam_library(python: Optional[str]) -> OtherLibrary:
-    """grad-cam 1.5.7 in ``python`` (``--compare-with``)."""
-    return OtherLibrary("grad-cam 1.5.7", "grad-cam", "grad-cam", "theirs", "--compare-with", python)
-
-
-def torchcam_library(python: Optional[str]) -> OtherLibrary:
-    """torchcam 0.5.0 in ``python`` (``--torchcam-with``); its rows add the maps' correlation."""
-    return OtherLibrary("torchcam 0.5.0", "torchcam", "torchcam", "torchcam", "--torchcam-with", python,
-                        correlate=True)
-
-
-def comparison_cases() -> List[CompareCase]:
-    """The rows of the table with grad-cam 1.5.7, with the issue's targets where it set some."""
-    n = NEW_METHOD_BATCH
-    heavy = dict(calls=1, warmup=0)
-    cases = [
-        CompareCase("scorecam-r18", "ScoreCAM, ResNet-18 layer4, 1 image, batch_size 64", "resnet18", 1,
-                    "ScoreCAM", ("layer4",), batch_size=64, time_target=0.9, memory_target=0.5, **heavy),
-        # `_swish` is called twice (stem, then head): this library explains its last call
-        # (1280 channels), grad-cam 1.5.7 its first (the stem's 32 channels), so the
-        # second row gives grad-cam the head's 1280 channels through `_bn1`, called once.
-        CompareCase("scorecam-effnet", "ScoreCAM, EfficientNet-Lite0 _swish, cat.jpg, batch_size 64",
-                    "efficientnet", 1, "ScoreCAM", ("_swish",), batch_size=64, time_target=0.65, **heavy),
-        CompareCase("scorecam-effnet-head", "ScoreCAM, EfficientNet-Lite0 head (1280 channels), cat.jpg: ours "
-                    "at _swish, grad-cam at _bn1", "efficientnet", 1, "ScoreCAM", ("_swish",), batch_size=64,
-                    theirs_layers=("_bn1",), time_target=0.65, **heavy),
-        CompareCase(f"fullgrad:{n}", f"FullGrad, batch {n}", "resnet50", n, "FullGrad", (), time_target=1.0,
-                    **heavy),  # grad-cam's FullGrad takes minutes per call on a CPU
-        CompareCase(f"shapleycam:{n}", f"ShapleyCAM {SHAPLEY_LAYER}, batch {n}", "resnet50", n, "ShapleyCAM",
-                    (SHAPLEY_LAYER,), time_target=1.0),
-        CompareCase(f"kpcacam:{n}", f"KPCA_CAM layer4[-1], batch {n}", "resnet50", n, "KPCA_CAM",
-                    ("layer4.2",), time_target=1.0),
-        CompareCase(f"fem:{n}", f"FEM layer4[-1], batch {n}", "resnet50", n, "FEM", ("layer4.2",), time_target=1.0),
-        CompareCase(f"dff:{n}", f"DeepFeatureFactorization layer4, {DFF_COMPONENTS} components, batch {n}",
-                    "resnet50", n, "DeepFeatureFactorization", ("layer4",), head="fc", time_target=1.0),
-        CompareCase(f"finercam:{n}", f"FinerCAM layer4[-1], targets=None, batch {n}", "resnet50", n, "FinerCAM",
-                    ("layer4.2",), no_targets=True, time_target=1.0),
-        CompareCase(f"refinecam:{n}", f"RefineCAM layer3[-1] x layer4[-1], batch {n}", "resnet50", n,
-                    "RefineCAM", REFINE_LAYERS, time_target=1.0),
-    ]
-    existing = [("gradcam", "GradCAM"), ("gradcam++", "GradCAMPlusPlus"), ("xgradcam", "XGradCAM"),
-                ("layercam", "LayerCAM"), ("eigengradcam", "EigenGradCAM"), ("eigencam", "EigenCAM")]
-    cases += [
-        CompareCase(f"{key}:{n}", f"{name} layer4[-1], batch {n}", "resnet50", n, name, ("layer4.2",))
-        for key, name in existing
-    ]
-    cases += [
-        CompareCase("ablationcam:1", "AblationCAM layer4[-1], 1 image, batch_size 32", "resnet50", 1,
-                    "AblationCAM", ("layer4.2",), batch_size=32, **heavy),
-        CompareCase(f"gradcam-l1-eigen:{n}", f"GradCAM layer1[-1], eigen_smooth, batch {n}", "resnet50", n,
-                    "GradCAM", ("layer1.2",), options={"eigen_smooth": True}),
-        CompareCase("gradcam-aug:1", "GradCAM layer4[-1], aug_smooth, 1 image", "resnet50", 1, "GradCAM",
-                    ("layer4.2",), options={"aug_smooth": True}),
-    ]
-    return cases
-
-
-def torchcam_cases() -> List[CompareCase]:
-    """The rows of the table with torchcam 0.5.0: the four gradient methods it shares with
-    this library on ResNet-50 layer4[-1] at batch 1 and 8, and ScoreCAM on ResNet-18
-    layer4 (the same keys, models and inputs as the grad-cam table's rows)."""
-    methods = [("gradcam", "GradCAM"), ("gradcam++", "GradCAMPlusPlus"), ("xgradcam", "XGradCAM"),
-               ("layercam", "LayerCAM")]
-    cases = [
-        CompareCase(f"{key}:{n}", f"{name} layer4[-1], batch {n}", "resnet50", n, name, ("layer4.2",))
-        for key, name in methods
-        for n in (1, NEW_METHOD_BATCH)
-    ]
-    cases.append(CompareCase("scorecam-r18", "ScoreCAM, ResNet-18 layer4, 1 image, batch_size 64", "resnet18", 1,
-                             "ScoreCAM", ("layer4",), batch_size=64, calls=1, warmup=0))
-    return cases
-
-
 ModelEntry = Tuple[torch.nn.Module, Callable[[int], torch.Tensor], Callable[[int], List[int]]]
+RUNNER = Path(__file__).resolve().parent / "compare_runner.py"
 
 
 def _comparison_models(bench: Bench, wanted: set) -> Dict[str, ModelEntry]:
@@ -174,11 +73,18 @@ def save_comparison_inputs(bench: Bench, cases: Sequence[CompareCase], folder: P
         if not input_path.exists():
             torch.save(make_images(case.batch), input_path)
         spec = {
-            "architecture": case.model, "model": str(folder / f"{case.model}.pt"), "input": str(input_path),
-            "categories": categories(case.batch), "method": case.method, "layers": list(case.layers),
+            "architecture": case.model,
+            "model": str(folder / f"{case.model}.pt"),
+            "input": str(input_path),
+            "categories": categories(case.batch),
+            "method": case.method,
+            "layers": list(case.layers),
             "theirs_layers": list(case.theirs_layers) if case.theirs_layers else None,
-            "batch_size": case.batch_size, "options": case.options, "no_targets": case.no_targets,
-            "head": case.head, "n_components": DFF_COMPONENTS,
+            "batch_size": case.batch_size,
+            "options": case.options,
+            "no_targets": case.no_targets,
+            "head": case.head,
+            "n_components": DFF_COMPONENTS,
         }
         path = folder / f"{case.key.replace(':', '-')}.json"
         path.write_text(json.dumps(spec))
@@ -186,13 +92,30 @@ def save_comparison_inputs(bench: Bench, cases: Sequence[CompareCase], folder: P
     return specs
 
 
-def run_case(python: str, library: str, spec: Path, case: CompareCase, args: argparse.Namespace,
-             memory: bool = False, maps: Optional[Path] = None) -> Optional[dict]:
+def run_case(
+    python: str,
+    library: str,
+    spec: Path,
+    case: CompareCase,
+    args: argparse.Namespace,
+    memory: bool = False,
+    maps: Optional[Path] = None,
+) -> Optional[dict]:
     """compare_runner.py's JSON for one case in ``python`` with ``--library library``
     (its times, or with ``memory`` its peak MB; with ``maps`` it saves the maps there);
     None, with a note on stderr, when the process fails."""
-    command = [python, str(RUNNER), "--library", library, "--case", str(spec),
-               "--calls", str(case.calls), "--warmup", str(case.warmup)]
+    command = [
+        python,
+        str(RUNNER),
+        "--library",
+        library,
+        "--case",
+        str(spec),
+        "--calls",
+        str(case.calls),
+        "--warmup",
+        str(case.warmup),
+    ]
     if args.threads:
         command += ["--threads", str(args.threads)]
     if args.clock == "cpu":
@@ -237,8 +160,12 @@ def map_correlation(ours: Path, theirs: Path) -> List[Optional[float]]:
         tensor = torch.load(path, map_location="cpu", weights_only=True).double()
         maps.append(tensor.reshape(-1, *tensor.shape[-2:]))
     size = tuple(maps[0].shape[-2:])
-    maps = [m if tuple(m.shape[-2:]) == size else
-            F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for m in maps]
+    maps = [
+        m
+        if tuple(m.shape[-2:]) == size
+        else F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        for m in maps
+    ]
     result: List[Optional[float]] = []
     for a, b in zip(*maps):
         a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
@@ -254,8 +181,9 @@ def _other_python(library: str, other: OtherLibrary) -> str:
     return sys.executable if library == "ours" else str(other.python)
 
 
-def measure_case(args: argparse.Namespace, other: OtherLibrary, spec: Path, case: CompareCase,
-                 measure_memory: bool) -> dict:
+def measure_case(
+    args: argparse.Namespace, other: OtherLibrary, spec: Path, case: CompareCase, measure_memory: bool
+) -> dict:
     """One row: ``args.compare_rounds`` rounds of one process per library, alternating
     which goes first; the time ratio is the median over rounds of (ours / theirs) of the
     same round. Peak memory: one call each, in a fresh process. With ``other.correlate``,
@@ -281,12 +209,19 @@ def measure_case(args: argparse.Namespace, other: OtherLibrary, spec: Path, case
         for side in libraries:
             result = run_case(_other_python(side, other), libraries[side], spec, case, args, memory=True)
             peaks[side] = result["peak_mb"] if result else None
-    row = {"key": case.key, "label": case.label, "library": other.name,
-           "ours_s": statistics.median(times["ours"]) if times["ours"] else None,
-           "theirs_s": statistics.median(times["theirs"]) if times["theirs"] else None,
-           "time_ratio": statistics.median(ratios) if ratios else None,
-           "ours_mb": peaks.get("ours"), "theirs_mb": peaks.get("theirs"),
-           "time_target": case.time_target, "memory_target": case.memory_target, "correlations": None}
+    row = {
+        "key": case.key,
+        "label": case.label,
+        "library": other.name,
+        "ours_s": statistics.median(times["ours"]) if times["ours"] else None,
+        "theirs_s": statistics.median(times["theirs"]) if times["theirs"] else None,
+        "time_ratio": statistics.median(ratios) if ratios else None,
+        "ours_mb": peaks.get("ours"),
+        "theirs_mb": peaks.get("theirs"),
+        "time_target": case.time_target,
+        "memory_target": case.memory_target,
+        "correlations": None,
+    }
     row["memory_ratio"] = row["ours_mb"] / row["theirs_mb"] if row["ours_mb"] is not None and row["theirs_mb"] else None
     if other.correlate and all(path.exists() for path in maps.values()):
         row["correlations"] = map_correlation(maps["ours"], maps["theirs"])
@@ -324,26 +259,36 @@ def print_side_by_side_header(args: argparse.Namespace, other: OtherLibrary, ver
         f"{'process CPU' if args.clock == 'cpu' else 'wall-clock'} time; a fresh process per library, case and "
         f"round, alternating, {args.compare_rounds} rounds; time ratio: median over rounds of (ours / "
         f"{other.short}'s); peak MB as in the tables above (one call, fresh process)"
-        + ("; map r: Pearson correlation of the two maps per image, both resized to the input size "
-           "(mean and min over the batch; images whose maps are constant are counted apart)" if other.correlate else "") + "\n"
+        + (
+            "; map r: Pearson correlation of the two maps per image, both resized to the input size "
+            "(mean and min over the batch; images whose maps are constant are counted apart)"
+            if other.correlate
+            else ""
+        )
+        + "\n"
     )
     extra = (" map r |", "------:|") if other.correlate else ("", "")
     print(f"| case | ours s | {other.short} s | time ratio | ours MB | {other.short} MB | memory ratio |{extra[0]}")
-    print(f"|------|-------:|{'-' * (len(other.short) + 3)}:|-----------:|--------:|"
-          f"{'-' * (len(other.short) + 4)}:|-------------:|{extra[1]}")
+    print(
+        f"|------|-------:|{'-' * (len(other.short) + 3)}:|-----------:|--------:|"
+        f"{'-' * (len(other.short) + 4)}:|-------------:|{extra[1]}"
+    )
 
 
 def print_side_by_side_row(row: dict, other: OtherLibrary) -> None:
     """One Markdown row of the side-by-side table."""
     correlation = f" {_correlation_text(row['correlations'])} |" if other.correlate else ""
-    print(f"| {row['label']} | {_text(row['ours_s'], '.2f')} | {_text(row['theirs_s'], '.2f')} | "
-          f"{_text(row['time_ratio'], '.2f')}x | {_text(row['ours_mb'], '.0f')} | "
-          f"{_text(row['theirs_mb'], '.0f')} | {_text(row['memory_ratio'], '.2f')}x |{correlation}")
+    print(
+        f"| {row['label']} | {_text(row['ours_s'], '.2f')} | {_text(row['theirs_s'], '.2f')} | "
+        f"{_text(row['time_ratio'], '.2f')}x | {_text(row['ours_mb'], '.0f')} | "
+        f"{_text(row['theirs_mb'], '.0f')} | {_text(row['memory_ratio'], '.2f')}x |{correlation}"
+    )
     sys.stdout.flush()
 
 
-def side_by_side(args: argparse.Namespace, bench: Bench, other: OtherLibrary,
-                 cases: Sequence[CompareCase]) -> List[dict]:
+def side_by_side(
+    args: argparse.Namespace, bench: Bench, other: OtherLibrary, cases: Sequence[CompareCase]
+) -> List[dict]:
     """Run and print the side-by-side table with ``other`` (the cases in
     ``args.compare_rows`` only, where given); returns its rows. Without an interpreter, or
     one without the library, the table is skipped with a note saying why."""
@@ -352,10 +297,15 @@ def side_by_side(args: argparse.Namespace, bench: Bench, other: OtherLibrary,
     cases = [case for case in cases if not args.compare_rows or case.key in args.compare_rows]
     version = installed_version(other.python, other.distribution) if other.python else None
     if version is None:
-        why = (f"{other.python} does not have {other.distribution} installed (or cannot be started)"
-               if other.python else f"pass {other.option} PYTHON")
-        print(f"\n### Side by side with {other.name}\nskipped: {why}; {other.option} names an interpreter "
-              f"with {other.name} installed (a throwaway virtual environment outside the repository)")
+        why = (
+            f"{other.python} does not have {other.distribution} installed (or cannot be started)"
+            if other.python
+            else f"pass {other.option} PYTHON"
+        )
+        print(
+            f"\n### Side by side with {other.name}\nskipped: {why}; {other.option} names an interpreter "
+            f"with {other.name} installed (a throwaway virtual environment outside the repository)"
+        )
         return []
     if not cases:
         print(f"\n### Side by side with {other.name}\nno case of --compare-rows in this table (see --list)")
@@ -378,7 +328,9 @@ def comparison_targets(results: Sequence[dict]) -> List[str]:
         short = row["library"].split()[0]
         if row["time_target"] is not None and row["time_ratio"] is not None:
             verdict = "met" if row["time_ratio"] <= row["time_target"] else "MISSED"
-            lines.append(f"{row['label']}: <= {row['time_target']}x {short}'s time: {row['time_ratio']:.2f}x  {verdict}")
+            lines.append(
+                f"{row['label']}: <= {row['time_target']}x {short}'s time: {row['time_ratio']:.2f}x  {verdict}"
+            )
         if row["memory_target"] is not None and row["memory_ratio"] is not None:
             verdict = "met" if row["memory_ratio"] <= row["memory_target"] else "MISSED"
             lines.append(

@@ -4,6 +4,7 @@ by ``cam.py --image-dir`` (one process, torchrun, held to one core), and the cei
 (folder mode's CAM calls alone). Each row runs in a fresh subprocess; the loop and the
 ceiling through bench.py's internal ``--dataset-loop`` and ``--dataset-ceiling``.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASET_TARGETS = [
     ("folder", "loop", 2.0, "folder mode >= 2x the images/s of a loop calling the library one image at a time"),
     ("process-1x1", "loop-1", 2.0, "the same, both with 1 thread"),
-    ("torchrun-2x1", "process-1x1", 1.6, "torchrun --nproc-per-node 2 (1 thread each) >= 1.6x one process with 1 thread"),
+    (
+        "torchrun-2x1",
+        "process-1x1",
+        1.6,
+        "torchrun --nproc-per-node 2 (1 thread each) >= 1.6x one process with 1 thread",
+    ),
     ("torchrun-2x1", "process-1core", 1.6, "the same against one process with 1 thread held to one core"),
 ]
 
@@ -103,7 +109,7 @@ class CamCallsAlone:
             started = time.perf_counter()
             with get_method("gradcam")(model, [self.entry.target_layer(model)]) as cam:
                 for start in range(0, len(inputs), DATASET_BATCH):
-                    cam(inputs[start:start + DATASET_BATCH].contiguous(memory_format=memory_format), targets=None)
+                    cam(inputs[start : start + DATASET_BATCH].contiguous(memory_format=memory_format), targets=None)
             return len(inputs) / (time.perf_counter() - started)
         finally:
             torch.set_num_threads(before)
@@ -116,8 +122,17 @@ def loop_rate(folder: Path, out: Path, threads: int, ceiling: bool = False, devi
     import shutil
 
     environment = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(threads))
-    command = [sys.executable, str(BENCH_SCRIPT), "--dataset-ceiling" if ceiling else "--dataset-loop",
-               str(folder), str(out), "--threads", str(threads), "--device", device]
+    command = [
+        sys.executable,
+        str(BENCH_SCRIPT),
+        "--dataset-ceiling" if ceiling else "--dataset-loop",
+        str(folder),
+        str(out),
+        "--threads",
+        str(threads),
+        "--device",
+        device,
+    ]
     shutil.rmtree(out, ignore_errors=True)
     done = subprocess.run(command, capture_output=True, text=True, env=environment, cwd=ROOT)
     shutil.rmtree(out, ignore_errors=True)
@@ -126,8 +141,15 @@ def loop_rate(folder: Path, out: Path, threads: int, ceiling: bool = False, devi
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def folder_mode_rate(folder: Path, out: Path, processes: int, threads: Optional[int], workers: int,
-                     one_core: bool = False, device: str = "cpu") -> float:
+def folder_mode_rate(
+    folder: Path,
+    out: Path,
+    processes: int,
+    threads: Optional[int],
+    workers: int,
+    one_core: bool = False,
+    device: str = "cpu",
+) -> float:
     """images/s of ``cam.py --image-dir`` (GradCAM, EfficientNet-Lite0, batches of
     :data:`DATASET_BATCH`) in a subprocess, as the command reports it: from the first batch
     to the merged CSV, without Python's start, the imports and the model's loading; under
@@ -139,15 +161,39 @@ def folder_mode_rate(folder: Path, out: Path, processes: int, threads: Optional[
     environment = dict(os.environ, HF_HUB_OFFLINE="1")
     if threads:
         environment["OMP_NUM_THREADS"] = str(threads)
-    program = [str(ROOT / "cam.py"), "--image-dir", str(folder), "--output-dir", str(out),
-               "--model", "efficientnet_lite0", "--method", "gradcam", "--batch-size", str(DATASET_BATCH),
-               "--num-workers", str(workers), "--no-progress", "--device", device]
-    launcher = [sys.executable] if processes == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    program = [
+        str(ROOT / "cam.py"),
+        "--image-dir",
+        str(folder),
+        "--output-dir",
+        str(out),
+        "--model",
+        "efficientnet_lite0",
+        "--method",
+        "gradcam",
+        "--batch-size",
+        str(DATASET_BATCH),
+        "--num-workers",
+        str(workers),
+        "--no-progress",
+        "--device",
+        device,
+    ]
+    launcher = (
+        [sys.executable]
+        if processes == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    )
     shutil.rmtree(out, ignore_errors=True)
     cores = sorted(os.sched_getaffinity(0))[:1] if one_core else None
-    done = subprocess.run(launcher + program, capture_output=True, text=True, env=environment, cwd=ROOT,
-                          preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
+    done = subprocess.run(
+        launcher + program,
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None,
+    )
     shutil.rmtree(out, ignore_errors=True)
     match = re.search(r"([0-9.]+) images/s", done.stdout)
     if done.returncode != 0 or match is None:
@@ -156,8 +202,15 @@ def folder_mode_rate(folder: Path, out: Path, processes: int, threads: Optional[
 
 
 #: Each data-set row's reference row (the loop where the reference does not run).
-DATASET_REFERENCES = {"loop": "loop", "folder": "loop", "loop-1": "loop", "process-1x1": "loop-1",
-                      "torchrun-2x1": "process-1x1", "process-1core": "process-1x1", "ceiling": "loop"}
+DATASET_REFERENCES = {
+    "loop": "loop",
+    "folder": "loop",
+    "loop-1": "loop",
+    "process-1x1": "loop-1",
+    "torchrun-2x1": "process-1x1",
+    "process-1core": "process-1x1",
+    "ceiling": "loop",
+}
 #: A data-set row: (label, rate(folder, out) in images/s).
 DatasetRow = Tuple[str, Callable[[Path, Path], float]]
 
@@ -168,21 +221,35 @@ def dataset_rows(device: str = "cpu") -> Dict[str, DatasetRow]:
     rank would want a second GPU)."""
     threads = torch.get_num_threads()
     rows = {
-        "loop": (f"Python loop, the library on one image at a time, {threads} threads, {device} (reference)",
-                 lambda folder, out: loop_rate(folder, out, threads, device=device)),
-        "folder": (f"cam.py --image-dir, batch {DATASET_BATCH}, {threads} threads, 2 DataLoader workers, {device}",
-                   lambda folder, out: folder_mode_rate(folder, out, 1, threads, 2, device=device)),
-        "loop-1": ("Python loop, the library on one image at a time, 1 thread",
-                   lambda folder, out: loop_rate(folder, out, 1)),
-        "process-1x1": (f"cam.py --image-dir, batch {DATASET_BATCH}, 1 thread, no workers",
-                        lambda folder, out: folder_mode_rate(folder, out, 1, 1, 0)),
-        "torchrun-2x1": (f"torchrun --nproc-per-node 2, batch {DATASET_BATCH}, 1 thread each, no workers",
-                         lambda folder, out: folder_mode_rate(folder, out, 2, 1, 0)),
-        "process-1core": (f"cam.py --image-dir, batch {DATASET_BATCH}, 1 thread, no workers, held to one core",
-                          lambda folder, out: folder_mode_rate(folder, out, 1, 1, 0, one_core=True)),
-        "ceiling": (f"ceiling: the CAM calls alone (batch {DATASET_BATCH}, channels_last on the CPU), {threads} "
-                    f"threads, {device}, nothing read or written",
-                    lambda folder, out: loop_rate(folder, out, threads, ceiling=True, device=device)),
+        "loop": (
+            f"Python loop, the library on one image at a time, {threads} threads, {device} (reference)",
+            lambda folder, out: loop_rate(folder, out, threads, device=device),
+        ),
+        "folder": (
+            f"cam.py --image-dir, batch {DATASET_BATCH}, {threads} threads, 2 DataLoader workers, {device}",
+            lambda folder, out: folder_mode_rate(folder, out, 1, threads, 2, device=device),
+        ),
+        "loop-1": (
+            "Python loop, the library on one image at a time, 1 thread",
+            lambda folder, out: loop_rate(folder, out, 1),
+        ),
+        "process-1x1": (
+            f"cam.py --image-dir, batch {DATASET_BATCH}, 1 thread, no workers",
+            lambda folder, out: folder_mode_rate(folder, out, 1, 1, 0),
+        ),
+        "torchrun-2x1": (
+            f"torchrun --nproc-per-node 2, batch {DATASET_BATCH}, 1 thread each, no workers",
+            lambda folder, out: folder_mode_rate(folder, out, 2, 1, 0),
+        ),
+        "process-1core": (
+            f"cam.py --image-dir, batch {DATASET_BATCH}, 1 thread, no workers, held to one core",
+            lambda folder, out: folder_mode_rate(folder, out, 1, 1, 0, one_core=True),
+        ),
+        "ceiling": (
+            f"ceiling: the CAM calls alone (batch {DATASET_BATCH}, channels_last on the CPU), {threads} "
+            f"threads, {device}, nothing read or written",
+            lambda folder, out: loop_rate(folder, out, threads, ceiling=True, device=device),
+        ),
     }
     if device != "cpu":
         rows = {key: rows[key] for key in ("loop", "folder", "ceiling")}
@@ -212,16 +279,20 @@ def dataset_table(repeats: int, device: str = "cpu") -> List[str]:
     rows = dataset_rows(device)
     rates = dataset_rates(rows, repeats)
     photos = len(list((ROOT / "examples").glob("*.jpg")))
-    print(f"\n### Data sets: GradCAM on EfficientNet-Lite0 (pretrained), the {photos} "
-          f"bundled photos repeated to {DATASET_IMAGES} images")
+    print(
+        f"\n### Data sets: GradCAM on EfficientNet-Lite0 (pretrained), the {photos} "
+        f"bundled photos repeated to {DATASET_IMAGES} images"
+    )
     print("images/s: median over rounds; ratio: median over rounds of (row / its reference in the same round)\n")
     width = max(len(label) for label, _ in rows.values())
     print(f"| {'row':<{width}} | images/s |  ratio | reference |")
     print(f"|{'-' * (width + 2)}|---------:|-------:|-----------|")
     for key, (label, _) in rows.items():
         reference = DATASET_REFERENCES[key] if DATASET_REFERENCES[key] in rows else "loop"
-        print(f"| {label:<{width}} | {statistics.median(rates[key]):8.2f} | "
-              f"{median_ratio(rates[key], rates[reference]):5.2f}x | {reference} |")
+        print(
+            f"| {label:<{width}} | {statistics.median(rates[key]):8.2f} | "
+            f"{median_ratio(rates[key], rates[reference]):5.2f}x | {reference} |"
+        )
     lines = []
     for key, reference, least, text in DATASET_TARGETS:
         if key in rows and reference in rows:

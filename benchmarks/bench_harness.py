@@ -3,6 +3,7 @@ machine's description. What the rows measure is in bench_cases.py and bench_data
 which tables exist in bench_tables.py; bench.py's docstring says how timing and memory
 are measured, and why.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -118,8 +119,16 @@ def memory_in_subprocess(row_key: str, args: argparse.Namespace) -> Optional[flo
     """The peak MB of one call of the row ``row_key``, measured by ``bench.py
     --memory-row`` in a fresh process with glibc's mmap threshold fixed; None (and a
     note on stderr) when that process fails."""
-    command = [sys.executable, str(BENCH_SCRIPT), "--memory-row", row_key, "--device", args.device,
-               "--scorecam-channels", str(args.scorecam_channels)]
+    command = [
+        sys.executable,
+        str(BENCH_SCRIPT),
+        "--memory-row",
+        row_key,
+        "--device",
+        args.device,
+        "--scorecam-channels",
+        str(args.scorecam_channels),
+    ]
     if args.threads:
         command += ["--threads", str(args.threads)]
     environment = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))

@@ -9,6 +9,7 @@ Usage::
 
     python benchmarks/bench_metrics.py [--threads 2] [--repeats 3] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,11 @@ def bench_road_combined(threads: int = 2, repeats: int = 3, device: str = "cpu")
                 removal(p, imputer).perturb_batch(x, maps)
                 iterations.append(imputer.last_iterations)
 
-    rows = {"ROADCombined": lambda: metric(x, maps.cpu().numpy(), targets, model),
-            "forwards alone (8 x 4 x 2 images)": forwards, "imputations alone": imputations}
+    rows = {
+        "ROADCombined": lambda: metric(x, maps.cpu().numpy(), targets, model),
+        "forwards alone (8 x 4 x 2 images)": forwards,
+        "imputations alone": imputations,
+    }
     times = {name: [] for name in rows}
     for name, run in rows.items():  # warm-up
         run()

@@ -2,6 +2,7 @@
 (:func:`tables`), the issue's targets checked against the measured ratios
 (:func:`check_targets`), and the printing of a table as Markdown.
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -43,31 +44,57 @@ def new_method_tables() -> List[Table]:
         Table(
             f"Drop-in methods against their floors, batch {n}",
             f"input-floor:{n}",
-            "one forward + one backward to the input (FullGrad's floor); each method's "
-            "own floor is the row under it",
+            "one forward + one backward to the input (FullGrad's floor); each method's own floor is the row under it",
             [
-                Row(f"input-floor:{n}", "floor: forward + backward to the input (reference)",
-                    lambda b: input_gradient_floor(b, n)),
+                Row(
+                    f"input-floor:{n}",
+                    "floor: forward + backward to the input (reference)",
+                    lambda b: input_gradient_floor(b, n),
+                ),
                 Row(f"fullgrad:{n}", "FullGrad (every bias layer)", lambda b: cam_call(b, "fullgrad", n)),
-                Row(f"hvp-floor:{n}", f"floor: graph from {SHAPLEY_LAYER}, gradient + one HVP",
-                    lambda b: hessian_floor(b, n, SHAPLEY_LAYER)),
-                Row(f"shapleycam:{n}", f"ShapleyCAM {SHAPLEY_LAYER}",
-                    lambda b: cam_call(b, "shapleycam", n, SHAPLEY_LAYER)),
+                Row(
+                    f"hvp-floor:{n}",
+                    f"floor: graph from {SHAPLEY_LAYER}, gradient + one HVP",
+                    lambda b: hessian_floor(b, n, SHAPLEY_LAYER),
+                ),
+                Row(
+                    f"shapleycam:{n}",
+                    f"ShapleyCAM {SHAPLEY_LAYER}",
+                    lambda b: cam_call(b, "shapleycam", n, SHAPLEY_LAYER),
+                ),
                 Row(f"forward:{n}", "floor: forward only, no_grad", lambda b: forward_only(b, n)),
                 Row(f"kpcacam:{n}", "KPCA_CAM layer4[-1]", lambda b: cam_call(b, "kpcacam", n)),
                 Row(f"fem:{n}", "FEM layer4[-1]", lambda b: cam_call(b, "fem", n)),
-                Row(f"nmf-floor:{n}", f"floor: forward + NMF ({DFF_COMPONENTS} components) of layer4",
-                    lambda b: forward_nmf_floor(b, n)),
-                Row(f"dff:{n}", f"DeepFeatureFactorization layer4, {DFF_COMPONENTS} components",
-                    lambda b: dff_call(b, n)),
-                Row(f"floor:{n}", "floor: graph from layer4[-1], backward to it",
-                    lambda b: forward_to_layer_floor(b, n, "layer4.2")),
-                Row(f"finercam:{n}", "FinerCAM layer4[-1] (targets=None: 3 nearest classes)",
-                    lambda b: cam_call(b, "finercam", n, no_targets=True)),
-                Row(f"refine-floor:{n}", "floor: graph from layer3[-1], backward to both layers",
-                    lambda b: layers_floor(b, n, REFINE_LAYERS)),
-                Row(f"refinecam:{n}", "RefineCAM layer3[-1] x layer4[-1]",
-                    lambda b: cam_call(b, "refinecam", n, REFINE_LAYERS)),
+                Row(
+                    f"nmf-floor:{n}",
+                    f"floor: forward + NMF ({DFF_COMPONENTS} components) of layer4",
+                    lambda b: forward_nmf_floor(b, n),
+                ),
+                Row(
+                    f"dff:{n}",
+                    f"DeepFeatureFactorization layer4, {DFF_COMPONENTS} components",
+                    lambda b: dff_call(b, n),
+                ),
+                Row(
+                    f"floor:{n}",
+                    "floor: graph from layer4[-1], backward to it",
+                    lambda b: forward_to_layer_floor(b, n, "layer4.2"),
+                ),
+                Row(
+                    f"finercam:{n}",
+                    "FinerCAM layer4[-1] (targets=None: 3 nearest classes)",
+                    lambda b: cam_call(b, "finercam", n, no_targets=True),
+                ),
+                Row(
+                    f"refine-floor:{n}",
+                    "floor: graph from layer3[-1], backward to both layers",
+                    lambda b: layers_floor(b, n, REFINE_LAYERS),
+                ),
+                Row(
+                    f"refinecam:{n}",
+                    "RefineCAM layer3[-1] x layer4[-1]",
+                    lambda b: cam_call(b, "refinecam", n, REFINE_LAYERS),
+                ),
             ],
         )
     ]
@@ -96,11 +123,15 @@ def metric_tables() -> List[Table]:
             "road-floor:8",
             f"the {road_images} image forwards alone ({2 * len(percentiles)} batches of {batch}), no_grad",
             [
-                Row("road-floor:8", f"floor: {road_images} image forwards (reference)",
-                    lambda b: metric_case(b).forwards(road_images, batch)),
+                Row(
+                    "road-floor:8",
+                    f"floor: {road_images} image forwards (reference)",
+                    lambda b: metric_case(b).forwards(road_images, batch),
+                ),
                 Row("road:8", "ROADCombined (imputation + forwards)", road_call),
-                Row("road-impute:8", f"ROAD's {2 * len(percentiles)} imputations alone (no forwards)",
-                    road_imputations),
+                Row(
+                    "road-impute:8", f"ROAD's {2 * len(percentiles)} imputations alone (no forwards)", road_imputations
+                ),
             ],
         ),
         Table(
@@ -108,14 +139,15 @@ def metric_tables() -> List[Table]:
             "curves-floor:8",
             f"the {batch} x {steps} x 2 = {curve_images} image forwards alone, batch_size 64, no_grad",
             [
-                Row("curves-floor:8", f"floor: {curve_images} image forwards (reference)",
-                    lambda b: metric_case(b).forwards(curve_images, 64)),
+                Row(
+                    "curves-floor:8",
+                    f"floor: {curve_images} image forwards (reference)",
+                    lambda b: metric_case(b).forwards(curve_images, 64),
+                ),
                 Row("curves:8", "DeletionMetric + InsertionMetric", deletion_insertion_call),
             ],
         ),
     ]
-
-
 
 
 def gradient_tables(batches: Sequence[int]) -> List[Table]:
@@ -125,20 +157,26 @@ def gradient_tables(batches: Sequence[int]) -> List[Table]:
     for batch in batches:
         rows = [
             Row(f"bare:{batch}", "bare forward+backward (reference)", lambda b, n=batch: bare_forward_backward(b, n)),
-            Row(f"floor:{batch}", "floor: graph from layer4[-1], backward to it",
-                lambda b, n=batch: forward_to_layer_floor(b, n, "layer4.2")),
+            Row(
+                f"floor:{batch}",
+                "floor: graph from layer4[-1], backward to it",
+                lambda b, n=batch: forward_to_layer_floor(b, n, "layer4.2"),
+            ),
             Row(f"forward:{batch}", "floor: forward only, no_grad", lambda b, n=batch: forward_only(b, n)),
         ]
         rows += [
             Row(f"{m}:{batch}", f"{METHODS[m].__name__} layer4[-1]", lambda b, m=m, n=batch: cam_call(b, m, n))
             for m in GRADIENT_METHODS + ["eigencam"]
         ]
-        result.append(Table(
-            f"Gradient methods, batch {batch}", f"bare:{batch}",
-            "bare forward+backward: model(x), the chosen logit of each image summed, "
-            ".backward() through the whole network (parameter gradients included)",
-            rows,
-        ))
+        result.append(
+            Table(
+                f"Gradient methods, batch {batch}",
+                f"bare:{batch}",
+                "bare forward+backward: model(x), the chosen logit of each image summed, "
+                ".backward() through the whole network (parameter gradients included)",
+                rows,
+            )
+        )
     return result
 
 
@@ -146,7 +184,9 @@ def perturbation_tables(scorecam_channels: int) -> List[Table]:
     """AblationCAM against GradCAM, and ScoreCAM (K channels) against its K forwards."""
     k = scorecam_channels
     ablation = Table(
-        "AblationCAM, one image, layer4[-1] (2048 channels, batch_size 32)", "gradcam:1", "GradCAM on the same image",
+        "AblationCAM, one image, layer4[-1] (2048 channels, batch_size 32)",
+        "gradcam:1",
+        "GradCAM on the same image",
         [
             Row("gradcam:1", "GradCAM layer4[-1] (reference)", lambda b: cam_call(b, "gradcam", 1)),
             Row("ablationcam:1", "AblationCAM layer4[-1]", lambda b: cam_call(b, "ablationcam", 1)),
@@ -159,11 +199,17 @@ def perturbation_tables(scorecam_channels: int) -> List[Table]:
         f"the {k} forward passes of masked inputs at batch_size 32, nothing else",
         [
             Row(f"scorecam-floor:{k}", f"floor: {k} masked forwards (reference)", lambda b: scorecam_floor(b, k)),
-            Row(f"scorecam:{k}", f"ScoreCAM, K = {k}",
-                lambda b: cam_call(b, "scorecam", 1, reshape_transform=first_channels(k))),
-            Row(f"forward:{PERTURBATION_BATCH_SIZE}",
+            Row(
+                f"scorecam:{k}",
+                f"ScoreCAM, K = {k}",
+                lambda b: cam_call(b, "scorecam", 1, reshape_transform=first_channels(k)),
+            ),
+            Row(
+                f"forward:{PERTURBATION_BATCH_SIZE}",
                 f"one forward at batch {PERTURBATION_BATCH_SIZE}, no_grad (memory reference)",
-                lambda b: forward_only(b, PERTURBATION_BATCH_SIZE), timed=False),
+                lambda b: forward_only(b, PERTURBATION_BATCH_SIZE),
+                timed=False,
+            ),
         ],
     )
     return [ablation, scorecam]
@@ -173,26 +219,44 @@ def smoothing_tables(batches: Sequence[int]) -> List[Table]:
     """eigen_smooth on layer1[-1] per batch, and aug_smooth, against the plain call."""
     result = [
         Table(
-            f"eigen_smooth on layer1[-1] (56 x 56 x 256), batch {batch}", f"gradcam-l1:{batch}",
+            f"eigen_smooth on layer1[-1] (56 x 56 x 256), batch {batch}",
+            f"gradcam-l1:{batch}",
             "the plain GradCAM call on layer1[-1]",
             [
-                Row(f"gradcam-l1:{batch}", "GradCAM layer1[-1] (reference)",
-                    lambda b, n=batch: cam_call(b, "gradcam", n, "layer1.2")),
-                Row(f"gradcam-l1-eigen:{batch}", "GradCAM layer1[-1], eigen_smooth",
-                    lambda b, n=batch: cam_call(b, "gradcam", n, "layer1.2", eigen_smooth=True)),
+                Row(
+                    f"gradcam-l1:{batch}",
+                    "GradCAM layer1[-1] (reference)",
+                    lambda b, n=batch: cam_call(b, "gradcam", n, "layer1.2"),
+                ),
+                Row(
+                    f"gradcam-l1-eigen:{batch}",
+                    "GradCAM layer1[-1], eigen_smooth",
+                    lambda b, n=batch: cam_call(b, "gradcam", n, "layer1.2", eigen_smooth=True),
+                ),
             ],
         )
         for batch in batches
     ]
-    result.append(Table(
-        "aug_smooth (6 augmented copies), one image", "gradcam:1", "the plain GradCAM call on layer4[-1]",
-        [
-            Row("gradcam:1", "GradCAM layer4[-1] (reference)", lambda b: cam_call(b, "gradcam", 1)),
-            Row("gradcam-aug:1", "GradCAM layer4[-1], aug_smooth", lambda b: cam_call(b, "gradcam", 1, aug_smooth=True)),
-            Row("floor:6", "floor: graph from layer4[-1], backward to it, 6 images",
-                lambda b: forward_to_layer_floor(b, 6, "layer4.2")),
-        ],
-    ))
+    result.append(
+        Table(
+            "aug_smooth (6 augmented copies), one image",
+            "gradcam:1",
+            "the plain GradCAM call on layer4[-1]",
+            [
+                Row("gradcam:1", "GradCAM layer4[-1] (reference)", lambda b: cam_call(b, "gradcam", 1)),
+                Row(
+                    "gradcam-aug:1",
+                    "GradCAM layer4[-1], aug_smooth",
+                    lambda b: cam_call(b, "gradcam", 1, aug_smooth=True),
+                ),
+                Row(
+                    "floor:6",
+                    "floor: graph from layer4[-1], backward to it, 6 images",
+                    lambda b: forward_to_layer_floor(b, 6, "layer4.2"),
+                ),
+            ],
+        )
+    )
     return result
 
 
@@ -223,14 +287,16 @@ def select_tables(
 ) -> List[Table]:
     """The tables whose title contains one of the words in ``only`` (all without it), cut
     to the rows in ``rows`` and their references (the tables that have any of them)."""
-    selected = [
-        table for table in all_tables if not only or any(word.lower() in table.title.lower() for word in only)
-    ]
+    selected = [table for table in all_tables if not only or any(word.lower() in table.title.lower() for word in only)]
     if rows:
         wanted = set(rows)
         selected = [
-            Table(t.title, t.reference, t.reference_text,
-                  [row for row in t.rows if row.key in wanted or row.key == t.reference])
+            Table(
+                t.title,
+                t.reference,
+                t.reference_text,
+                [row for row in t.rows if row.key in wanted or row.key == t.reference],
+            )
             for t in selected
             if any(row.key in wanted for row in t.rows)
         ]

@@ -16,6 +16,7 @@ It prints one JSON line: ``{"times": [...]}`` (seconds per timed call) or, with
 bench.py does on the CPU). With ``--maps PATH`` it also saves the maps of the last timed
 call there (a tensor; torchcam's at its layer's resolution, as it returns them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,13 @@ def _architecture(name: str):
 
 
 #: torchcam's class for each of this library's class names (the cases torchcam can run).
-TORCHCAM_CLASSES = {"GradCAM": "GradCAM", "GradCAMPlusPlus": "GradCAMpp", "XGradCAM": "XGradCAM",
-                    "LayerCAM": "LayerCAM", "ScoreCAM": "ScoreCAM"}
+TORCHCAM_CLASSES = {
+    "GradCAM": "GradCAM",
+    "GradCAMPlusPlus": "GradCAMpp",
+    "XGradCAM": "XGradCAM",
+    "LayerCAM": "LayerCAM",
+    "ScoreCAM": "ScoreCAM",
+}
 
 
 def _model_and_input(case: dict):

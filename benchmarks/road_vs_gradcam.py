@@ -8,6 +8,7 @@ names, with the 64 model forwards alone beside it for scale.
 Run both one after the other on a quiet machine; the ratio of the ROADCombined lines is
 the comparison. grad-cam is never a dependency of this project.
 """
+
 from __future__ import annotations
 
 import sys
@@ -50,7 +51,9 @@ def main(library: str) -> None:
         start = time.perf_counter()
         metric(x, maps, targets, model)
         road_seconds = time.perf_counter() - start
-        print(f"{library}: ROADCombined {road_seconds:.2f} s, its 64 forwards alone {forward_seconds:.2f} s", flush=True)
+        print(
+            f"{library}: ROADCombined {road_seconds:.2f} s, its 64 forwards alone {forward_seconds:.2f} s", flush=True
+        )
 
 
 if __name__ == "__main__":

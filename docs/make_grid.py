@@ -11,6 +11,7 @@ XGradCAM, EigenCAM and ScoreCAM).
     python docs/make_grid.py            # or: make grid   (a few minutes on a CPU, mostly ScoreCAM)
     python docs/make_grid.py --target-layer _bn1 --output-dir /tmp
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = [ROOT / "examples" / name for name in ("cat.jpg", "coffee.jpg", "motorcycle.jpg")]
 MODEL = "efficientnet_lite0"
 LAYER = "_swish"
-SMOOTHING = {"GradCAM": (False, False), "aug smooth": (True, False),
-             "eigen smooth": (False, True), "aug + eigen": (True, True)}
+SMOOTHING = {
+    "GradCAM": (False, False),
+    "aug smooth": (True, False),
+    "eigen smooth": (False, True),
+    "aug + eigen": (True, True),
+}
 CELL = (200, 133)  # (width, height): the photos are about 3:2
 HEADER = 26
 GAP = 3
@@ -52,8 +57,16 @@ def assemble(columns: Sequence[str], rows: List[List[np.ndarray]]) -> np.ndarray
     for column, name in enumerate(columns):
         x = column * (width + GAP)
         (text_width, _), _ = cv2.getTextSize(name, cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1)
-        cv2.putText(sheet, name, (x + (width - text_width) // 2, HEADER - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.55,
-                    (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            sheet,
+            name,
+            (x + (width - text_width) // 2, HEADER - 8),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.55,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     for row, cells in enumerate(rows):
         y = HEADER + row * (height + GAP)
         for column, cell in enumerate(cells):
@@ -76,8 +89,17 @@ def render(device: torch.device, progress: bool, layer_name: str = LAYER) -> Dic
         cell = cv2.resize(photo, CELL, interpolation=cv2.INTER_AREA)
 
         def cam(method: str, aug_smooth: bool = False, eigen_smooth: bool = False) -> np.ndarray:
-            grayscale = cli.compute_cam(method, model, layer, input_tensor, category, aug_smooth=aug_smooth,
-                                        eigen_smooth=eigen_smooth, batch_size=64, progress=progress)
+            grayscale = cli.compute_cam(
+                method,
+                model,
+                layer,
+                input_tensor,
+                category,
+                aug_smooth=aug_smooth,
+                eigen_smooth=eigen_smooth,
+                batch_size=64,
+                progress=progress,
+            )
             return cli.cam_overlay(cell, grayscale)
 
         first = label(np.uint8(255 * cell), imagenet_classes()[category])
@@ -92,8 +114,9 @@ def render(device: torch.device, progress: bool, layer_name: str = LAYER) -> Dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=ROOT / "docs")
-    parser.add_argument("--target-layer", default=LAYER, metavar="NAME",
-                        help=f"dotted name of the layer to explain (default: {LAYER})")
+    parser.add_argument(
+        "--target-layer", default=LAYER, metavar="NAME", help=f"dotted name of the layer to explain (default: {LAYER})"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()

@@ -16,6 +16,7 @@ boxes as tests/test_cli.py: the cat's face, the cup, the motorcycle).
     python docs/make_metrics_table.py --no-progress      # or: make metrics  (~45 min on 2 heavily loaded CPU threads, ScoreCAM the largest part)
     python docs/make_metrics_table.py --quick            # 3 methods, one photo, 3 sanity steps: a minute
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,8 +99,9 @@ def method_factory(name: str, progress: bool) -> Callable[[torch.nn.Module], obj
     return lambda model: method(model, [getattr(model, LAYER)], **options)
 
 
-def cam_maps(name: str, model: torch.nn.Module, inputs: torch.Tensor, categories: Sequence[int],
-             progress: bool) -> np.ndarray:
+def cam_maps(
+    name: str, model: torch.nn.Module, inputs: torch.Tensor, categories: Sequence[int], progress: bool
+) -> np.ndarray:
     """(B, H, W) maps of ``name`` (seeded, so RandomCAM is repeatable), one image at a time."""
     if name == BLOB:
         return np.stack([centre_blob(tuple(inputs.shape[-2:]))] * len(inputs))
@@ -125,8 +127,9 @@ METRICS: Dict[str, Tuple[str, str]] = {
 }
 
 
-def measure(maps: np.ndarray, inputs: torch.Tensor, categories: Sequence[int], boxes: np.ndarray,
-            model: torch.nn.Module) -> Dict[str, float]:
+def measure(
+    maps: np.ndarray, inputs: torch.Tensor, categories: Sequence[int], boxes: np.ndarray, model: torch.nn.Module
+) -> Dict[str, float]:
     """Every metric of METRICS for the maps of one method, the mean over the photos."""
     targets = [ClassifierOutputSoftmaxTarget(c) for c in categories]
     torch.manual_seed(SEED)
@@ -145,9 +148,24 @@ def measure(maps: np.ndarray, inputs: torch.Tensor, categories: Sequence[int], b
 
 # =========================================================================== the plot
 PALETTE = [  # BGR, distinguishable on white
-    (180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140),
-    (194, 119, 227), (127, 127, 127), (34, 189, 188), (207, 190, 23), (0, 0, 0), (0, 90, 180),
-    (120, 200, 120), (90, 90, 230), (200, 160, 90), (150, 0, 150), (0, 150, 150), (60, 60, 60),
+    (180, 119, 31),
+    (14, 127, 255),
+    (44, 160, 44),
+    (40, 39, 214),
+    (189, 103, 148),
+    (75, 86, 140),
+    (194, 119, 227),
+    (127, 127, 127),
+    (34, 189, 188),
+    (207, 190, 23),
+    (0, 0, 0),
+    (0, 90, 180),
+    (120, 200, 120),
+    (90, 90, 230),
+    (200, 160, 90),
+    (150, 0, 150),
+    (0, 150, 150),
+    (60, 60, 60),
 ]
 
 
@@ -177,8 +195,16 @@ def plot_sanity(curves: Dict[str, np.ndarray], layers: Sequence[str], title: str
         y0 = height - bottom + 8
         h = min(patch.shape[0], height - y0 - 30)
         image[y0 : y0 + h, x - patch.shape[1] // 2 : x - patch.shape[1] // 2 + patch.shape[1]] = patch[-h:]
-    cv2.putText(image, "layers randomised (cumulative, output first)", (left + 150, height - 10), font, 0.5,
-                (0, 0, 0), 1, cv2.LINE_AA)
+    cv2.putText(
+        image,
+        "layers randomised (cumulative, output first)",
+        (left + 150, height - 10),
+        font,
+        0.5,
+        (0, 0, 0),
+        1,
+        cv2.LINE_AA,
+    )
     label = np.full((24, 260, 3), 255, np.uint8)
     cv2.putText(label, "Spearman rank correlation", (2, 17), font, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     label = cv2.rotate(label, cv2.ROTATE_90_COUNTERCLOCKWISE)
@@ -207,12 +233,20 @@ def machine() -> str:
     except OSError:
         pass
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
-            f"thread(s), load average {load} (1/5/15 min) at the end")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
+        f"thread(s), load average {load} (1/5/15 min) at the end"
+    )
 
 
-def markdown(rows: Dict[str, Dict[str, float]], photos: Sequence[str], labels: Sequence[str],
-             sanity_final: Dict[str, float], seconds: float, quick: bool) -> str:
+def markdown(
+    rows: Dict[str, Dict[str, float]],
+    photos: Sequence[str],
+    labels: Sequence[str],
+    sanity_final: Dict[str, float],
+    seconds: float,
+    quick: bool,
+) -> str:
     columns = list(METRICS)
     lines = [
         "# Metrics of every method on EfficientNet-Lite0",
@@ -223,9 +257,11 @@ def markdown(rows: Dict[str, Dict[str, float]], photos: Sequence[str], labels: S
         f"- Model: the packaged pretrained `{MODEL}` (ImageNet), eval mode; target layer `{LAYER}`"
         " (the head's activation, 1280 channels at 7 × 7).",
         "- Photos (resized to 224 × 224, each explained and scored for its top class): "
-        + ", ".join(f"`examples/{p}.jpg` ({label})" for p, label in zip(photos, labels)) + ".",
+        + ", ".join(f"`examples/{p}.jpg` ({label})" for p, label in zip(photos, labels))
+        + ".",
         "- Boxes (top, bottom, left, right, inclusive, in the model input): "
-        + ", ".join(f"{p} {PHOTO_BOXES[p]}" for p in photos) + ".",
+        + ", ".join(f"{p} {PHOTO_BOXES[p]}" for p in photos)
+        + ".",
         "- Scores: the softmax probability of the class (`ClassifierOutputSoftmaxTarget`).",
         f"- Baselines: `randomcam` (random channel weights, seed {SEED}) and `{BLOB}` (a centred"
         " Gaussian map, sigma = 56 px, the same for every photo).",
@@ -245,15 +281,19 @@ def markdown(rows: Dict[str, Dict[str, float]], photos: Sequence[str], labels: S
         lines.append(f"| {method} | " + " | ".join(f"{values[name]:.3f}" for name in columns) + f" | {sanity} |")
     lines += ["", "Metrics:", ""]
     lines += [f"- **{name}** ({direction} is better): {text}." for name, (direction, text) in METRICS.items()]
-    lines.append("- **sanity (last)** (↓, towards 0): Spearman rank correlation with the intact model's map after"
-                 " every listed layer is re-initialised.")
+    lines.append(
+        "- **sanity (last)** (↓, towards 0): Spearman rank correlation with the intact model's map after"
+        " every listed layer is re-initialised."
+    )
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", type=Path, default=ROOT / "docs")
-    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK_METHODS)}, the cat, 3 sanity steps")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"only {', '.join(QUICK_METHODS)}, the cat, 3 sanity steps"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -271,8 +311,9 @@ def main() -> None:
     inputs = inputs.to(device)
     categories = [cli.top_predictions(cli.predict(model, image[None]), 1)[0][0] for image in inputs]
     labels = [cli.class_label(c, 1000) for c in categories]
-    boxes = np.array([[left, top, right + 1, bottom + 1]
-                      for top, bottom, left, right in (PHOTO_BOXES[p] for p in photos)])
+    boxes = np.array(
+        [[left, top, right + 1, bottom + 1] for top, bottom, left, right in (PHOTO_BOXES[p] for p in photos)]
+    )
     methods = [m for m in METHODS if m in QUICK_METHODS] if args.quick else list(METHODS)
     rows: Dict[str, Dict[str, float]] = {}
     cat_maps: Dict[str, np.ndarray] = {}  # the intact model's map of the first photo, reused by the sanity check
@@ -281,19 +322,31 @@ def main() -> None:
         maps = cam_maps(method, model, inputs, categories, progress)
         cat_maps[method] = maps[:1]
         rows[method] = measure(maps, inputs, categories, boxes, model)
-        print(f"{method:20s} {time.perf_counter() - began:6.0f} s  "
-              + "  ".join(f"{k} {v:.3f}" for k, v in rows[method].items()), flush=True)
+        print(
+            f"{method:20s} {time.perf_counter() - began:6.0f} s  "
+            + "  ".join(f"{k} {v:.3f}" for k, v in rows[method].items()),
+            flush=True,
+        )
 
     layers = SANITY_LAYERS[:3] if args.quick else SANITY_LAYERS
     curves: Dict[str, np.ndarray] = {}
     for method in methods:
         began = time.perf_counter()
-        result = sanity_check(method_factory(method, progress), model, inputs[:1],
-                              [ClassifierOutputTarget(categories[0])], layers=layers, seed=SEED,
-                              original=cat_maps[method])
+        result = sanity_check(
+            method_factory(method, progress),
+            model,
+            inputs[:1],
+            [ClassifierOutputTarget(categories[0])],
+            layers=layers,
+            seed=SEED,
+            original=cat_maps[method],
+        )
         curves[method] = result.spearman_mean
-        print(f"sanity {method:13s} {time.perf_counter() - began:6.0f} s  "
-              + " ".join(f"{v:+.2f}" for v in result.spearman_mean), flush=True)
+        print(
+            f"sanity {method:13s} {time.perf_counter() - began:6.0f} s  "
+            + " ".join(f"{v:+.2f}" for v in result.spearman_mean),
+            flush=True,
+        )
     seconds = time.perf_counter() - start
 
     args.output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Re-create the bundled photos from scikit-image's sample data (see README.md here).
 
-    python examples/make_photos.py
+python examples/make_photos.py
 """
+
 from pathlib import Path
 
 import cv2

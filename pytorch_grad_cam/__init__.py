@@ -1,4 +1,5 @@
 """pytorch_grad_cam: Class Activation Map methods for PyTorch models."""
+
 from pytorch_grad_cam.ablation_cam import AblationCAM
 from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerFasterRCNN, AblationLayerVit
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients

@@ -8,6 +8,7 @@ whole model's scores, the whole model is re-run with the layer's output replaced
 after a warning. How a channel is ablated, and which channels are, is the ablation
 layer's business (``pytorch_grad_cam.ablation_layer``).
 """
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -25,8 +26,9 @@ from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.recording import Record
 from pytorch_grad_cam.scoring import Target, per_image_outputs, score
 from pytorch_grad_cam.utils.messages import warn_user
-from pytorch_grad_cam.utils.network_tail import NetworkTail, extract_tail, replaced_output_runner
+from pytorch_grad_cam.utils.network_tail import NetworkTail, extract_tail
 from pytorch_grad_cam.utils.structures import first_tensor, map_tensors, tensors_in
+from pytorch_grad_cam.utils.whole_model import replaced_output_runner
 
 #: The tail's scores must equal the whole model's within this fraction of their magnitude.
 _TRUST_TOLERANCE = {torch.float16: 5e-2, torch.bfloat16: 5e-2}
@@ -137,9 +139,7 @@ class AblationCAM(PerturbationCAM):
                 f"AblationLayerFasterRCNN() or a subclass), not {type(ablation_layer).__name__}"
             )
         if isinstance(ratio_channels_to_ablate, bool) or not 0 < ratio_channels_to_ablate <= 1:
-            raise ValueError(
-                f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate!r}"
-            )
+            raise ValueError(f"ratio_channels_to_ablate must be in (0, 1], got {ratio_channels_to_ablate!r}")
         # Never a default instance shared between objects: each gets its own.
         self.ablation_layer = ablation_layer if ablation_layer is not None else AblationLayer()
         self.ratio_channels_to_ablate = float(ratio_channels_to_ablate)
@@ -233,7 +233,9 @@ class AblationCAM(PerturbationCAM):
                 self._tails.pop(layer, None)
                 known = self._layer_tail(layer)
         known.trusted = False
-        self._warn_fallback(known, f"its torch.fx tail does not reproduce the model's output ({mismatch}), also traced anew")
+        self._warn_fallback(
+            known, f"its torch.fx tail does not reproduce the model's output ({mismatch}), also traced anew"
+        )
         whole = replaced_output_runner(self.model, layer, input_image)
         with torch.no_grad():
             return whole, whole(_cloned(original))
@@ -319,11 +321,7 @@ class AblationCAM(PerturbationCAM):
         """The model's modules, parameters and buffers by name (identity compared): a
         traced tail holds references to them, so replacing one makes it stale."""
         model = self.model
-        return (
-            tuple(model.named_modules())
-            + tuple(model.named_parameters())
-            + tuple(model.named_buffers())
-        )
+        return tuple(model.named_modules()) + tuple(model.named_parameters()) + tuple(model.named_buffers())
 
     @staticmethod
     def _same_structure(old: Sequence[Tuple[str, object]], new: Sequence[Tuple[str, object]]) -> bool:
@@ -370,8 +368,7 @@ class AblationCAM(PerturbationCAM):
         run = known.tail.bind(image)
         if run is None:
             self._warn_fallback(
-                known,
-                "a tensor from before the layer that the network after it reads has no batch dimension"
+                known, "a tensor from before the layer that the network after it reads has no batch dimension"
             )
             return replaced_output_runner(self.model, layer, image), False
         if known.trusted is None and len(channels):

@@ -17,6 +17,7 @@ itself. Where grad-cam 1.5 differs, the differences are fixed here: the ablation
 is computed once per image (it does not drift lower row by row), the channels chosen
 by a ratio are unique, and a constant channel scores 0 instead of 0/0.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -40,9 +41,7 @@ ArrayLike = Union[torch.Tensor, np.ndarray]
 LayerOutput = Union[torch.Tensor, Mapping]
 
 
-def ablation_value(
-    activations: torch.Tensor, dtype: torch.dtype, switched_off: Optional[bool] = None
-) -> torch.Tensor:
+def ablation_value(activations: torch.Tensor, dtype: torch.dtype, switched_off: Optional[bool] = None) -> torch.Tensor:
     """What an ablated channel becomes: 0, or min(A) - ABLATION_OFFSET where A has
     negative values and a ReLU-like activation switches it off (``switched_off``: True,
     or None where the uses of the layer's output are unknown: then the sign of A alone
@@ -150,9 +149,7 @@ class AblationLayer(nn.Module):
         peak = projection.max()
         return projection > threshold * peak if peak > 0 else torch.zeros_like(projection, dtype=torch.bool)
 
-    def activations_to_be_ablated(
-        self, activations: ArrayLike, ratio_channels_to_ablate: float = 1.0
-    ) -> ArrayLike:
+    def activations_to_be_ablated(self, activations: ArrayLike, ratio_channels_to_ablate: float = 1.0) -> ArrayLike:
         """The channels of one image's activations A (K, h, w) to ablate.
 
         ``ratio_channels_to_ablate == 1.0``: all K, in order. Otherwise each channel is
@@ -227,9 +224,7 @@ class AblationLayer(nn.Module):
         return AblatedCopies(buffer, layer_output, channels, positions, value, self.channel_axis).chunk
 
     # ------------------------------------------------------------- grad-cam's replay protocol
-    def set_next_batch(
-        self, input_batch_index: int, activations: LayerOutput, num_channels_to_ablate: int
-    ) -> None:
+    def set_next_batch(self, input_batch_index: int, activations: LayerOutput, num_channels_to_ablate: int) -> None:
         """Keep ``num_channels_to_ablate`` copies of image ``input_batch_index`` of the raw
         layer ``activations`` (a batch), and the ablation value for that image."""
         image = self._image(activations, input_batch_index)

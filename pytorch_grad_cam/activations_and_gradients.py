@@ -8,6 +8,7 @@ their device; nothing is copied to the CPU here. Hooks are registered through
 :class:`~pytorch_grad_cam.utils.hooks.Hooks`: they record only the thread that made
 them, and none is left behind when a registration fails.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, List, Optional, Sequence

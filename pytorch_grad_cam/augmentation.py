@@ -1,5 +1,6 @@
 """Test-time augmentation (``aug_smooth``): the maps of augmented copies of each image,
 de-augmented back to the image's geometry and averaged."""
+
 from __future__ import annotations
 
 from typing import Callable, List, Optional

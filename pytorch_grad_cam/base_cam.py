@@ -17,6 +17,7 @@ below). Everything stays in torch on the model's device; the result becomes nump
 when it is returned. Nothing of a call is kept on the object but ``outputs`` (the last
 call's model output, which grad-cam's users read).
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -129,8 +130,7 @@ class BaseCAM:
         if use_cuda:
             if not torch.cuda.is_available():
                 raise RuntimeError(
-                    "use_cuda=True but CUDA is not available on this machine; pass use_cuda=False "
-                    "to compute on the CPU"
+                    "use_cuda=True but CUDA is not available on this machine; pass use_cuda=False to compute on the CPU"
                 )
             model = model.cuda()  # the documented exception to "the model is left as found"
         self.model = unwrap_parallel(model)

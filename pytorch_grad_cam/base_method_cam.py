@@ -4,6 +4,7 @@ method*) inside this method's own pipeline (FinerCAM, RefineCAM).
 The wrapper owns the call (its targets, its layer aggregation); each layer's map is the
 base method's ``get_cam_image`` on the activations and gradients this call recorded.
 """
+
 from __future__ import annotations
 
 from typing import ContextManager, Optional, Type

@@ -1,5 +1,6 @@
 """The checks a CAM call makes on what it is given and what it records, each raising
 an error that names the bad value and says what to pass instead."""
+
 from __future__ import annotations
 
 from typing import List

@@ -1,5 +1,6 @@
 """EigenCAM (Muhammad & Yeasin, 2020): the first principal component of the
 activations. Class-agnostic: no gradients, no backward pass."""
+
 from typing import List
 
 import torch

@@ -1,5 +1,6 @@
 """EigenGradCAM: the first principal component of gradient x activation, a
 class-discriminative EigenCAM."""
+
 from typing import List
 
 import torch

@@ -1,6 +1,7 @@
 """FEM, the Feature Explanation Method: a channel counts as much as the share of its
 positions that stand out from the rest of that channel. Class-agnostic: no
 gradients, no backward pass, targets never called."""
+
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -37,9 +38,7 @@ class FEM(BaseCAM):
     ) -> None:
         if isinstance(k, bool) or not isinstance(k, (int, float)):
             raise TypeError(f"k must be a number of standard deviations, not {type(k).__name__}")
-        super().__init__(
-            model, target_layers, reshape_transform, target_layer=target_layer, use_cuda=use_cuda
-        )
+        super().__init__(model, target_layers, reshape_transform, target_layer=target_layer, use_cuda=use_cuda)
         self.k = k
 
     def get_cam_image(

@@ -1,6 +1,7 @@
 """FinerCAM (Zhang et al., 2025): explain what separates the main class from the
 classes the model finds most similar, by a base method's map of the target
 z_main − α·z_similar (``FinerWeightedTarget``)."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Type
@@ -36,9 +37,18 @@ class FinerCAM(BaseMethodCAM):
         self.comparison_categories: Sequence[int] = (1, 2, 3)
         self.target_idx: Optional[int] = None
 
-    def __call__(self, input_tensor, targets=None, aug_smooth=False, eigen_smooth=False, *,
-                 alpha: float = 1.0, comparison_categories: Sequence[int] = (1, 2, 3),
-                 target_idx: Optional[int] = None, target_category=None) -> np.ndarray:
+    def __call__(
+        self,
+        input_tensor,
+        targets=None,
+        aug_smooth=False,
+        eigen_smooth=False,
+        *,
+        alpha: float = 1.0,
+        comparison_categories: Sequence[int] = (1, 2, 3),
+        target_idx: Optional[int] = None,
+        target_category=None,
+    ) -> np.ndarray:
         # The call's options, read by default_targets during this call only.
         self.alpha, self.comparison_categories, self.target_idx = alpha, comparison_categories, target_idx
         try:
@@ -46,10 +56,23 @@ class FinerCAM(BaseMethodCAM):
         finally:
             self.alpha, self.comparison_categories, self.target_idx = 1.0, (1, 2, 3), None
 
-    def forward(self, input_tensor, targets=None, eigen_smooth=False, alpha=1.0,
-                comparison_categories=(1, 2, 3), target_idx=None) -> np.ndarray:
-        return self(input_tensor, targets, eigen_smooth=eigen_smooth, alpha=alpha,
-                    comparison_categories=comparison_categories, target_idx=target_idx)
+    def forward(
+        self,
+        input_tensor,
+        targets=None,
+        eigen_smooth=False,
+        alpha=1.0,
+        comparison_categories=(1, 2, 3),
+        target_idx=None,
+    ) -> np.ndarray:
+        return self(
+            input_tensor,
+            targets,
+            eigen_smooth=eigen_smooth,
+            alpha=alpha,
+            comparison_categories=comparison_categories,
+            target_idx=target_idx,
+        )
 
     def default_targets(self, outputs: object, copies: int) -> List[Target]:
         if not torch.is_tensor(outputs) or outputs.ndim != 2:

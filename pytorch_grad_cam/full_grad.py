@@ -1,6 +1,7 @@
 """FullGrad (Srinivas & Fleuret, 2019): the input-gradient term plus, for every layer
 with a bias, |bias x gradient of its output|, each scaled per (image, channel) and
 resized to the input, all summed. The target layers are every bias layer."""
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -38,9 +39,7 @@ def _scale_channels(maps: torch.Tensor, size) -> torch.Tensor:
     return resize_maps(scaled, size).reshape(batch, channels, *size)
 
 
-def _bias_term(
-    bias: torch.Tensor, grads: torch.Tensor, scratch: Optional[torch.Tensor] = None
-) -> torch.Tensor:
+def _bias_term(bias: torch.Tensor, grads: torch.Tensor, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Σ_c minmax(|b_c · G_c|) (B, *spatial), minmax per (image, channel) as
     :func:`min_max_scale` (eps 1e-7): |b_c·G_c| = |b_c|·|G_c|, so each channel's scaled
     map is (|G_c| − min|G_c|)·|b_c| / (|b_c|·(max|G_c| − min|G_c|) + 1e-7), and the

@@ -1,4 +1,5 @@
 """GradCAM (Selvaraju et al., 2017): channel weights are the spatially averaged gradients."""
+
 from typing import List
 
 import torch

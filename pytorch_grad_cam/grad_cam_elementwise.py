@@ -1,5 +1,6 @@
 """GradCAMElementWise: like HiResCAM, but each position's gradient x activation is
 clipped at zero before the channel sum, so negative evidence cannot cancel positive."""
+
 from typing import List
 
 import torch

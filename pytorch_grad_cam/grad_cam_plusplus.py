@@ -1,5 +1,6 @@
 """GradCAM++ (Chattopadhyay et al., 2018): positive gradients weighted by the
 closed-form second/third-order coefficients α."""
+
 from typing import List
 
 import torch

@@ -9,6 +9,7 @@ rectify their input in place, so ``x.relu_()`` as a statement works), and ReLU6
 (``nn.ReLU6``, ``F.relu6``, ``F.hardtanh``/``F.hardtanh_`` from 0; in place too). Other
 activations (GELU, SiLU, Hardswish, ...) keep their ordinary gradient.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -145,8 +146,7 @@ class GuidedBackpropReLUModel:
                 spelling = "use_cuda=True" if use_cuda else f"device={str(device)!r}"
                 fix = "use_cuda=False" if use_cuda else "device='cpu'"
                 raise RuntimeError(
-                    f"{spelling} but CUDA is not available on this machine; pass {fix} "
-                    "to compute on the CPU"
+                    f"{spelling} but CUDA is not available on this machine; pass {fix} to compute on the CPU"
                 )
             model = model.to(device)
         self.model = unwrap_parallel(model)

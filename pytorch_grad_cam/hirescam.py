@@ -1,5 +1,6 @@
 """HiResCAM (Draelos & Carin, 2020): every position weighted by its own gradient, so
 that the map is a faithful decomposition of the target score of a linear head."""
+
 from typing import List
 
 import torch

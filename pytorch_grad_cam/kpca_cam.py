@@ -1,6 +1,7 @@
 """KPCA-CAM (Karmani et al., 2024): EigenCAM with kernel PCA, the first kernel
 principal component of the activations. Class-agnostic: no gradients, no backward
 pass, targets never called."""
+
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -43,9 +44,7 @@ class KPCA_CAM(BaseCAM):  # noqa: N801 - the reference's public name
     ) -> None:
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel {kernel!r}; choose one of {', '.join(KERNELS)}")
-        super().__init__(
-            model, target_layers, reshape_transform, target_layer=target_layer, use_cuda=use_cuda
-        )
+        super().__init__(model, target_layers, reshape_transform, target_layer=target_layer, use_cuda=use_cuda)
         self.kernel = kernel
         self.gamma = gamma
 

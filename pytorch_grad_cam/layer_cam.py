@@ -1,4 +1,5 @@
 """LayerCAM (Jiang et al., 2021): every position weighted by its own positive gradient."""
+
 from typing import List
 
 import torch

@@ -17,6 +17,7 @@ The rule, in order:
 
 Only the calling thread's forward pass is recorded.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,9 +39,7 @@ def _grid_shape(output: object, reshape_transform: Optional[Callable]) -> bool:
             shaped = output if reshape_transform is None else reshape_transform(output)
     except Exception:  # noqa: BLE001 - the transform does not fit this layer's output
         return False
-    return (
-        torch.is_tensor(shaped) and shaped.ndim in (4, 5) and math.prod(shaped.shape[2:]) > 1
-    )
+    return torch.is_tensor(shaped) and shaped.ndim in (4, 5) and math.prod(shaped.shape[2:]) > 1
 
 
 def find_target_layer(

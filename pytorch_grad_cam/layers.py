@@ -7,6 +7,7 @@ a CAM explains one forward pass of the network itself, while DataParallel's repl
 in worker threads (where our hooks do not record) and DDP adds gradient synchronisation
 that a CAM's partial backward pass never completes.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Union

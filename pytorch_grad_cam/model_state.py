@@ -2,6 +2,7 @@
 every submodule's own flag back afterwards, and autograd switched on only from the
 first target layer on. Each helper leaves the model as it found it, also on error.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -2,6 +2,7 @@
 copies of each image (ScoreCAM, AblationCAM): the copies run in chunks of
 ``batch_size`` under ``no_grad`` with a progress bar, and their scores stay on the device.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union

@@ -4,6 +4,7 @@ faithful method must beat (the metrics compare against it).
 The weights come from torch's global generator on the activations' device, so
 ``torch.manual_seed`` makes a run repeatable.
 """
+
 from typing import List
 
 import torch

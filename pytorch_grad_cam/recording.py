@@ -3,6 +3,7 @@ for gradient methods, one backward pass of the targets' scores. Its result, a
 :class:`Record`, is the value passed to the map computation; nothing of a call is kept
 on the CAM object.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,5 +1,6 @@
 """RefineCAM: the element-wise product of a base method's maps at several layers, so
 the coarse deep map gates the fine shallow one; then min-max."""
+
 from __future__ import annotations
 
 from typing import List, Type

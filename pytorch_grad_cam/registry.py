@@ -1,5 +1,6 @@
 """The one registry of CAM methods by command-line name, shared by cam.py, the
 examples, the benchmark and the tests. Adding a method: one file, one line here."""
+
 from typing import Dict, Type
 
 from pytorch_grad_cam.ablation_cam import AblationCAM

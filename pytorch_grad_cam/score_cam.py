@@ -1,5 +1,6 @@
 """ScoreCAM (Wang et al., 2020): each activation map, upsampled and normalised, masks
 the input; the softmax of the masked inputs' target scores weights the channels."""
+
 from typing import List, Tuple
 
 import torch
@@ -113,7 +114,10 @@ class ScoreCAM(PerturbationCAM):
                 count = len(kept) + int(has_zero)
 
                 def run_chunk(
-                    start: int, stop: int, index: int = index, image: torch.Tensor = image,
+                    start: int,
+                    stop: int,
+                    index: int = index,
+                    image: torch.Tensor = image,
                     kept: torch.Tensor = kept,
                 ) -> object:
                     parts = []

@@ -5,6 +5,7 @@ A target is a callable from one image's output to a scalar tensor
 default ones (each image's top class), hands each target its image's part of the
 output (tensors, lists and dicts alike), and scores a batch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -173,7 +174,9 @@ def per_image_outputs(outputs: object, count: int, targets: Sequence[Target]) ->
             }
             for index in range(count)
         ]
-    raise TypeError(f"the model returns {describe_output(outputs)}, which a target cannot take per image; {SELECT_HINT}")
+    raise TypeError(
+        f"the model returns {describe_output(outputs)}, which a target cannot take per image; {SELECT_HINT}"
+    )
 
 
 def score(targets: Sequence[Target], outputs: object) -> torch.Tensor:
@@ -201,7 +204,9 @@ def score(targets: Sequence[Target], outputs: object) -> torch.Tensor:
         value = target(output)
         if not torch.is_tensor(value) or value.numel() != 1:
             shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-            raise ValueError(f"target {target!r} returned {shape}; a target must map one image's output to a scalar tensor")
+            raise ValueError(
+                f"target {target!r} returned {shape}; a target must map one image's output to a scalar tensor"
+            )
         scores.append(value.reshape(()))
     return _promoted(torch.stack(scores))
 

@@ -1,5 +1,6 @@
 """SegEigenCAM: the first principal component of |gradient| x activation, signed so
 that its largest magnitude is positive (made for segmentation targets)."""
+
 from typing import List
 
 import torch

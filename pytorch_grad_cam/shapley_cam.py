@@ -1,6 +1,7 @@
 """ShapleyCAM (Cai et al., 2025): GradCAM's weights with a second-order correction,
 w_k = mean over positions of (G − ½·H·A)_k, where H·A is the Hessian of the score with
 respect to the layer output times that output (one double-backward pass)."""
+
 from __future__ import annotations
 
 from typing import ContextManager, Dict

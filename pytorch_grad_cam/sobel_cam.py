@@ -1,5 +1,6 @@
 """sobel_cam: an image's edge map, the "explanation" that knows nothing about the
 model; the metrics tutorial scores it as a baseline that a CAM should beat."""
+
 import cv2
 import numpy as np
 

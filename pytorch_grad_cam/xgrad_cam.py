@@ -1,4 +1,5 @@
 """XGradCAM (Fu et al., 2020): gradients weighted by the normalised activations."""
+
 from typing import List
 
 import torch

@@ -9,6 +9,7 @@ resize, an explicit interpolation matrix for ScoreCAM's ``align_corners=True``).
 FinerCAM's target and AblationCAM's ablated scores are computed on a float64 copy of
 the model, the latter by a forward hook that replaces the layer's output.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -220,9 +221,7 @@ def weight_rounding_tolerance(
     )
 
 
-def scorecam_weights(
-    model: nn.Module, image: torch.Tensor, A: np.ndarray, category: int
-) -> np.ndarray:
+def scorecam_weights(model: nn.Module, image: torch.Tensor, A: np.ndarray, category: int) -> np.ndarray:
     """softmax_k of the target score on image * M_k, M_k = min-max(align-corners upsample(A_k))."""
     height, width = image.shape[2:]
     rows = interpolation_matrix(A.shape[1], height, align_corners=True)
@@ -444,7 +443,11 @@ def bias_layer_bias(module: nn.Module):
     None for other modules and bias-free ones."""
     if isinstance(module, (nn.Conv2d, nn.Conv3d)):
         return None if module.bias is None else module.bias.detach().double()
-    if isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)) and module.bias is not None and module.running_mean is not None:
+    if (
+        isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d))
+        and module.bias is not None
+        and module.running_mean is not None
+    ):
         mean, var = module.running_mean.double(), module.running_var.double()
         return module.bias.detach().double() - mean * module.weight.detach().double() / torch.sqrt(var + module.eps)
     return None
@@ -470,9 +473,11 @@ def fullgrad_reference(model: nn.Module, input_tensor: torch.Tensor, classes: Se
             # The output as the layer returned it; the network gets a copy, so that
             # in-place operations after the layer (``out += skip``, ``relu_``) do not
             # turn the recorded tensor into a later one.
-            handles.append(module.register_forward_hook(
-                lambda m, i, output, bias=bias: recorded.append((bias, output)) or output.clone()
-            ))
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, i, output, bias=bias: recorded.append((bias, output)) or output.clone()
+                )
+            )
     try:
         with torch.enable_grad():
             logits = model64(x)
@@ -641,12 +646,10 @@ def finercam_reference(
     size = tuple(input_tensor.shape[2:])
     per_layer = []
     for layer64 in layers64:
-        A, G, _ = capture_score(
-            model64, layer64, input64, lambda logits: finer_score(logits, chosen, alpha), transform
+        A, G, _ = capture_score(model64, layer64, input64, lambda logits: finer_score(logits, chosen, alpha), transform)
+        per_layer.append(
+            np.stack([finish_layer(weighted_map(gradcam_weights(a, g), a, eigen_smooth), size) for a, g in zip(A, G)])
         )
-        per_layer.append(np.stack([
-            finish_layer(weighted_map(gradcam_weights(a, g), a, eigen_smooth), size) for a, g in zip(A, G)
-        ]))
     mean = np.mean(per_layer, axis=0)
     return np.stack([min_max(m) for m in mean]), chosen
 
@@ -669,9 +672,11 @@ def refinecam_reference(
     product = 1.0
     for layer in layers:
         A, G, _ = capture(model, layer, input_tensor, classes, transform)
-        maps = np.stack([
-            min_max(finish_layer(weighted_map(gradcam_plusplus_weights(a, g), a, eigen_smooth), size))
-            for a, g in zip(A, G)
-        ])
+        maps = np.stack(
+            [
+                min_max(finish_layer(weighted_map(gradcam_plusplus_weights(a, g), a, eigen_smooth), size))
+                for a, g in zip(A, G)
+            ]
+        )
         product = product * maps
     return np.stack([min_max(m) for m in product])

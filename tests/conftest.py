@@ -1,4 +1,5 @@
 """Shared, session-scoped fixtures: models are built once per test session."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ The tiny model is built with fixed random weights (the same in every process). W
 environment variable ``FOLDER_TEST_DELAY`` (seconds) each forward pass sleeps that long
 first, so that a test can kill a run halfway through.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,10 @@ class TinyClassifier(nn.Module):
         # differ by 3e-4, 1e4 times the spread between batch sizes and kernel sets (3e-8).
         torch.manual_seed(2)
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.ReLU(),
         )
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, CLASSES))
         with torch.no_grad():

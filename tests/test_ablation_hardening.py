@@ -4,6 +4,7 @@ only the last call of a shared module, the one-time check of a tail against the 
 model, re-tracing after a submodule is replaced, the ablation value before a
 LayerNorm / Linear, and a target layer the output does not depend on.
 """
+
 from __future__ import annotations
 
 import copy

@@ -4,6 +4,7 @@ computation of the rule, the replay protocol against hand-built ablated tensors,
 AblationCAM with a given layer against the default path, and Faster R-CNN's FPN
 backbone against the detector run with one FPN slice set to -1000 by a forward hook.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -141,7 +142,12 @@ def test_ablation_layer_fasterrcnn_sets_the_fpn_slice_to_minus_1000():
 def test_signature_and_a_fresh_default_ablation_layer_per_object(small_cnn):
     parameters = list(inspect.signature(AblationCAM).parameters)
     assert parameters[:6] == [
-        "model", "target_layers", "reshape_transform", "ablation_layer", "batch_size", "ratio_channels_to_ablate",
+        "model",
+        "target_layers",
+        "reshape_transform",
+        "ablation_layer",
+        "batch_size",
+        "ratio_channels_to_ablate",
     ]
     assert inspect.signature(AblationCAM).parameters["ablation_layer"].default is None
     first = AblationCAM(small_cnn, [small_cnn.features[-1]])

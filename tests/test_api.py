@@ -1,6 +1,7 @@
 """The public call behaves as the README says (docs/decisions.md, G8, G9, G13), for every registered method: batches,
 the ways of naming targets, smoothing, several layers, volumes, and the errors a
 user meets first."""
+
 from __future__ import annotations
 
 import copy
@@ -95,9 +96,7 @@ def test_default_targets_are_the_top_classes(name, varied_cnn, batch):
     with torch.no_grad():
         top = varied_cnn(batch).argmax(dim=1).tolist()
     assert len(set(top)) > 1  # the images disagree, so a shared default would show
-    np.testing.assert_allclose(
-        cam(batch), cam(batch, targets=[ClassifierOutputTarget(c) for c in top]), atol=1e-6
-    )
+    np.testing.assert_allclose(cam(batch), cam(batch, targets=[ClassifierOutputTarget(c) for c in top]), atol=1e-6)
     np.testing.assert_allclose(cam.outputs.numpy(), varied_cnn(batch).detach().numpy(), atol=1e-6)
 
 
@@ -156,7 +155,11 @@ def test_aug_smooth_is_the_mean_of_the_de_augmented_maps(name, small_cnn, batch)
     targets = [ClassifierOutputTarget(c) for c in (1, 0, 3)]
     expected = np.mean(
         [
-            (np.flip(cam(flip(batch) * factor, targets=targets), -1) if flipped else cam(batch * factor, targets=targets))
+            (
+                np.flip(cam(flip(batch) * factor, targets=targets), -1)
+                if flipped
+                else cam(batch * factor, targets=targets)
+            )
             for flipped in (False, True)
             for factor in (0.9, 1.0, 1.1)
         ],
@@ -271,13 +274,19 @@ class TokenNet(nn.Module):
 
 def test_clear_errors(small_cnn, batch):
     cam = GradCAM(small_cnn, [small_cnn.features[-1]])
-    with pytest.raises(ValueError, match=r"targets has 2 entries but the batch has 3 images; pass one target per image"):
+    with pytest.raises(
+        ValueError, match=r"targets has 2 entries but the batch has 3 images; pass one target per image"
+    ):
         cam(batch, targets=[ClassifierOutputTarget(1)] * 2)
-    with pytest.raises(ValueError, match=r"target_category has 4 entries but the batch has 3 images; pass one category per image"):
+    with pytest.raises(
+        ValueError, match=r"target_category has 4 entries but the batch has 3 images; pass one category per image"
+    ):
         cam(batch, target_category=[1, 2, 3, 0])
     with pytest.raises(ValueError, match=r"not inside the model; pass a module from model\.named_modules\(\)"):
         GradCAM(small_cnn, [nn.Conv2d(3, 3, 1)])
-    with pytest.raises(ValueError, match=r"'features\.99' is not inside the model; pass a name from model\.named_modules\(\)"):
+    with pytest.raises(
+        ValueError, match=r"'features\.99' is not inside the model; pass a name from model\.named_modules\(\)"
+    ):
         GradCAM(small_cnn, ["features.99"])
     with pytest.raises(ValueError, match=r"target_layers=\[\.\.\.\] or target_layer=\.\.\., not both"):
         GradCAM(small_cnn, target_layers=[small_cnn.features[-1]], target_layer=small_cnn.features[-1])

@@ -4,6 +4,7 @@ model outputs that are not a tensor, and models wrapped for data parallelism.
 Each test compares against the plain case (the same weights, eval mode, no wrapper, a
 tensor output), so it fails when the property does not hold.
 """
+
 from __future__ import annotations
 
 import socket
@@ -264,17 +265,29 @@ class OutputNet(nn.Module):
 TARGETED = ["gradcam", "gradcam++", "scorecam", "ablationcam"]
 
 
-@pytest.mark.parametrize("kind, shown", [("dict", r"dict with keys \['logits', 'pooled'\]"), ("model-output", r"FakeModelOutput with keys \['logits', 'hidden'\]")])
+@pytest.mark.parametrize(
+    "kind, shown",
+    [
+        ("dict", r"dict with keys \['logits', 'pooled'\]"),
+        ("model-output", r"FakeModelOutput with keys \['logits', 'hidden'\]"),
+    ],
+)
 @pytest.mark.parametrize("name", TARGETED)
 def test_a_non_tensor_output_with_tensor_targets_is_a_clear_error(name: str, kind: str, shown: str) -> None:
     model = OutputNet(kind).eval()
     hint = r"OutputSelector\(model, 'logits'\)"
-    with pytest.raises(ValueError, match=rf"targets=None explains the top class of a \(B, classes\) tensor output, but the model returns {shown}; .*{hint}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"targets=None explains the top class of a \(B, classes\) tensor output, but the model returns {shown}; .*{hint}",
+    ):
         make_cam(name, model, ["conv2"])(image())
     if name == "ablationcam":
         # Its torch.fx tail of the network returns a ModelOutput's fields as a plain dict.
         shown = shown.replace("FakeModelOutput", "(FakeModelOutput|dict)")
-    with pytest.raises(TypeError, match=rf"ClassifierOutputTarget\(1\) needs the model output to be a tensor of scores, but the model returns {shown}; .*{hint}"):
+    with pytest.raises(
+        TypeError,
+        match=rf"ClassifierOutputTarget\(1\) needs the model output to be a tensor of scores, but the model returns {shown}; .*{hint}",
+    ):
         make_cam(name, model, ["conv2"])(image(), targets(1, 1))
 
 
@@ -318,7 +331,10 @@ def test_a_list_output_holds_one_entry_per_image() -> None:
     maps = make_cam("gradcam", OutputNet("list").eval(), ["conv2"])(image(), targets(1, 3))
     np.testing.assert_array_equal(maps, expected)
     model = OutputNet("tuple").eval()
-    with pytest.raises(ValueError, match=r"the model returns tuple of 2, but the batch has 3 images; a list/tuple output must hold one entry per image, else wrap the model"):
+    with pytest.raises(
+        ValueError,
+        match=r"the model returns tuple of 2, but the batch has 3 images; a list/tuple output must hold one entry per image, else wrap the model",
+    ):
         make_cam("gradcam", model, ["conv2"])(image(3), [lambda out: out.sum()] * 3)
 
 
@@ -334,7 +350,10 @@ def test_output_selector_selections() -> None:
         logits = hidden
 
     assert select_output(WithAttribute(), "logits") is hidden
-    with pytest.raises(KeyError, match=r"the model output \(FakeModelOutput\) has no key or attribute 'scores'; its keys are \['logits', 'hidden'\]"):
+    with pytest.raises(
+        KeyError,
+        match=r"the model output \(FakeModelOutput\) has no key or attribute 'scores'; its keys are \['logits', 'hidden'\]",
+    ):
         select_output(output, "scores")
     with pytest.raises(TypeError, match="select must be a key name, an index or a function, not float"):
         OutputSelector(nn.Identity(), 1.5)

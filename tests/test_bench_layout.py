@@ -3,6 +3,7 @@ in benchmarks/ imports, no file or function outgrows the project's limits, and t
 side-by-side helpers (the maps' correlation, the note of a skipped table) do what
 bench.py's tables say. In-process (the benchmark is never run here): fast.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,10 +37,28 @@ def test_help_runs_and_names_every_option(bench, capsys: pytest.CaptureFixture) 
     assert stop.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage:")
-    for option in ("--device", "--quick", "--repeats", "--warmup", "--threads", "--clock", "--batches",
-                   "--scorecam-channels", "--no-memory", "--metrics", "--only", "--no-dataset", "--rows",
-                   "--list", "--compare-with", "--torchcam-with", "--compare-rows", "--compare-only",
-                   "--compare-rounds", "--json"):
+    for option in (
+        "--device",
+        "--quick",
+        "--repeats",
+        "--warmup",
+        "--threads",
+        "--clock",
+        "--batches",
+        "--scorecam-channels",
+        "--no-memory",
+        "--metrics",
+        "--only",
+        "--no-dataset",
+        "--rows",
+        "--list",
+        "--compare-with",
+        "--torchcam-with",
+        "--compare-rows",
+        "--compare-only",
+        "--compare-rounds",
+        "--json",
+    ):
         assert option in text, option
 
 
@@ -59,10 +78,12 @@ def test_list_prints_every_table_and_both_side_by_side_tables(bench, capsys: pyt
         "side by side (--compare-rows)",
         "side by side with torchcam (--compare-rows)",
     ]
-    assert lines[0].endswith("bare:1, floor:1, forward:1, gradcam:1, gradcam++:1, xgradcam:1, layercam:1, "
-                             "eigengradcam:1, eigencam:1")
-    assert lines[-1].endswith("gradcam:1, gradcam:8, gradcam++:1, gradcam++:8, xgradcam:1, xgradcam:8, "
-                              "layercam:1, layercam:8, scorecam-r18")
+    assert lines[0].endswith(
+        "bare:1, floor:1, forward:1, gradcam:1, gradcam++:1, xgradcam:1, layercam:1, eigengradcam:1, eigencam:1"
+    )
+    assert lines[-1].endswith(
+        "gradcam:1, gradcam:8, gradcam++:1, gradcam++:8, xgradcam:1, xgradcam:8, layercam:1, layercam:8, scorecam-r18"
+    )
     assert len(lines[-2].split(": ")[1].split(", ")) == 19  # the grad-cam table's cases
 
 

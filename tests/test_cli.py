@@ -5,6 +5,7 @@ they print, and that every user error is one line on stderr with a non-zero exit
 never a traceback. The per-method matrix and a few more error paths call the same
 ``main()`` in-process, which saves starting Python and importing torch each time.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,13 +37,20 @@ OUTPUTS = ("cam", "gb", "cam_gb")
 def run_script(script: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``script`` (relative to the repository) with the test interpreter, offline, on
     one CPU thread (the runs are small; more threads mostly spin on a busy machine)."""
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     environment.setdefault("OMP_NUM_THREADS", "1")
     environment.update(env or {})
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
-        cwd=cwd, env=environment, capture_output=True, text=True, timeout=600,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -72,8 +80,18 @@ def test_cat_with_pretrained_efficientnet(tmp_path: Path) -> None:
     """The Quick start's demo: a cat class, the three pictures at the photo's size, and
     the CAM hottest on the cat's face rather than the background."""
     out = tmp_path / "out"
-    result = run_script("cam.py", "--image-path", str(CAT), "--method", "gradcam",
-                        "--model", "efficientnet_lite0", "--output-dir", str(out), cwd=tmp_path)
+    result = run_script(
+        "cam.py",
+        "--image-path",
+        str(CAT),
+        "--method",
+        "gradcam",
+        "--model",
+        "efficientnet_lite0",
+        "--output-dir",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     explained = next(line for line in result.stdout.splitlines() if line.startswith("gradcam at layer _swish"))
@@ -88,9 +106,20 @@ def test_cat_with_pretrained_efficientnet(tmp_path: Path) -> None:
 
 
 def test_use_cuda_and_readme_flag_spellings(tmp_path: Path) -> None:
-    result = run_script("cam.py", "--image-path", str(CAT), "--method", "eigencam",
-                        "--model", "efficientnet_lite0", "--use-cuda", "--aug_smooth",
-                        "--eigen_smooth", "--no-progress", cwd=tmp_path)
+    result = run_script(
+        "cam.py",
+        "--image-path",
+        str(CAT),
+        "--method",
+        "eigencam",
+        "--model",
+        "efficientnet_lite0",
+        "--use-cuda",
+        "--aug_smooth",
+        "--eigen_smooth",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     if not torch.cuda.is_available():
@@ -103,8 +132,15 @@ def test_default_model_without_downloadable_weights(tmp_path: Path) -> None:
     """resnet50 with an empty torch hub cache and no network: one line that says why
     and names the offline ways forward."""
     blocked = "http://127.0.0.1:9"  # nothing listens on the discard port: the download fails at once
-    env = {"TORCH_HOME": str(tmp_path / "torch"), "https_proxy": blocked, "HTTPS_PROXY": blocked,
-           "http_proxy": blocked, "HTTP_PROXY": blocked, "no_proxy": "", "NO_PROXY": ""}
+    env = {
+        "TORCH_HOME": str(tmp_path / "torch"),
+        "https_proxy": blocked,
+        "HTTPS_PROXY": blocked,
+        "http_proxy": blocked,
+        "HTTP_PROXY": blocked,
+        "no_proxy": "",
+        "NO_PROXY": "",
+    }
     result = run_script("cam.py", "--image-path", str(CAT), cwd=tmp_path, env=env)
     assert_one_line_error(result, "resnet50", "--model efficientnet_lite0", "--weights")
     assert not list(tmp_path.glob("*.jpg"))
@@ -117,8 +153,20 @@ def test_weights_from_a_state_dict(tmp_path: Path) -> None:
     torch.manual_seed(0)
     weights = tmp_path / "resnet18.pt"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
-    result = run_script("cam.py", "--image-path", str(CAT), "--model", "resnet18", "--weights", str(weights),
-                        "--category", "tabby", "--output-dir", str(tmp_path), cwd=tmp_path)
+    result = run_script(
+        "cam.py",
+        "--image-path",
+        str(CAT),
+        "--model",
+        "resnet18",
+        "--weights",
+        str(weights),
+        "--category",
+        "tabby",
+        "--output-dir",
+        str(tmp_path),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert "gradcam at layer layer4.1 for tabby (281)" in result.stdout
@@ -132,8 +180,7 @@ def test_weights_from_a_state_dict(tmp_path: Path) -> None:
         (["--image-path", "notes.txt"], ["notes.txt", "not an image"]),
         (["--image-path", str(CAT), "--method", "gradcam+++"], ["gradcam+++", "gradcam++", "layercam"]),
         (["--image-path", str(CAT), "--category", "tabby cat"], ["'tabby cat'", "did you mean"]),
-        (["--image-path", str(CAT), "--model", "efficientnet_lite0", "--target-layer", "_bn9"],
-         ["'_bn9'", "_bn1"]),
+        (["--image-path", str(CAT), "--model", "efficientnet_lite0", "--target-layer", "_bn9"], ["'_bn9'", "_bn1"]),
     ],
     ids=["missing-file", "not-an-image", "unknown-method", "unknown-class", "unknown-layer"],
 )
@@ -146,8 +193,10 @@ def test_bad_input_is_one_line(tmp_path: Path, arguments: List[str], needles: Se
 
 @pytest.mark.parametrize(
     "script, method, layer",
-    [("usage_examples/vit_example.py", "gradcam", "blocks.11.norm1"),
-     ("usage_examples/swinT_example.py", "gradcam++", "layers.3.blocks.1.norm1")],
+    [
+        ("usage_examples/vit_example.py", "gradcam", "blocks.11.norm1"),
+        ("usage_examples/swinT_example.py", "gradcam++", "layers.3.blocks.1.norm1"),
+    ],
     ids=["vit", "swin"],
 )
 def test_transformer_examples(tmp_path: Path, script: str, method: str, layer: str) -> None:
@@ -189,9 +238,24 @@ def test_every_method(method: str, small_photo: Path, tmp_path: Path, capsys: py
     """Every registered method through the command line, cheaply: an early, narrow layer
     (16 channels), so ScoreCAM and AblationCAM need 16 extra passes, not 1280."""
     layer = CHEAP_LAYER.get(method, "_blocks.0")
-    code = cli.main(["--image-path", str(small_photo), "--method", method, "--model", "efficientnet_lite0",
-                     "--target-layer", layer, "--output-dir", str(tmp_path), "--no-progress",
-                     "--batch-size", "8"], prog="cam.py")
+    code = cli.main(
+        [
+            "--image-path",
+            str(small_photo),
+            "--method",
+            method,
+            "--model",
+            "efficientnet_lite0",
+            "--target-layer",
+            layer,
+            "--output-dir",
+            str(tmp_path),
+            "--no-progress",
+            "--batch-size",
+            "8",
+        ],
+        prog="cam.py",
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert f"{method} at layer {layer} for " in captured.out
@@ -210,17 +274,27 @@ def test_every_method(method: str, small_photo: Path, tmp_path: Path, capsys: py
         (["--weights", "WRONG"], ["does not fit efficientnet_lite0", "missing keys"]),
         (["--weights", "NOTES"], ["not a state dict"]),
     ],
-    ids=["category-index", "ambiguous-class", "batch-size", "device", "missing-weights", "wrong-weights",
-         "not-weights"],
+    ids=[
+        "category-index",
+        "ambiguous-class",
+        "batch-size",
+        "device",
+        "missing-weights",
+        "wrong-weights",
+        "not-weights",
+    ],
 )
-def test_more_bad_input_is_one_line(arguments: List[str], needles: Sequence[str], tmp_path: Path,
-                                    capsys: pytest.CaptureFixture) -> None:
+def test_more_bad_input_is_one_line(
+    arguments: List[str], needles: Sequence[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     replacements = {"WRONG": tmp_path / "wrong.pt", "NOTES": tmp_path / "notes.txt"}
     torch.save({"fc.weight": torch.zeros(2, 2)}, replacements["WRONG"])
     replacements["NOTES"].write_text("not a state dict\n")
     arguments = [str(replacements.get(argument, argument)) for argument in arguments]
-    code = cli.main(["--image-path", str(CAT), "--model", "efficientnet_lite0", "--output-dir", str(tmp_path),
-                     *arguments], prog="cam.py")
+    code = cli.main(
+        ["--image-path", str(CAT), "--model", "efficientnet_lite0", "--output-dir", str(tmp_path), *arguments],
+        prog="cam.py",
+    )
     captured = capsys.readouterr()
     assert code != 0
     lines = captured.err.strip().splitlines()
@@ -236,8 +310,18 @@ def test_truncated_jpeg_is_one_line_naming_the_file(cut: str, tmp_path: Path, ca
     whole = CAT.read_bytes()
     truncated = tmp_path / "cut cat.jpg"
     truncated.write_bytes(whole[: len(whole) * 2 // 3] if cut == "inside-the-scan" else whole[:-2])
-    code = cli.main(["--image-path", str(truncated), "--model", "efficientnet_lite0", "--output-dir", str(tmp_path),
-                     "--no-progress"], prog="cam.py")
+    code = cli.main(
+        [
+            "--image-path",
+            str(truncated),
+            "--model",
+            "efficientnet_lite0",
+            "--output-dir",
+            str(tmp_path),
+            "--no-progress",
+        ],
+        prog="cam.py",
+    )
     captured = capsys.readouterr()
     assert code == 1 and captured.out == ""
     assert captured.err.splitlines() == [f"cam.py: error: {truncated}: truncated JPEG (no end-of-image marker)"]
@@ -278,11 +362,16 @@ def _broken_model_entry() -> "cli.ModelEntry":
     )
 
 
-def test_model_error_is_one_line(small_photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_error_is_one_line(
+    small_photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("PYTORCH_GRAD_CAM_DEBUG", raising=False)
-    code = cli.main(["--image-path", str(small_photo), "--output-dir", str(tmp_path)],
-                    models={"broken": _broken_model_entry()}, default_model="broken", prog="cam.py")
+    code = cli.main(
+        ["--image-path", str(small_photo), "--output-dir", str(tmp_path)],
+        models={"broken": _broken_model_entry()},
+        default_model="broken",
+        prog="cam.py",
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert "Traceback" not in captured.err
@@ -293,9 +382,9 @@ def test_model_error_is_one_line(small_photo: Path, tmp_path: Path, capsys: pyte
     assert not list(tmp_path.glob("*.jpg"))
 
 
-def test_library_error_is_one_line_and_debug_shows_it(small_photo: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_library_error_is_one_line_and_debug_shows_it(
+    small_photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A failure deep in the library (here: a multi-line RuntimeError from the CAM)."""
     monkeypatch.delenv("PYTORCH_GRAD_CAM_DEBUG", raising=False)
 
@@ -307,7 +396,8 @@ def test_library_error_is_one_line_and_debug_shows_it(small_photo: Path, tmp_pat
     assert cli.main(arguments, prog="cam.py") == 1
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines()[-1] == (
-        "cam.py: error: RuntimeError: something broke deep inside (--debug shows the traceback)")
+        "cam.py: error: RuntimeError: something broke deep inside (--debug shows the traceback)"
+    )
     assert "Traceback" not in captured.err
     with pytest.raises(RuntimeError, match="something broke"):
         cli.main([*arguments, "--debug"], prog="cam.py")
@@ -348,8 +438,9 @@ def default_layer_map(method: str, model, entry, input_tensor, reshape_transform
     """cam.py's map at the entry's default layer for the top class (in-process)."""
     category = int(model(input_tensor).argmax())
     layer = entry.target_layer(model)
-    return cli.compute_cam(method, model, layer, input_tensor, category,
-                           reshape_transform=reshape_transform, batch_size=64, progress=False)
+    return cli.compute_cam(
+        method, model, layer, input_tensor, category, reshape_transform=reshape_transform, batch_size=64, progress=False
+    )
 
 
 @pytest.mark.parametrize("photo", list(PHOTO_BOXES))
@@ -467,9 +558,17 @@ def test_the_library_never_imports_the_app() -> None:
     """The command-line app lives in pytorch_grad_cam.cli and nothing else imports it:
     importing every other module of the package leaves it unimported, and utils keeps
     only what library users import."""
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    result = subprocess.run([sys.executable, "-c", _IMPORT_EVERYTHING_BUT_THE_APP], env=environment,
-                            capture_output=True, text=True, timeout=600)
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_EVERYTHING_BUT_THE_APP],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     count = int(result.stdout.split()[0])
     assert count > 30, result.stdout  # it did walk the package (methods, utils, metrics)
@@ -489,20 +588,32 @@ def test_console_script_is_the_command_line() -> None:
 METRIC_LINE = re.compile(r"  ([a-z-]+): (-?\d+\.\d+) \((higher|lower) is better; .+\)")
 
 
-def test_metrics_print_what_the_metrics_compute(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                efficientnet_lite0) -> None:
+def test_metrics_print_what_the_metrics_compute(
+    tmp_path: Path, capsys: pytest.CaptureFixture, efficientnet_lite0
+) -> None:
     """--metrics deletion,road prints one finite number per metric after the pictures,
     equal to the metric called directly on the same input and map (ROAD after
     torch.manual_seed(0), as the command line seeds it, in a forked random state)."""
-    code = cli.main(["--image-path", str(CAT), "--model", "efficientnet_lite0", "--output-dir", str(tmp_path),
-                     "--metrics", "deletion,road"], prog="cam.py")
+    code = cli.main(
+        [
+            "--image-path",
+            str(CAT),
+            "--model",
+            "efficientnet_lite0",
+            "--output-dir",
+            str(tmp_path),
+            "--metrics",
+            "deletion,road",
+        ],
+        prog="cam.py",
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = captured.out.splitlines()
     heading = next(i for i, line in enumerate(lines) if line.startswith("metrics of the map"))
     assert lines[heading - 1].startswith("wrote ") and "softmax probability of" in lines[heading]
     printed = {}
-    for line in lines[heading + 1:]:
+    for line in lines[heading + 1 :]:
         match = METRIC_LINE.fullmatch(line)
         assert match, line
         printed[match[1]] = (float(match[2]), match[3])

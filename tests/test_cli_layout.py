@@ -6,6 +6,7 @@ hold (no file over 450 lines, no function over 80).
 The import graph is read with ``ast`` from the source, so a cycle is found even where
 Python would happen to import the modules in an order that works.
 """
+
 from __future__ import annotations
 
 import ast
@@ -97,13 +98,19 @@ def test_the_graph_reader_finds_cycles_and_resolves_imports() -> None:
     assert [cycle[0] for cycle in cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}})] == ["a", "b", "c"]
     assert cycles({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
     known = set(cli_modules())
-    source = ("from .files import atomic_write\nfrom .. import jobs\nfrom ..app import main\n"
-              "def late():\n    from pytorch_grad_cam.cli import contact_sheet\n")
+    source = (
+        "from .files import atomic_write\nfrom .. import jobs\nfrom ..app import main\n"
+        "def late():\n    from pytorch_grad_cam.cli import contact_sheet\n"
+    )
     assert imports_of(source, "pytorch_grad_cam.cli.folder.shard", False, known) == {
-        "pytorch_grad_cam.cli.folder.files", "pytorch_grad_cam.cli.jobs", "pytorch_grad_cam.cli.app",
-        "pytorch_grad_cam.cli.contact_sheet"}
+        "pytorch_grad_cam.cli.folder.files",
+        "pytorch_grad_cam.cli.jobs",
+        "pytorch_grad_cam.cli.app",
+        "pytorch_grad_cam.cli.contact_sheet",
+    }
     assert imports_of("from . import run\n", "pytorch_grad_cam.cli.folder", True, known) == {
-        "pytorch_grad_cam.cli.folder.run"}
+        "pytorch_grad_cam.cli.folder.run"
+    }
 
 
 def test_no_two_cli_modules_import_each_other() -> None:
@@ -126,11 +133,16 @@ def test_the_cli_reaches_the_library_only_through_public_names() -> None:
     modules = cli_modules()
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("pytorch_grad_cam"):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and not node.level
+                and (node.module or "").startswith("pytorch_grad_cam")
+            ):
                 target = node.module
                 if not target.startswith("pytorch_grad_cam.cli"):
-                    assert target in PUBLIC_CORE or target.startswith(("pytorch_grad_cam.utils.",
-                                                                       "pytorch_grad_cam.metrics.")), (name, target)
+                    assert target in PUBLIC_CORE or target.startswith(
+                        ("pytorch_grad_cam.utils.", "pytorch_grad_cam.metrics.")
+                    ), (name, target)
                     assert not [alias.name for alias in node.names if alias.name.startswith("_")], (name, target)
             if isinstance(node, ast.Import):
                 for alias in node.names:
@@ -159,10 +171,14 @@ def test_every_cli_module_imports_on_its_own() -> None:
         "    module = importlib.import_module(name)\n"
         "    print(name, module.__name__ == name)\n"
     )
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    result = subprocess.run([sys.executable, "-c", script, *names], cwd=ROOT, env=environment,
-                            capture_output=True, text=True, timeout=300)
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script, *names], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [f"{name} True" for name in names]
 

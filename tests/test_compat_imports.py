@@ -13,6 +13,7 @@ For each name (one table, below):
   known tensor, a utility the documented value.
 The reference facts (parameter lists, numbers) are written here as data.
 """
+
 from __future__ import annotations
 
 import ast
@@ -38,90 +39,158 @@ TOP, SUB = True, False  # the same object as pytorch_grad_cam.<name>, or only at
 #: (import path, name, grad-cam's parameters (None: not checked), the top-level object?)
 NAMES: List[Tuple[str, str, Optional[str], bool]] = [
     # ---------------------------------------------------------------- CAM methods
-    *[("pytorch_grad_cam", name, CAM, TOP) for name in (
-        "GradCAM", "ScoreCAM", "GradCAMPlusPlus", "XGradCAM", "EigenCAM", "EigenGradCAM", "LayerCAM",
-        "FullGrad", "ShapleyCAM", "HiResCAM", "GradCAMElementWise", "RandomCAM", "SegEigenCAM",
-    )],
-    ("pytorch_grad_cam", "AblationCAM",
-     CAM + ", ablation_layer=AblationLayer(), batch_size=32, ratio_channels_to_ablate=1.0", TOP),
+    *[
+        ("pytorch_grad_cam", name, CAM, TOP)
+        for name in (
+            "GradCAM",
+            "ScoreCAM",
+            "GradCAMPlusPlus",
+            "XGradCAM",
+            "EigenCAM",
+            "EigenGradCAM",
+            "LayerCAM",
+            "FullGrad",
+            "ShapleyCAM",
+            "HiResCAM",
+            "GradCAMElementWise",
+            "RandomCAM",
+            "SegEigenCAM",
+        )
+    ],
+    (
+        "pytorch_grad_cam",
+        "AblationCAM",
+        CAM + ", ablation_layer=AblationLayer(), batch_size=32, ratio_channels_to_ablate=1.0",
+        TOP,
+    ),
     ("pytorch_grad_cam", "FEM", CAM + ", k=2", TOP),
     ("pytorch_grad_cam", "KPCA_CAM", CAM + ", kernel='sigmoid', gamma=None", TOP),
     ("pytorch_grad_cam", "FinerCAM", CAM + ", base_method=GradCAM", TOP),
     ("pytorch_grad_cam", "RefineCAM", CAM + ", base_method=GradCAMPlusPlus", TOP),
     ("pytorch_grad_cam.fullgrad_cam", "FullGrad", CAM, TOP),
-    ("pytorch_grad_cam.base_cam", "BaseCAM",
-     CAM + ", compute_input_gradient=False, uses_gradients=True, tta_transforms=None, detach=True", TOP),
+    (
+        "pytorch_grad_cam.base_cam",
+        "BaseCAM",
+        CAM + ", compute_input_gradient=False, uses_gradients=True, tta_transforms=None, detach=True",
+        TOP,
+    ),
     # ---------------------------------------------------------------- DFF
-    ("pytorch_grad_cam", "DeepFeatureFactorization",
-     "model, target_layer, reshape_transform=None, computation_on_concepts=None", TOP),
-    ("pytorch_grad_cam.feature_factorization.deep_feature_factorization", "DeepFeatureFactorization",
-     "model, target_layer, reshape_transform=None, computation_on_concepts=None", TOP),
-    ("pytorch_grad_cam.feature_factorization.deep_feature_factorization", "dff",
-     "activations, n_components=5", SUB),
-    ("pytorch_grad_cam", "run_dff_on_image",
-     "model, target_layer, classifier, img_pil, img_tensor, reshape_transform=Optional[Callable], "
-     "n_components=5, top_k=2", TOP),
+    (
+        "pytorch_grad_cam",
+        "DeepFeatureFactorization",
+        "model, target_layer, reshape_transform=None, computation_on_concepts=None",
+        TOP,
+    ),
+    (
+        "pytorch_grad_cam.feature_factorization.deep_feature_factorization",
+        "DeepFeatureFactorization",
+        "model, target_layer, reshape_transform=None, computation_on_concepts=None",
+        TOP,
+    ),
+    ("pytorch_grad_cam.feature_factorization.deep_feature_factorization", "dff", "activations, n_components=5", SUB),
+    (
+        "pytorch_grad_cam",
+        "run_dff_on_image",
+        "model, target_layer, classifier, img_pil, img_tensor, reshape_transform=Optional[Callable], "
+        "n_components=5, top_k=2",
+        TOP,
+    ),
     # ---------------------------------------------------------------- hooks, guided backprop
     ("pytorch_grad_cam", "ActivationsAndGradients", "model, target_layers, reshape_transform, detach=True", TOP),
-    ("pytorch_grad_cam.activations_and_gradients", "ActivationsAndGradients",
-     "model, target_layers, reshape_transform, detach=True", TOP),
+    (
+        "pytorch_grad_cam.activations_and_gradients",
+        "ActivationsAndGradients",
+        "model, target_layers, reshape_transform, detach=True",
+        TOP,
+    ),
     ("pytorch_grad_cam", "GuidedBackpropReLUModel", "model, device=None", TOP),
     ("pytorch_grad_cam.guided_backprop", "GuidedBackpropReLUModel", "model, device=None", TOP),
     ("pytorch_grad_cam.guided_backprop", "GuidedBackpropReLU", None, SUB),
     ("pytorch_grad_cam.guided_backprop", "GuidedBackpropReLUasModule", "", SUB),
     # ---------------------------------------------------------------- ablation layers
-    *[(path, name, "", TOP) for path in ("pytorch_grad_cam", "pytorch_grad_cam.ablation_layer")
-      for name in ("AblationLayer", "AblationLayerVit", "AblationLayerFasterRCNN")],
+    *[
+        (path, name, "", TOP)
+        for path in ("pytorch_grad_cam", "pytorch_grad_cam.ablation_layer")
+        for name in ("AblationLayer", "AblationLayerVit", "AblationLayerFasterRCNN")
+    ],
     # ---------------------------------------------------------------- targets
-    *[("pytorch_grad_cam.utils.model_targets", name, "category", SUB) for name in (
-        "ClassifierOutputTarget", "ClassifierOutputSoftmaxTarget", "ClassifierOutputReST",
-        "BinaryClassifierOutputTarget",
-    )],
+    *[
+        ("pytorch_grad_cam.utils.model_targets", name, "category", SUB)
+        for name in (
+            "ClassifierOutputTarget",
+            "ClassifierOutputSoftmaxTarget",
+            "ClassifierOutputReST",
+            "BinaryClassifierOutputTarget",
+        )
+    ],
     ("pytorch_grad_cam.utils.model_targets", "SoftmaxOutputTarget", "", SUB),
     ("pytorch_grad_cam.utils.model_targets", "RawScoresOutputTarget", "", SUB),
     ("pytorch_grad_cam.utils.model_targets", "SemanticSegmentationTarget", "category, mask", SUB),
-    ("pytorch_grad_cam.utils.model_targets", "FasterRCNNBoxScoreTarget",
-     "labels, bounding_boxes, iou_threshold=0.5", SUB),
-    ("pytorch_grad_cam.utils.model_targets", "FinerWeightedTarget",
-     "main_category, comparison_categories, alpha", SUB),
+    (
+        "pytorch_grad_cam.utils.model_targets",
+        "FasterRCNNBoxScoreTarget",
+        "labels, bounding_boxes, iou_threshold=0.5",
+        SUB,
+    ),
+    ("pytorch_grad_cam.utils.model_targets", "FinerWeightedTarget", "main_category, comparison_categories, alpha", SUB),
     # ---------------------------------------------------------------- reshape transforms
     ("pytorch_grad_cam.utils.reshape_transforms", "vit_reshape_transform", "tensor, height=14, width=14", SUB),
     ("pytorch_grad_cam.utils.reshape_transforms", "swinT_reshape_transform", "tensor, height=7, width=7", SUB),
     ("pytorch_grad_cam.utils.reshape_transforms", "fasterrcnn_reshape_transform", "x", SUB),
     # ---------------------------------------------------------------- images
-    ("pytorch_grad_cam.utils.image", "show_cam_on_image",
-     "img, mask, use_rgb=False, colormap=cv2.COLORMAP_JET, image_weight=0.5", SUB),
+    (
+        "pytorch_grad_cam.utils.image",
+        "show_cam_on_image",
+        "img, mask, use_rgb=False, colormap=cv2.COLORMAP_JET, image_weight=0.5",
+        SUB,
+    ),
     ("pytorch_grad_cam.utils.image", "preprocess_image", "img, mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]", SUB),
     ("pytorch_grad_cam.utils.image", "deprocess_image", "img", SUB),
     ("pytorch_grad_cam.utils.image", "scale_cam_image", "cam, target_size=None", SUB),
     ("pytorch_grad_cam.utils.image", "scale_accross_batch_and_channels", "tensor, target_size", SUB),
     ("pytorch_grad_cam.utils.image", "create_labels_legend", "concept_scores, labels, top_k=2", SUB),
-    ("pytorch_grad_cam.utils.image", "show_factorization_on_image",
-     "img, explanations, colors=None, image_weight=0.5, concept_labels=None", SUB),
+    (
+        "pytorch_grad_cam.utils.image",
+        "show_factorization_on_image",
+        "img, explanations, colors=None, image_weight=0.5, concept_labels=None",
+        SUB,
+    ),
     ("pytorch_grad_cam.sobel_cam", "sobel_cam", "img", SUB),
     # ---------------------------------------------------------------- projections, layers
     ("pytorch_grad_cam.utils.svd_on_activations", "get_2d_projection", "activation_batch", SUB),
     ("pytorch_grad_cam.utils.svd_on_activations", "get_2d_projection_with_sign_correction", "activation_batch", SUB),
-    ("pytorch_grad_cam.utils.svd_on_activations", "get_2d_projection_kernel",
-     "activation_batch, kernel='sigmoid', gamma=None", SUB),
+    (
+        "pytorch_grad_cam.utils.svd_on_activations",
+        "get_2d_projection_kernel",
+        "activation_batch, kernel='sigmoid', gamma=None",
+        SUB,
+    ),
     ("pytorch_grad_cam.utils.find_layers", "replace_layer_recursive", "model, old_layer, new_layer", SUB),
     ("pytorch_grad_cam.utils.find_layers", "replace_all_layer_type_recursive", "model, old_layer_type, new_layer", SUB),
     ("pytorch_grad_cam.utils.find_layers", "find_layer_types_recursive", "model, layer_types", SUB),
     ("pytorch_grad_cam.utils.find_layers", "find_layer_predicate_recursive", "model, predicate", SUB),
     # ---------------------------------------------------------------- metrics
     ("pytorch_grad_cam.metrics.cam_mult_image", "multiply_tensor_with_cam", "input_tensor, cam", SUB),
-    *[("pytorch_grad_cam.metrics.cam_mult_image", name, "", SUB)
-      for name in ("CamMultImageConfidenceChange", "DropInConfidence", "IncreaseInConfidence")],
+    *[
+        ("pytorch_grad_cam.metrics.cam_mult_image", name, "", SUB)
+        for name in ("CamMultImageConfidenceChange", "DropInConfidence", "IncreaseInConfidence")
+    ],
     ("pytorch_grad_cam.metrics.perturbation_confidence", "PerturbationConfidenceMetric", "perturbation", SUB),
     ("pytorch_grad_cam.metrics.perturbation_confidence", "RemoveMostRelevantFirst", "percentile, imputer", SUB),
     ("pytorch_grad_cam.metrics.perturbation_confidence", "RemoveLeastRelevantFirst", "percentile, imputer", SUB),
-    ("pytorch_grad_cam.metrics.perturbation_confidence", "AveragerAcrossThresholds",
-     "imputer, percentiles=[10, 20, 30, 40, 50, 60, 70, 80, 90]", SUB),
+    (
+        "pytorch_grad_cam.metrics.perturbation_confidence",
+        "AveragerAcrossThresholds",
+        "imputer, percentiles=[10, 20, 30, 40, 50, 60, 70, 80, 90]",
+        SUB,
+    ),
     ("pytorch_grad_cam.metrics.road", "NoisyLinearImputer", "noise=0.01, weighting=neighbors_weights", SUB),
     ("pytorch_grad_cam.metrics.road", "ROADMostRelevantFirst", "percentile=80", SUB),
     ("pytorch_grad_cam.metrics.road", "ROADLeastRelevantFirst", "percentile=20", SUB),
-    *[("pytorch_grad_cam.metrics.road", name, "percentiles=[10, 20, 30, 40, 50, 60, 70, 80, 90]", SUB)
-      for name in ("ROADMostRelevantFirstAverage", "ROADLeastRelevantFirstAverage", "ROADCombined")],
+    *[
+        ("pytorch_grad_cam.metrics.road", name, "percentiles=[10, 20, 30, 40, 50, 60, 70, 80, 90]", SUB)
+        for name in ("ROADMostRelevantFirstAverage", "ROADLeastRelevantFirstAverage", "ROADCombined")
+    ],
     ("pytorch_grad_cam.metrics.arcc", "Complexity", "", SUB),
     ("pytorch_grad_cam.metrics.arcc", "Coherency", "", SUB),
     # grad-cam's parameter names here are not part of what its users write: two, by position.
@@ -136,42 +205,57 @@ MEMBERS: Dict[str, Dict[str, str]] = {
         "__call__": "input_tensor, targets=None, aug_smooth=False, eigen_smooth=False",
         "forward": "input_tensor, targets=None, eigen_smooth=False",
     },
-    "FinerCAM": {"forward": "input_tensor, targets=None, eigen_smooth=False, alpha=1, "
-                            "comparison_categories=[1, 2, 3], target_idx=None"},
+    "FinerCAM": {
+        "forward": "input_tensor, targets=None, eigen_smooth=False, alpha=1, "
+        "comparison_categories=[1, 2, 3], target_idx=None"
+    },
     "RefineCAM": {"forward": "input_tensor, targets=None, eigen_smooth=False"},
     "DeepFeatureFactorization": {"__call__": "input_tensor, n_components=16"},
     "GuidedBackpropReLUModel": {"__call__": "input_img, target_category=None", "forward": "_"},
     "ActivationsAndGradients": {"__call__": "_", "release": ""},
-    "AblationLayer": {"activations_to_be_ablated": "activations, ratio_channels_to_ablate=1.0",
-                      "set_next_batch": "input_batch_index, activations, num_channels_to_ablate"},
+    "AblationLayer": {
+        "activations_to_be_ablated": "activations, ratio_channels_to_ablate=1.0",
+        "set_next_batch": "input_batch_index, activations, num_channels_to_ablate",
+    },
     "PerturbationConfidenceMetric": {
-        "__call__": "input_tensor, cams, targets, model, return_visualization=False, return_diff=True"},
+        "__call__": "input_tensor, cams, targets, model, return_visualization=False, return_diff=True"
+    },
     "RemoveMostRelevantFirst": {"__call__": "_, _"},
     "AveragerAcrossThresholds": {"__call__": "input_tensor, cams, targets, model"},
     "NoisyLinearImputer": {"__call__": "img, mask"},
     "ROADMostRelevantFirst": {
-        "__call__": "input_tensor, cams, targets, model, return_visualization=False, return_diff=True"},
+        "__call__": "input_tensor, cams, targets, model, return_visualization=False, return_diff=True"
+    },
     "ROADCombined": {"__call__": "input_tensor, cams, targets, model"},
     "Complexity": {"__call__": "grayscale_cams"},
     "Coherency": {"__call__": "input_tensor, grayscale_cams, targets, model, base_method"},
     "ARCC": {"__call__": "input_tensor, grayscale_cams, targets, model"},
 }
 MEMBERS["AblationLayerVit"] = MEMBERS["AblationLayerFasterRCNN"] = {
-    "set_next_batch": MEMBERS["AblationLayer"]["set_next_batch"]}
+    "set_next_batch": MEMBERS["AblationLayer"]["set_next_batch"]
+}
 
 #: Defaults that differ from grad-cam's on purpose: {(name, parameter): (ours, why)}.
 DEVIATIONS: Dict[Tuple[str, str], Tuple[object, str]] = {
-    ("AblationCAM", "ablation_layer"): (None, "docs/decisions.md, D7: a fresh AblationLayer per object, "
-                                              "never one instance shared by every AblationCAM"),
-    ("run_dff_on_image", "reshape_transform"): (None, "grad-cam's default is typing's Optional[Callable] "
-                                                      "itself, which cannot be called: None is no transform"),
-    ("vit_reshape_transform", "height"): (None, "None: the side of the square token grid (14 for 196 "
-                                                "patch tokens, checked below)"),
+    ("AblationCAM", "ablation_layer"): (
+        None,
+        "docs/decisions.md, D7: a fresh AblationLayer per object, never one instance shared by every AblationCAM",
+    ),
+    ("run_dff_on_image", "reshape_transform"): (
+        None,
+        "grad-cam's default is typing's Optional[Callable] itself, which cannot be called: None is no transform",
+    ),
+    ("vit_reshape_transform", "height"): (
+        None,
+        "None: the side of the square token grid (14 for 196 patch tokens, checked below)",
+    ),
     ("vit_reshape_transform", "width"): (None, "as height"),
     ("preprocess_image", "mean"): (None, "None: 0.5 per channel (checked below)"),
     ("preprocess_image", "std"): (None, "None: 0.5 per channel (checked below)"),
-    ("NoisyLinearImputer", "weighting"): (None, "grad-cam ignores the argument; None: its 1/6 axial and "
-                                                "1/12 diagonal neighbour weights"),
+    ("NoisyLinearImputer", "weighting"): (
+        None,
+        "grad-cam ignores the argument; None: its 1/6 axial and 1/12 diagonal neighbour weights",
+    ),
 }
 
 #: Where ours does not (yet) take grad-cam's arguments: {(name, member or ""): why}.
@@ -186,8 +270,11 @@ DEFAULT_NAMES = {"cv2": cv2, "GradCAM": pytorch_grad_cam.GradCAM, "GradCAMPlusPl
 
 
 def names_with(marks: Callable[[str, str], list], signatures_only: bool = False) -> list:
-    return [pytest.param(path, name, parameters, top, id=f"{path}.{name}", marks=marks(path, name))
-            for path, name, parameters, top in NAMES if parameters is not None or not signatures_only]
+    return [
+        pytest.param(path, name, parameters, top, id=f"{path}.{name}", marks=marks(path, name))
+        for path, name, parameters, top in NAMES
+        if parameters is not None or not signatures_only
+    ]
 
 
 def pending_marks(path: str, name: str) -> list:
@@ -264,10 +351,12 @@ def assert_takes_reference_arguments(function: Callable, text: str, owner: str, 
             assert same_default(ours.default, deviation[0]), (owner, name, ours.default, deviation)
         else:
             assert same_default(ours.default, default), (owner, name, ours.default, source)
-    for extra in parameters[len(reference):]:
+    for extra in parameters[len(reference) :]:
         # A call written for grad-cam leaves our additions out: each has a default.
-        assert extra.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL) \
-            or extra.default is not REQUIRED, (owner, extra.name)
+        assert (
+            extra.kind in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+            or extra.default is not REQUIRED
+        ), (owner, extra.name)
 
 
 # =========================================================================== tests: import, identity, signature
@@ -308,9 +397,19 @@ def first_paths() -> Dict[str, str]:
 
 
 MEMBER_CASES = [
-    pytest.param(path, name, member, text, id=f"{name}.{member}", marks=pending_marks(path, name) + (
-        [pytest.mark.xfail(strict=False, reason=KNOWN_GAPS[(name, member)])] if (name, member) in KNOWN_GAPS else []))
-    for name, path in first_paths().items() if name in MEMBERS
+    pytest.param(
+        path,
+        name,
+        member,
+        text,
+        id=f"{name}.{member}",
+        marks=pending_marks(path, name)
+        + (
+            [pytest.mark.xfail(strict=False, reason=KNOWN_GAPS[(name, member)])] if (name, member) in KNOWN_GAPS else []
+        ),
+    )
+    for name, path in first_paths().items()
+    if name in MEMBERS
     for member, text in MEMBERS[name].items()
 ]
 
@@ -528,8 +627,11 @@ def check_target(cls: type) -> None:
         output = torch.arange(12.0).reshape(3, 2, 2)
         assert float(cls(1, mask)(output)) == pytest.approx(4.0 + 7.0)
     elif name == "FasterRCNNBoxScoreTarget":
-        output = {"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]),
-                  "labels": torch.tensor([3, 5]), "scores": torch.tensor([0.8, 0.6])}
+        output = {
+            "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]),
+            "labels": torch.tensor([3, 5]),
+            "scores": torch.tensor([0.8, 0.6]),
+        }
         score = cls([3], [[0.0, 0.0, 10.0, 10.0]])(output)
         assert score.shape == (1,) and float(score) == pytest.approx(1.0 + 0.8)  # IoU 1 + its score
         assert float(cls([5], [[0.0, 0.0, 10.0, 10.0]])(output)) == 0.0  # the best match has another label
@@ -670,7 +772,7 @@ def check_metric(value: object) -> None:
         expected = [[1.0, 1.0], [0.0, 0.0]] if name == "RemoveMostRelevantFirst" else [[0.0, 0.0], [1.0, 1.0]]
         assert kept[0].tolist() == expected  # 1: kept, 0: imputed
     elif name == "AveragerAcrossThresholds":
-        metric = value(lambda p: (lambda x, cams, targets, model: np.array([p], np.float32)), percentiles=[10, 40])
+        metric = value(lambda p: lambda x, cams, targets, model: np.array([p], np.float32), percentiles=[10, 40])
         assert metric(ones, half, targets, model).tolist() == [25.0]
     elif name == "NoisyLinearImputer":
         image = torch.arange(9.0).reshape(1, 3, 3)  # a linear ramp: interpolation restores it
@@ -707,10 +809,27 @@ def check_metric(value: object) -> None:
 
 
 CHECKS: Dict[str, Callable[[object], None]] = {
-    **{name: check_cam_method for name in (
-        "GradCAM", "ScoreCAM", "GradCAMPlusPlus", "AblationCAM", "XGradCAM", "EigenCAM", "EigenGradCAM",
-        "LayerCAM", "FullGrad", "ShapleyCAM", "HiResCAM", "GradCAMElementWise", "RandomCAM", "FEM", "KPCA_CAM",
-        "SegEigenCAM")},
+    **{
+        name: check_cam_method
+        for name in (
+            "GradCAM",
+            "ScoreCAM",
+            "GradCAMPlusPlus",
+            "AblationCAM",
+            "XGradCAM",
+            "EigenCAM",
+            "EigenGradCAM",
+            "LayerCAM",
+            "FullGrad",
+            "ShapleyCAM",
+            "HiResCAM",
+            "GradCAMElementWise",
+            "RandomCAM",
+            "FEM",
+            "KPCA_CAM",
+            "SegEigenCAM",
+        )
+    },
     "BaseCAM": check_base_cam,
     "FinerCAM": check_finer_cam,
     "RefineCAM": check_refine_cam,
@@ -722,41 +841,100 @@ CHECKS: Dict[str, Callable[[object], None]] = {
     "GuidedBackpropReLU": check_guided_relu_function,
     "GuidedBackpropReLUasModule": check_guided_relu_module,
     **{name: check_ablation_layer for name in ("AblationLayer", "AblationLayerVit", "AblationLayerFasterRCNN")},
-    **{name: check_target for name in (
-        "ClassifierOutputTarget", "ClassifierOutputSoftmaxTarget", "ClassifierOutputReST",
-        "BinaryClassifierOutputTarget", "SoftmaxOutputTarget", "RawScoresOutputTarget",
-        "SemanticSegmentationTarget", "FasterRCNNBoxScoreTarget", "FinerWeightedTarget")},
-    **{name: check_reshape_transform for name in (
-        "vit_reshape_transform", "swinT_reshape_transform", "fasterrcnn_reshape_transform")},
-    **{name: check_image_utility for name in (
-        "show_cam_on_image", "preprocess_image", "deprocess_image", "scale_cam_image",
-        "scale_accross_batch_and_channels", "create_labels_legend", "show_factorization_on_image", "sobel_cam")},
-    **{name: check_projection for name in (
-        "get_2d_projection", "get_2d_projection_with_sign_correction", "get_2d_projection_kernel")},
-    **{name: check_find_layers for name in (
-        "replace_layer_recursive", "replace_all_layer_type_recursive", "find_layer_types_recursive",
-        "find_layer_predicate_recursive")},
-    **{name: check_metric for name in (
-        "multiply_tensor_with_cam", "CamMultImageConfidenceChange", "DropInConfidence", "IncreaseInConfidence",
-        "PerturbationConfidenceMetric", "RemoveMostRelevantFirst", "RemoveLeastRelevantFirst",
-        "AveragerAcrossThresholds", "NoisyLinearImputer", "ROADMostRelevantFirst", "ROADLeastRelevantFirst",
-        "ROADMostRelevantFirstAverage", "ROADLeastRelevantFirstAverage", "ROADCombined", "Complexity", "Coherency",
-        "batch_pearson_coherency", "ARCC")},
+    **{
+        name: check_target
+        for name in (
+            "ClassifierOutputTarget",
+            "ClassifierOutputSoftmaxTarget",
+            "ClassifierOutputReST",
+            "BinaryClassifierOutputTarget",
+            "SoftmaxOutputTarget",
+            "RawScoresOutputTarget",
+            "SemanticSegmentationTarget",
+            "FasterRCNNBoxScoreTarget",
+            "FinerWeightedTarget",
+        )
+    },
+    **{
+        name: check_reshape_transform
+        for name in ("vit_reshape_transform", "swinT_reshape_transform", "fasterrcnn_reshape_transform")
+    },
+    **{
+        name: check_image_utility
+        for name in (
+            "show_cam_on_image",
+            "preprocess_image",
+            "deprocess_image",
+            "scale_cam_image",
+            "scale_accross_batch_and_channels",
+            "create_labels_legend",
+            "show_factorization_on_image",
+            "sobel_cam",
+        )
+    },
+    **{
+        name: check_projection
+        for name in ("get_2d_projection", "get_2d_projection_with_sign_correction", "get_2d_projection_kernel")
+    },
+    **{
+        name: check_find_layers
+        for name in (
+            "replace_layer_recursive",
+            "replace_all_layer_type_recursive",
+            "find_layer_types_recursive",
+            "find_layer_predicate_recursive",
+        )
+    },
+    **{
+        name: check_metric
+        for name in (
+            "multiply_tensor_with_cam",
+            "CamMultImageConfidenceChange",
+            "DropInConfidence",
+            "IncreaseInConfidence",
+            "PerturbationConfidenceMetric",
+            "RemoveMostRelevantFirst",
+            "RemoveLeastRelevantFirst",
+            "AveragerAcrossThresholds",
+            "NoisyLinearImputer",
+            "ROADMostRelevantFirst",
+            "ROADLeastRelevantFirst",
+            "ROADMostRelevantFirstAverage",
+            "ROADLeastRelevantFirstAverage",
+            "ROADCombined",
+            "Complexity",
+            "Coherency",
+            "batch_pearson_coherency",
+            "ARCC",
+        )
+    },
 }
 
 
-@pytest.mark.parametrize("path, name", [
-    pytest.param(path, name, id=f"{path}.{name}", marks=pending_marks(path, name))
-    for name, path in first_paths().items()
-])
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        pytest.param(path, name, id=f"{path}.{name}", marks=pending_marks(path, name))
+        for name, path in first_paths().items()
+    ],
+)
 def test_behaves_as_documented(path, name):
     CHECKS[name](load(path, name))
 
 
 #: The CAM classes' registry names (cam.py --method).
-REGISTERED = {"HiResCAM": "hirescam", "GradCAMElementWise": "gradcamelementwise", "RandomCAM": "randomcam",
-              "FEM": "fem", "KPCA_CAM": "kpcacam", "SegEigenCAM": "segeigencam", "FullGrad": "fullgrad",
-              "ShapleyCAM": "shapleycam", "FinerCAM": "finercam", "RefineCAM": "refinecam"}
+REGISTERED = {
+    "HiResCAM": "hirescam",
+    "GradCAMElementWise": "gradcamelementwise",
+    "RandomCAM": "randomcam",
+    "FEM": "fem",
+    "KPCA_CAM": "kpcacam",
+    "SegEigenCAM": "segeigencam",
+    "FullGrad": "fullgrad",
+    "ShapleyCAM": "shapleycam",
+    "FinerCAM": "finercam",
+    "RefineCAM": "refinecam",
+}
 
 
 @pytest.mark.parametrize("name", sorted(REGISTERED))

@@ -10,6 +10,7 @@ next button and by ``#page=N``), the counts, and that hostile file names and err
 texts stay text. Without a ``chromium`` on the PATH the browser tests are skipped with
 that reason, unless ``REQUIRE_BROWSER=1`` (set by ``.ci/run``), which makes them fail.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,7 +32,7 @@ from pytorch_grad_cam.cli.contact_sheet import RESULT_COLUMNS, page_count, write
 
 METHODS = ("gradcam", "scorecam")
 # A name with a space, '#', '%', '&', quotes, '<', '>' and unicode, in a folder with a space.
-HOSTILE = 'sub dir/<b>café & "tea" \'#1\' 100%.jpg'
+HOSTILE = "sub dir/<b>café & \"tea\" '#1' 100%.jpg"
 # An error message that would end the JSON block or open markup if it were not escaped.
 INJECTION = "error: RuntimeError: boom </script><!-- <img src=x onerror=alert(1)> & done"
 READABLE = [
@@ -137,7 +138,9 @@ def test_page_count_is_ceil_everywhere() -> None:
 
 @pytest.mark.parametrize("bad", [0, -3])
 def test_page_size_below_one_is_refused(tmp_path: Path, bad: int) -> None:
-    with pytest.raises(ValueError, match=rf"page_size must be at least 1 .*got {bad}; pass a positive int such as page_size=48"):
+    with pytest.raises(
+        ValueError, match=rf"page_size must be at least 1 .*got {bad}; pass a positive int such as page_size=48"
+    ):
         write_contact_sheet(tmp_path, [], page_size=bad)
     with pytest.raises(ValueError, match=rf"got {bad}"):
         page_count(10, bad)
@@ -146,7 +149,9 @@ def test_page_size_below_one_is_refused(tmp_path: Path, bad: int) -> None:
 
 @pytest.mark.parametrize("bad", [2.5, "48", True, None])
 def test_page_size_of_the_wrong_type_is_refused(tmp_path: Path, bad: object) -> None:
-    with pytest.raises(TypeError, match=re.escape(f"got {bad!r} ({type(bad).__name__}); pass an int such as page_size=48")):
+    with pytest.raises(
+        TypeError, match=re.escape(f"got {bad!r} ({type(bad).__name__}); pass an int such as page_size=48")
+    ):
         write_contact_sheet(tmp_path, [], page_size=bad)  # type: ignore[arg-type]
 
 
@@ -218,7 +223,15 @@ def test_title_is_escaped_once_and_not_substituted(tmp_path: Path) -> None:
 
 def test_cards_group_rows_and_encode_urls(tmp_path: Path) -> None:
     records = [
-        _record("q/a b#1%.jpg", "gradcam", "ok", thumbnail="q/a b#1%.jpg.thumb.jpg", overlay="q/a b#1%.jpg.gradcam.jpg", map="q/m?.npz", road="0.5"),
+        _record(
+            "q/a b#1%.jpg",
+            "gradcam",
+            "ok",
+            thumbnail="q/a b#1%.jpg.thumb.jpg",
+            overlay="q/a b#1%.jpg.gradcam.jpg",
+            map="q/m?.npz",
+            road="0.5",
+        ),
         _record("z.jpg", "gradcam", "unreadable: not an image"),
         _record("q/a b#1%.jpg", "eigencam", "error: boom", thumbnail="q/a b#1%.jpg.thumb.jpg", deletion="0.25"),
         _record("ж.jpg", "gradcam", "ok", overlay="ж.jpg.gradcam.jpg"),
@@ -259,10 +272,7 @@ def test_the_readme_rebuild_snippet_runs(tmp_path: Path, monkeypatch: pytest.Mon
 # ---------------------------------------------------------------- in Chromium
 
 _REQUIRED = os.environ.get("REQUIRE_BROWSER", "").strip().lower() in {"1", "true", "yes"}
-_NO_BROWSER = (
-    "install Debian's chromium package (apt-get install chromium) to run the contact "
-    "sheet's browser tests"
-)
+_NO_BROWSER = "install Debian's chromium package (apt-get install chromium) to run the contact sheet's browser tests"
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +306,9 @@ class Sheet:
     def __init__(self, browser: object, url: str) -> None:
         self.page = browser.new_page(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
         self.problems: List[str] = []
-        self.page.on("console", lambda m: m.type in ("error", "warning") and self.problems.append(f"console {m.type}: {m.text}"))
+        self.page.on(
+            "console", lambda m: m.type in ("error", "warning") and self.problems.append(f"console {m.type}: {m.text}")
+        )
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         self.page.on("requestfailed", lambda r: self.problems.append(f"failed request: {r.url}"))
         self.page.on("dialog", lambda d: (self.problems.append(f"dialog: {d.message}"), d.dismiss()))
@@ -347,7 +359,9 @@ def test_every_page_by_next_shows_its_cards_and_its_pictures(browser: object, ru
     pages = page_count(len(expected), PAGE_SIZE)
     sheet = Sheet(browser, (output_dir / "index.html").as_uri())
     assert sheet.page.title() == "<i>run</i> & co"
-    counts = sheet.page.eval_on_selector_all("[data-count]", "bs => Object.fromEntries(bs.map(b => [b.dataset.count, +b.textContent]))")
+    counts = sheet.page.eval_on_selector_all(
+        "[data-count]", "bs => Object.fromEntries(bs.map(b => [b.dataset.count, +b.textContent]))"
+    )
     assert counts == {"images": 15, "ok": 12, "unreadable": 2, "error": 1}
     seen: List[str] = []
     for page in range(1, pages + 1):
@@ -416,9 +430,14 @@ def test_hostile_names_and_messages_stay_text(browser: object, run_output: Tuple
     assert HOSTILE in headings
     assert sheet.page.evaluate("document.querySelectorAll('main b, main i, h1 i').length") == 0
     assert sheet.page.text_content("h1") == "<i>run</i> & co"
-    assert sheet.page.evaluate(
-        "p => [...document.querySelectorAll('.card')].find(c => c.dataset.path === p)"
-        ".querySelectorAll('figure.result img').length", HOSTILE) == 2
+    assert (
+        sheet.page.evaluate(
+            "p => [...document.querySelectorAll('.card')].find(c => c.dataset.path === p)"
+            ".querySelectorAll('figure.result img').length",
+            HOSTILE,
+        )
+        == 2
+    )
     widths = [width for _, width, _ in sheet.image_widths()]
     assert len(widths) == _pictures(records, sheet.cards()) and min(widths) > 0
     sheet.check()
@@ -434,7 +453,15 @@ def test_a_large_run_builds_only_one_page(browser: object, tmp_path: Path) -> No
     _write_jpeg(tmp_path / "o.jpg", (200, 10, 10))
     images = 10_000
     records = [
-        _record(f"class_{i % 100}/img_{i:05d}.jpg", method, "ok", thumbnail="t.jpg", overlay="o.jpg", predicted_score="0.5", road="0.1")
+        _record(
+            f"class_{i % 100}/img_{i:05d}.jpg",
+            method,
+            "ok",
+            thumbnail="t.jpg",
+            overlay="o.jpg",
+            predicted_score="0.5",
+            road="0.1",
+        )
         for i in range(images)
         for method in METHODS
     ]
@@ -443,7 +470,9 @@ def test_a_large_run_builds_only_one_page(browser: object, tmp_path: Path) -> No
     written = time.perf_counter() - started
     sheet = Sheet(browser, path.as_uri())
     opened = time.perf_counter() - started - written
-    print(f"{len(records)} rows: written in {written:.2f} s ({path.stat().st_size / 1e6:.2f} MB), opened in {opened:.2f} s")
+    print(
+        f"{len(records)} rows: written in {written:.2f} s ({path.stat().st_size / 1e6:.2f} MB), opened in {opened:.2f} s"
+    )
     assert round(path.stat().st_size / 1e6, 1) == 1.5  # the README's figure
     assert sheet.where() == (1, page_count(images, 48)) == (1, 209)
     assert len(sheet.cards()) == 48

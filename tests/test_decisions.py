@@ -4,6 +4,7 @@ back. Most are tested where their feature lives; docs/decisions.md names those t
 tests/test_repository_hygiene.py checks that every named test exists. D2 and D10 have no
 better home and are tested here.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -89,7 +90,9 @@ def test_no_scikit_learn_scipy_or_matplotlib_at_run_time() -> None:
     of the library imports, and KPCA-CAM, ROAD (and DFF, where present) run."""
     result = subprocess.run(
         [sys.executable, "-c", _BLOCKED_IMPORTS, str(ROOT)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

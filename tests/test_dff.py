@@ -1,6 +1,7 @@
 """Deep Feature Factorization: the torch NMF against scikit-learn's ``NMF``
 (docs/decisions.md, D10: a test-only oracle), ``dff``'s contract, ``DeepFeatureFactorization``
 on ResNet-18, ``run_dff_on_image`` and the two drawing helpers, by hand."""
+
 from __future__ import annotations
 
 import copy
@@ -275,9 +276,7 @@ def test_show_factorization_on_image_assigns_each_pixel_its_strongest_concept():
     """Two concepts coloured pure red and pure blue: a pixel takes the colour of its argmax
     (the first concept on a tie) at value uint8(255·strength); with S = 255 and hue 0 or 120
     (OpenCV's degrees/2) the RGB back from HSV is exactly (V, 0, 0) or (0, 0, V)."""
-    explanations = np.array(
-        [[[0.8, 0.2, 0.5], [0.0, 1.0, 0.3]], [[0.1, 0.6, 0.5], [0.4, 0.0, 0.9]]], dtype=np.float32
-    )
+    explanations = np.array([[[0.8, 0.2, 0.5], [0.0, 1.0, 0.3]], [[0.1, 0.6, 0.5], [0.4, 0.0, 0.9]]], dtype=np.float32)
     img = np.linspace(0, 1, 18, dtype=np.float32).reshape(2, 3, 3)
     before_maps, before_img = explanations.copy(), img.copy()
     weight = 0.25
@@ -286,7 +285,14 @@ def test_show_factorization_on_image_assigns_each_pixel_its_strongest_concept():
     np.testing.assert_array_equal(img, before_img)
     assert result.shape == (2, 3, 3) and result.dtype == np.uint8
     overlay = np.zeros((2, 3, 3), dtype=np.float32)
-    winners = {(0, 0): (0, 0.8), (0, 1): (2, 0.6), (0, 2): (0, 0.5), (1, 0): (2, 0.4), (1, 1): (0, 1.0), (1, 2): (2, 0.9)}
+    winners = {
+        (0, 0): (0, 0.8),
+        (0, 1): (2, 0.6),
+        (0, 2): (0, 0.5),
+        (1, 0): (2, 0.4),
+        (1, 1): (0, 1.0),
+        (1, 2): (2, 0.9),
+    }
     for (row, column), (channel, strength) in winners.items():
         overlay[row, column, channel] = np.uint8(255 * np.float32(strength)) / 255
     expected = np.uint8((img * weight + overlay * (1 - weight)) * 255)
@@ -408,14 +414,27 @@ def test_reference_import_paths_and_signatures():
     empty = inspect.Parameter.empty
     assert parameters(dff) == {"activations": empty, "n_components": 5}
     assert parameters(DeepFeatureFactorization) == {
-        "model": empty, "target_layer": empty, "reshape_transform": None, "computation_on_concepts": None,
+        "model": empty,
+        "target_layer": empty,
+        "reshape_transform": None,
+        "computation_on_concepts": None,
     }
     assert parameters(DeepFeatureFactorization.__call__) == {"self": empty, "input_tensor": empty, "n_components": 16}
     assert parameters(run_dff_on_image) == {
-        "model": empty, "target_layer": empty, "classifier": empty, "img_pil": empty, "img_tensor": empty,
-        "reshape_transform": None, "n_components": 5, "top_k": 2,
+        "model": empty,
+        "target_layer": empty,
+        "classifier": empty,
+        "img_pil": empty,
+        "img_tensor": empty,
+        "reshape_transform": None,
+        "n_components": 5,
+        "top_k": 2,
     }
     assert parameters(create_labels_legend) == {"concept_scores": empty, "labels": empty, "top_k": 2}
     assert parameters(show_factorization_on_image) == {
-        "img": empty, "explanations": empty, "colors": None, "image_weight": 0.5, "concept_labels": None,
+        "img": empty,
+        "explanations": empty,
+        "colors": None,
+        "image_weight": 0.5,
+        "concept_labels": None,
     }

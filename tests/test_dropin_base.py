@@ -1,6 +1,7 @@
 """The grad-cam 1.5.x drop-in parts of BaseCAM (docs/decisions.md, D1, D4, D5, D6) and the
 methods FullGrad, ShapleyCAM, FinerCAM, RefineCAM, each against an independent
 float64 computation."""
+
 from __future__ import annotations
 
 import warnings
@@ -217,8 +218,10 @@ def fullgrad_reference(model, x, classes, layers_and_biases):
     model = model.double()
     leaves, handles = [], []
     for layer, _ in layers_and_biases:
+
         def hook(module, inputs, output):
             leaves.append(output)  # the output itself: the gradient w.r.t. it, no substitution
+
         handles.append(layer.register_forward_hook(hook))
     logits = model(x)
     for handle in handles:
@@ -260,7 +263,10 @@ def test_fullgrad_terms_on_a_batchnorm_free_model_with_reordered_registration():
     input_term, bias_terms, expected = fullgrad_reference(
         model, x, classes, [(model.early, model.early.bias.detach()), (model.late, model.late.bias.detach())]
     )
-    assert np.abs(scaled_channels((captured[0][2] * captured[0][0]).abs().double().numpy(), (16, 16)) - input_term).max() < 1e-5
+    assert (
+        np.abs(scaled_channels((captured[0][2] * captured[0][0]).abs().double().numpy(), (16, 16)) - input_term).max()
+        < 1e-5
+    )
     by_layer = dict(zip(cam.target_layers, captured[0][1]))
     for layer, term in zip([model.early, model.late], bias_terms):
         # What is recorded per layer is its bias term, reduced as its gradient arrives
@@ -330,7 +336,10 @@ def test_shapleycam_hessian_term_matches_finite_differences():
     result = cam(x.float(), [ClassifierOutputTarget(c) for c in classes])
     assert torch.allclose(records[0].extras["hessian_products"][0].double(), hvp, atol=1e-4)
     assert np.abs(result - expected).max() < 1e-4 and expected.std() > 0.05
-    assert np.abs(result - GradCAM(model, [model.conv])(x.float(), [ClassifierOutputTarget(c) for c in classes])).max() > 1e-3
+    assert (
+        np.abs(result - GradCAM(model, [model.conv])(x.float(), [ClassifierOutputTarget(c) for c in classes])).max()
+        > 1e-3
+    )
     model.float()
 
 

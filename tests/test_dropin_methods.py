@@ -2,6 +2,7 @@
 each against a computation by hand: kernel PCA for every kernel, the projections'
 input handling, sobel_cam, find_layers, the new targets, and
 scale_accross_batch_and_channels. The methods' maps are checked in test_formulas.py."""
+
 from __future__ import annotations
 
 import cv2
@@ -228,8 +229,14 @@ def test_find_layer_predicate_is_pre_order_without_the_root_and_keeps_duplicates
     everything = find_layer_predicate_recursive(tree, lambda layer: True)
     assert tree not in everything
     assert everything == [
-        tree.first, tree.first[0], tree.first[1], tree.first[2], tree.first[2][0], tree.first[2][1],
-        tree.second, tree.third,
+        tree.first,
+        tree.first[0],
+        tree.first[1],
+        tree.first[2],
+        tree.first[2][0],
+        tree.first[2][1],
+        tree.second,
+        tree.third,
     ]
     shared = nn.ReLU()
     tree.third, tree.second = shared, shared  # one module under two names

@@ -5,6 +5,7 @@ never reads is an error on every path; FullGrad counts every application of a bi
 layer; release() leaves no tensor of the call; layer search sees only its own thread
 and says why no layer qualifies; the grad-cam names; the models people hand over today.
 """
+
 from __future__ import annotations
 
 import gc
@@ -205,7 +206,9 @@ def _scaled(maps: torch.Tensor, size) -> torch.Tensor:
     """(B, C, h, w): min-max per (image, channel), bilinear (half-pixel) to ``size``."""
     batch, channels = maps.shape[:2]
     scaled = _minmax(maps.reshape(batch * channels, *maps.shape[2:]))
-    return F.interpolate(scaled[:, None], size=size, mode="bilinear", align_corners=False).reshape(batch, channels, *size)
+    return F.interpolate(scaled[:, None], size=size, mode="bilinear", align_corners=False).reshape(
+        batch, channels, *size
+    )
 
 
 def fullgrad_by_hand(model: nn.Module, x: torch.Tensor, classes, applications: str) -> np.ndarray:
@@ -423,8 +426,13 @@ def test_a_subclass_written_for_grad_cam_passes_its_flags_to_base_cam():
 
     class MeanActivationCAM(BaseCAM):
         def __init__(self, model, target_layers, reshape_transform=None):
-            super().__init__(model, target_layers, reshape_transform, uses_gradients=False,
-                             tta_transforms=tta.Compose([tta.HorizontalFlip()]))
+            super().__init__(
+                model,
+                target_layers,
+                reshape_transform,
+                uses_gradients=False,
+                tta_transforms=tta.Compose([tta.HorizontalFlip()]),
+            )
 
         def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
             assert float(grads.abs().max()) == 0  # no backward pass: zeros
@@ -435,7 +443,7 @@ def test_a_subclass_written_for_grad_cam_passes_its_flags_to_base_cam():
     assert cam.uses_gradients is False and GradCAM.uses_gradients is True
     plain = cam(x, targets())
     activations = torch.relu(model.conv2(torch.relu(model.conv1(x))).sum(1))  # ReLU after the channel sum
-    expected = (activations - activations.amin((1, 2), keepdim=True))
+    expected = activations - activations.amin((1, 2), keepdim=True)
     expected = expected / (expected.amax((1, 2), keepdim=True) + 1e-7)
     np.testing.assert_allclose(plain, expected.detach().numpy(), atol=1e-5)
     flipped = cam(x.flip(-1), targets())

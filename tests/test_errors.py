@@ -4,6 +4,7 @@ to pass instead; each check runs for every registered method where it applies.
 NaN/Inf in the input or in the model output is a ValueError (not a warning and not a
 silently zeroed map): a CAM of a non-finite forward pass would explain nothing.
 """
+
 from __future__ import annotations
 
 import re
@@ -65,19 +66,27 @@ def x(batch: int = 2, size=(8, 8)) -> torch.Tensor:
 @pytest.mark.parametrize("count", [1, 3])
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_targets_of_the_wrong_length(name: str, count: int, net: Net) -> None:
-    with pytest.raises(ValueError, match=rf"targets has {count} entries but the batch has 2 images; pass one target per image"):
+    with pytest.raises(
+        ValueError, match=rf"targets has {count} entries but the batch has 2 images; pass one target per image"
+    ):
         make_cam(name, net)(x(2), [ClassifierOutputTarget(0)] * count)
 
 
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_target_category_of_the_wrong_length(name: str, net: Net) -> None:
-    with pytest.raises(ValueError, match=r"target_category has 3 entries but the batch has 2 images; pass one category per image \(or a single int"):
+    with pytest.raises(
+        ValueError,
+        match=r"target_category has 3 entries but the batch has 2 images; pass one category per image \(or a single int",
+    ):
         make_cam(name, net)(x(2), target_category=[0, 1, 2])
 
 
 def test_targets_must_be_a_list_of_callables(net: Net) -> None:
     cam = make_cam("gradcam", net)
-    with pytest.raises(TypeError, match=r"targets must be a list with one target per image, e\.g\. \[ClassifierOutputTarget\(281\)\] \* 2"):
+    with pytest.raises(
+        TypeError,
+        match=r"targets must be a list with one target per image, e\.g\. \[ClassifierOutputTarget\(281\)\] \* 2",
+    ):
         cam(x(2), ClassifierOutputTarget(0))
     with pytest.raises(TypeError, match=r"target 1 is not callable; pass e\.g\. ClassifierOutputTarget\(k\)"):
         cam(x(2), [1, 2])
@@ -111,9 +120,14 @@ def test_guided_backprop_class_index_outside_the_output(net: Net) -> None:
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_target_layer_not_inside_the_model(name: str, net: Net) -> None:
     stranger = nn.Conv2d(4, 4, 3, padding=1)  # same type and shape, another object
-    with pytest.raises(ValueError, match=r"layer Conv2d is not inside the model; pass a module from model\.named_modules\(\)"):
+    with pytest.raises(
+        ValueError, match=r"layer Conv2d is not inside the model; pass a module from model\.named_modules\(\)"
+    ):
         make_cam(name, net, [stranger])
-    with pytest.raises(ValueError, match=r"layer 'conv9' is not inside the model; pass a name from model\.named_modules\(\) \(for example 'conv1'"):
+    with pytest.raises(
+        ValueError,
+        match=r"layer 'conv9' is not inside the model; pass a name from model\.named_modules\(\) \(for example 'conv1'",
+    ):
         make_cam(name, net, ["conv9"])
     with pytest.raises(ValueError, match=r"layer 'layer4\.1' is not inside the model"):
         METHODS[name](net, target_layer="layer4.1")
@@ -141,14 +155,20 @@ def test_a_layer_given_by_name_works(net: Net) -> None:
 
 @pytest.mark.parametrize("name", LAYER_METHODS)
 def test_layer_output_that_is_not_4d_without_reshape_transform(name: str, net: Net) -> None:
-    with pytest.raises(ValueError, match=r"target layer Linear gives activations of shape \(2, 3\), not \(B, C, h, w\); pass reshape_transform=\.\.\. that returns \(B, C, h, w\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"target layer Linear gives activations of shape \(2, 3\), not \(B, C, h, w\); pass reshape_transform=\.\.\. that returns \(B, C, h, w\)",
+    ):
         make_cam(name, net, [net.fc])(x(2), [ClassifierOutputTarget(0)] * 2)
 
 
 @pytest.mark.parametrize("name", LAYER_METHODS)
 def test_reshape_transform_that_returns_the_wrong_rank(name: str, net: Net) -> None:
     flatten = lambda tensor: tensor.flatten(2)  # noqa: E731 - (B, C, h*w): one dimension short
-    with pytest.raises(ValueError, match=r"gives activations of shape \(2, 4, 64\), not \(B, C, h, w\); the reshape_transform must return \(B, C, h, w\) or \(B, C, d, h, w\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"gives activations of shape \(2, 4, 64\), not \(B, C, h, w\); the reshape_transform must return \(B, C, h, w\) or \(B, C, d, h, w\)",
+    ):
         make_cam(name, net, reshape_transform=flatten)(x(2), [ClassifierOutputTarget(0)] * 2)
 
 
@@ -159,23 +179,52 @@ def test_reshape_transform_must_be_callable(net: Net) -> None:
 
 def test_a_layer_that_does_not_run(net: Net) -> None:
     net.unused = nn.Conv2d(3, 3, 1)
-    with pytest.raises(ValueError, match=r"target layer Conv2d was not called during the forward pass; choose a module that the model's forward\(\) uses"):
+    with pytest.raises(
+        ValueError,
+        match=r"target layer Conv2d was not called during the forward pass; choose a module that the model's forward\(\) uses",
+    ):
         make_cam("gradcam", net, [net.unused])(x(2))
 
 
 # --------------------------------------------------------------------------- input tensors
 BAD_INPUTS = {
-    "numpy": (lambda: x(2).numpy(), TypeError, r"input_tensor must be a torch\.Tensor, not ndarray; use pytorch_grad_cam\.utils\.image\.preprocess_image\(img\)"),
+    "numpy": (
+        lambda: x(2).numpy(),
+        TypeError,
+        r"input_tensor must be a torch\.Tensor, not ndarray; use pytorch_grad_cam\.utils\.image\.preprocess_image\(img\)",
+    ),
     "list": (lambda: x(2).tolist(), TypeError, r"input_tensor must be a torch\.Tensor, not list"),
-    "int": (lambda: (x(2) * 100).int(), TypeError, r"input_tensor must be a float tensor, got torch\.int32; convert it with input_tensor\.float\(\)"),
-    "uint8": (lambda: torch.zeros(2, 3, 8, 8, dtype=torch.uint8), TypeError, r"got torch\.uint8; convert it with input_tensor\.float\(\)"),
+    "int": (
+        lambda: (x(2) * 100).int(),
+        TypeError,
+        r"input_tensor must be a float tensor, got torch\.int32; convert it with input_tensor\.float\(\)",
+    ),
+    "uint8": (
+        lambda: torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+        TypeError,
+        r"got torch\.uint8; convert it with input_tensor\.float\(\)",
+    ),
     "bool": (lambda: torch.zeros(2, 3, 8, 8, dtype=torch.bool), TypeError, r"got torch\.bool"),
-    "3d": (lambda: x(1)[0], ValueError, r"input_tensor must be \(B, C, H, W\) \(or \(B, C, D, H, W\)\), got shape \(3, 8, 8\); add the batch dimension with input_tensor\[None\]"),
+    "3d": (
+        lambda: x(1)[0],
+        ValueError,
+        r"input_tensor must be \(B, C, H, W\) \(or \(B, C, D, H, W\)\), got shape \(3, 8, 8\); add the batch dimension with input_tensor\[None\]",
+    ),
     "2d": (lambda: x(1)[0, 0], ValueError, r"got shape \(8, 8\)"),
     "6d": (lambda: torch.zeros(1, 1, 3, 2, 8, 8), ValueError, r"got shape \(1, 1, 3, 2, 8, 8\)"),
     "empty-batch": (lambda: torch.zeros(0, 3, 8, 8), ValueError, r"input_tensor holds no image \(batch size 0\)"),
-    "nan": (lambda: x(2).index_put_((torch.tensor([1]), torch.tensor([0]), torch.tensor([2]), torch.tensor([3])), torch.tensor(float("nan"))), ValueError, r"input_tensor contains NaN or Inf; clean the input first"),
-    "inf": (lambda: x(2).index_fill_(0, torch.tensor([0]), float("-inf")), ValueError, r"input_tensor contains NaN or Inf"),
+    "nan": (
+        lambda: x(2).index_put_(
+            (torch.tensor([1]), torch.tensor([0]), torch.tensor([2]), torch.tensor([3])), torch.tensor(float("nan"))
+        ),
+        ValueError,
+        r"input_tensor contains NaN or Inf; clean the input first",
+    ),
+    "inf": (
+        lambda: x(2).index_fill_(0, torch.tensor([0]), float("-inf")),
+        ValueError,
+        r"input_tensor contains NaN or Inf",
+    ),
 }
 
 
@@ -198,7 +247,9 @@ def test_guided_backprop_bad_input(case: str, net: Net) -> None:
 @pytest.mark.parametrize("name", METHOD_NAMES)
 def test_non_finite_model_output(name: str, poison: float, net: Net) -> None:
     net.poison = poison
-    with pytest.raises(ValueError, match=r"the model output contains NaN or Inf for image\(s\) \[0, 1\]; check the input and the model"):
+    with pytest.raises(
+        ValueError, match=r"the model output contains NaN or Inf for image\(s\) \[0, 1\]; check the input and the model"
+    ):
         make_cam(name, net)(x(2))
 
 
@@ -243,21 +294,60 @@ MASK = np.random.default_rng(1).random((8, 10), dtype=np.float32)
 @pytest.mark.parametrize(
     "img, mask, options, message",
     [
-        (IMG * 2, MASK, {}, r"img must be a float image with values in \[0, 1\] \(got dtype float32, range \[0\.\d+, 1\.\d+\]\); pass np\.float32\(img\) / 255 for a uint8 photo"),
-        (IMG - 0.5, MASK, {}, r"img must be a float image with values in \[0, 1\] \(got dtype float32, range \[-0\.\d+"),
+        (
+            IMG * 2,
+            MASK,
+            {},
+            r"img must be a float image with values in \[0, 1\] \(got dtype float32, range \[0\.\d+, 1\.\d+\]\); pass np\.float32\(img\) / 255 for a uint8 photo",
+        ),
+        (
+            IMG - 0.5,
+            MASK,
+            {},
+            r"img must be a float image with values in \[0, 1\] \(got dtype float32, range \[-0\.\d+",
+        ),
         (np.uint8(IMG * 255), MASK, {}, r"got dtype uint8.*pass np\.float32\(img\) / 255"),
         (IMG[..., 0], MASK, {}, r"img must be \(H, W, 3\), got shape \(8, 10\)"),
-        (IMG, MASK[:, :9], {}, r"mask of shape \(8, 9\) does not match the image's \(8, 10\); compute the CAM on an input of the image's size or resize the mask"),
+        (
+            IMG,
+            MASK[:, :9],
+            {},
+            r"mask of shape \(8, 9\) does not match the image's \(8, 10\); compute the CAM on an input of the image's size or resize the mask",
+        ),
         (IMG, MASK.T, {}, r"mask of shape \(10, 8\) does not match the image's \(8, 10\)"),
         (IMG, MASK[None], {}, r"mask must be one 2D map, got shape \(1, 8, 10\); pass grayscale_cam\[0\]"),
         (IMG, MASK[0], {}, r"mask must be one 2D map, got shape \(10,\)"),
-        (IMG, MASK * 3, {}, r"mask values must lie in \[0, 1\], got \[0\.\d+, 2\.\d+\]; pass a CAM output or scale_cam_image\(mask\)"),
-        (np.where(IMG > 0.5, np.nan, IMG), MASK, {}, r"img must be a float image with values in \[0, 1\] \(got dtype float32, range \[nan, nan\]\)"),
+        (
+            IMG,
+            MASK * 3,
+            {},
+            r"mask values must lie in \[0, 1\], got \[0\.\d+, 2\.\d+\]; pass a CAM output or scale_cam_image\(mask\)",
+        ),
+        (
+            np.where(IMG > 0.5, np.nan, IMG),
+            MASK,
+            {},
+            r"img must be a float image with values in \[0, 1\] \(got dtype float32, range \[nan, nan\]\)",
+        ),
         (IMG, np.where(MASK > 0.5, np.inf, MASK), {}, r"mask values must lie in \[0, 1\], got \[0\.\d+, inf\]"),
         (IMG, MASK, {"image_weight": 1.5}, r"image_weight must be in \[0, 1\], got 1\.5"),
         (IMG, MASK, {"image_weight": -0.1}, r"image_weight must be in \[0, 1\], got -0\.1"),
     ],
-    ids=["img>1", "img<0", "img-uint8", "img-2d", "mask-size", "mask-transposed", "mask-3d", "mask-1d", "mask>1", "img-nan", "mask-inf", "weight>1", "weight<0"],
+    ids=[
+        "img>1",
+        "img<0",
+        "img-uint8",
+        "img-2d",
+        "mask-size",
+        "mask-transposed",
+        "mask-3d",
+        "mask-1d",
+        "mask>1",
+        "img-nan",
+        "mask-inf",
+        "weight>1",
+        "weight<0",
+    ],
 )
 def test_show_cam_on_image_bad_input(img, mask, options, message) -> None:
     with pytest.raises(ValueError, match=message):
@@ -269,9 +359,14 @@ def test_other_utilities_bad_input() -> None:
         preprocess_image(IMG[..., 0])
     with pytest.raises(ValueError, match=r"mean and std need 3 entries \(one per channel\), got 2 and 3"):
         preprocess_image(IMG, mean=[0.5, 0.5])
-    with pytest.raises(ValueError, match=r"target_size \(4, 4, 4\) has 3 entries but the maps have 2 spatial dimensions; pass \(width, height\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"target_size \(4, 4, 4\) has 3 entries but the maps have 2 spatial dimensions; pass \(width, height\)",
+    ):
         scale_cam_image(MASK[None], (4, 4, 4))
-    with pytest.raises(ValueError, match=r"activations of shape \(2, 3\) have no spatial dimensions; pass a \(B, K, h, w\) batch"):
+    with pytest.raises(
+        ValueError, match=r"activations of shape \(2, 3\) have no spatial dimensions; pass a \(B, K, h, w\) batch"
+    ):
         get_2d_projection(torch.zeros(2, 3))
 
 

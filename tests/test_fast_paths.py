@@ -13,6 +13,7 @@
 - gradient-free methods build no autograd graph, gradient methods fill no ``.grad``;
 - ``aug_smooth`` runs the model once, on all augmented copies.
 """
+
 from __future__ import annotations
 
 import copy
@@ -108,7 +109,9 @@ def model_state(model: nn.Module) -> dict:
     return {
         "tensors": {k: v.clone() for k, v in model.state_dict().items()},
         "flags": [p.requires_grad for p in model.parameters()],
-        "hooks": sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()),
+        "hooks": sum(
+            len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules()
+        ),
         "modules": [id(m) for m in model.modules()],
         "training": model.training,
     }
@@ -382,7 +385,9 @@ def test_projection_of_real_activations_and_of_nan(small_cnn):
     np.testing.assert_allclose(get_2d_projection(activations), expected, atol=1e-4 * np.abs(expected).max())
     with_nan = activations.copy()
     with_nan[0, 0, 0, 0] = np.nan
-    np.testing.assert_allclose(get_2d_projection(with_nan), numpy_projection(with_nan), atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        get_2d_projection(with_nan), numpy_projection(with_nan), atol=1e-4 * np.abs(expected).max()
+    )
     zeros = get_2d_projection(np.zeros((1, 4, 3, 3), np.float32))
     assert np.array_equal(zeros, np.zeros((1, 3, 3), np.float32))
 
@@ -582,11 +587,23 @@ class RepeatedChannelsNet(nn.Module):
         gate = (x.mean(dim=(1, 2, 3)) > 0).float()[:, None, None, None]
         constant = torch.ones_like(a[:, :2]) * torch.tensor([0.3, 5.1]).view(1, 2, 1, 1)
         features = torch.cat(
-            [a[:, 2:3], a, a[:, :2], torch.zeros_like(a[:, :2]), constant, gate * a[:, 4:5], a[:, :1].repeat(1, 3, 1, 1)],
+            [
+                a[:, 2:3],
+                a,
+                a[:, :2],
+                torch.zeros_like(a[:, :2]),
+                constant,
+                gate * a[:, 4:5],
+                a[:, :1].repeat(1, 3, 1, 1),
+            ],
             dim=1,
         )
         features = self.mix(features)
-        return self.fc(torch.tanh(self.head(F.interpolate(features, size=x.shape[2:])) * x.mean(dim=1, keepdim=True)).mean(dim=(2, 3)))
+        return self.fc(
+            torch.tanh(self.head(F.interpolate(features, size=x.shape[2:])) * x.mean(dim=1, keepdim=True)).mean(
+                dim=(2, 3)
+            )
+        )
 
 
 def plain_scorecam_weights(model: nn.Module, layer: nn.Module, x: torch.Tensor, categories: List[int]) -> torch.Tensor:
@@ -596,7 +613,9 @@ def plain_scorecam_weights(model: nn.Module, layer: nn.Module, x: torch.Tensor, 
     for index, category in enumerate(categories):
         scores = []
         for channel in range(activations.shape[1]):
-            upsampled = F.interpolate(activations[index, channel][None, None], size=x.shape[2:], mode="bilinear", align_corners=True)
+            upsampled = F.interpolate(
+                activations[index, channel][None, None], size=x.shape[2:], mode="bilinear", align_corners=True
+            )
             mask = (upsampled - upsampled.min()) / (upsampled.max() - upsampled.min() + 1e-8)
             with torch.no_grad():
                 scores.append(model(x[index : index + 1] * mask)[0, category])
@@ -629,7 +648,9 @@ def test_scorecam_scores_each_distinct_mask_once_and_equals_one_score_per_channe
     # their masks are rounding noise, not zero: scored as they are) and the zero mask
     assert sum(copies) == 3 * 8
     # and the whole map equals the definition
-    maps = ScoreCAM(model, [model.mix], batch_size=5, progress=False)(x, [ClassifierOutputTarget(c) for c in categories])
+    maps = ScoreCAM(model, [model.mix], batch_size=5, progress=False)(
+        x, [ClassifierOutputTarget(c) for c in categories]
+    )
     np.testing.assert_allclose(maps, scorecam_reference(model, model.mix, x, categories), atol=1e-5)
 
 

@@ -9,6 +9,7 @@ two processes, and two torchrun "machines" meeting over loopback. Each must end 
 reference's results.csv (the same rows: text columns equal, numbers within one printed
 digit) and its files, maps equal within 1e-6.
 """
+
 from __future__ import annotations
 
 import csv
@@ -64,7 +65,7 @@ NUMBER_TOLERANCE = {"predicted_score": 1.5e-4, **{name: 1.5e-6 for name in METRI
 def make_folder(root: Path) -> Path:
     """The twelve images (and a text file, which is not an image)."""
     for relative, (photo, (top, left, height, width), (out_h, out_w)) in GOOD.items():
-        picture = cv2.imread(str(ROOT / "examples" / f"{photo}.jpg"))[top:top + height, left:left + width]
+        picture = cv2.imread(str(ROOT / "examples" / f"{photo}.jpg"))[top : top + height, left : left + width]
         picture = cv2.resize(picture, (out_w, out_h), interpolation=cv2.INTER_AREA)
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,19 +90,28 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def reference(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One in-process run: batches of 4, two DataLoader workers."""
     out = tmp_path_factory.mktemp("reference")
-    code = cli.main(["--image-dir", str(folder), "--output-dir", str(out), "--batch-size", "4",
-                     "--num-workers", "2", *ARGUMENTS], models=MODELS, default_model="tiny", prog="cam.py")
+    code = cli.main(
+        ["--image-dir", str(folder), "--output-dir", str(out), "--batch-size", "4", "--num-workers", "2", *ARGUMENTS],
+        models=MODELS,
+        default_model="tiny",
+        prog="cam.py",
+    )
     assert code == 0
     return out
 
 
 def run_subprocess(command: List[str], env: Dict[str, str] | None = None, **options) -> subprocess.Popen:
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    environment = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     environment.pop("FOLDER_TEST_DELAY", None)
     environment.update(env or {})
-    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **options)
+    return subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options
+    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -121,7 +131,8 @@ def read_rows(out: Path) -> List[Dict[str, str]]:
 def files_under(out: Path) -> List[str]:
     """Every output file except the records, results.csv and the contact sheet."""
     return sorted(
-        path.relative_to(out).as_posix() for path in out.rglob("*")
+        path.relative_to(out).as_posix()
+        for path in out.rglob("*")
         if path.is_file() and ".records" not in path.parts and path.name not in ("results.csv", "index.html")
     )
 
@@ -143,17 +154,29 @@ def assert_same_result(out: Path, reference: Path) -> None:
     assert files_under(out) == files_under(reference)
     for relative in files_under(reference):
         if relative.endswith(".npz"):
-            np.testing.assert_allclose(np.load(out / relative)["cam"], np.load(reference / relative)["cam"],
-                                       atol=MAP_TOLERANCE, rtol=0)
+            np.testing.assert_allclose(
+                np.load(out / relative)["cam"], np.load(reference / relative)["cam"], atol=MAP_TOLERANCE, rtol=0
+            )
     assert not [path for path in out.rglob("*") if ".partial-" in path.name]
 
 
 def test_rows_compare_text_exactly_and_numbers_within_a_printed_step() -> None:
-    row = {"path": "a.jpg", "method": "gradcam", "status": "ok", "predicted_score": "0.1870",
-           "drop-in-confidence": "0.048863", "confidence-change": ""}
+    row = {
+        "path": "a.jpg",
+        "method": "gradcam",
+        "status": "ok",
+        "predicted_score": "0.1870",
+        "drop-in-confidence": "0.048863",
+        "confidence-change": "",
+    }
     assert_same_rows([dict(row, predicted_score="0.1871", **{"drop-in-confidence": "0.048864"})], [row])
-    for changed in ({"status": "unreadable: x"}, {"path": "b.jpg"}, {"predicted_score": "0.1872"},
-                    {"drop-in-confidence": "0.048861"}, {"confidence-change": "0.1"}):
+    for changed in (
+        {"status": "unreadable: x"},
+        {"path": "b.jpg"},
+        {"predicted_score": "0.1872"},
+        {"drop-in-confidence": "0.048861"},
+        {"confidence-change": "0.1"},
+    ):
         with pytest.raises(AssertionError):
             assert_same_rows([dict(row, **changed)], [row])
     with pytest.raises(AssertionError):
@@ -191,7 +214,10 @@ def test_every_image_once_with_the_single_image_map(folder: Path, reference: Pat
             probabilities = model(input_tensor)[0].softmax(0)
         assert int(row["predicted_class"]) == int(probabilities.argmax())
         assert abs(float(row["predicted_score"]) - float(probabilities.max())) <= 5e-5
-        assert row["explained_class"] == row["predicted_class"] and row["explained_label"] == f"class {row['explained_class']}"
+        assert (
+            row["explained_class"] == row["predicted_class"]
+            and row["explained_label"] == f"class {row['explained_class']}"
+        )
         single = cli.compute_cam(row["method"], model, layer, input_tensor, int(row["explained_class"]), progress=False)
         saved = np.load(reference / row["map"])["cam"]
         assert saved.dtype == np.float32 and saved.shape == TINY.input_size
@@ -256,7 +282,8 @@ def test_truncated_jpeg_is_found_and_progressive_ones_pass(folder: Path) -> None
 
 
 def test_a_truncated_jpeg_is_the_same_error_in_folder_mode_and_for_one_photo(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Folder mode records a truncated JPEG as unreadable, with the reason that the
     one-photo command prints after the file's name (the one reader of both), writes no
     output for it, and explains the folder's other image."""
@@ -267,8 +294,22 @@ def test_a_truncated_jpeg_is_the_same_error_in_folder_mode_and_for_one_photo(
     (folder / "good.jpg").write_bytes(whole)
     (folder / "cut.jpg").write_bytes(whole[: len(whole) * 3 // 4])
     out = tmp_path / "out"
-    code = cli.main(["--image-dir", str(folder), "--output-dir", str(out), "--method", "gradcam",
-                     "--num-workers", "0", "--no-progress"], models=MODELS, default_model="tiny", prog="cam.py")
+    code = cli.main(
+        [
+            "--image-dir",
+            str(folder),
+            "--output-dir",
+            str(out),
+            "--method",
+            "gradcam",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ],
+        models=MODELS,
+        default_model="tiny",
+        prog="cam.py",
+    )
     assert code == 0
     assert "1 unreadable, 0 with errors" in capsys.readouterr().out
     rows = {row["path"]: row for row in read_rows(out)}
@@ -277,8 +318,12 @@ def test_a_truncated_jpeg_is_the_same_error_in_folder_mode_and_for_one_photo(
     assert rows["good.jpg"]["status"] == "ok"
     assert files_under(out) == ["good.gradcam.jpg", "good.gradcam.npz", "good.thumb.jpg"]
 
-    code = cli.main(["--image-path", str(folder / "cut.jpg"), "--output-dir", str(tmp_path / "single"),
-                     "--no-progress"], models=MODELS, default_model="tiny", prog="cam.py")
+    code = cli.main(
+        ["--image-path", str(folder / "cut.jpg"), "--output-dir", str(tmp_path / "single"), "--no-progress"],
+        models=MODELS,
+        default_model="tiny",
+        prog="cam.py",
+    )
     assert code == 1
     reason = rows["cut.jpg"]["status"].removeprefix("unreadable: ")
     assert capsys.readouterr().err.splitlines() == [f"cam.py: error: {folder / 'cut.jpg'}: {reason}"]
@@ -335,8 +380,16 @@ def assert_sharded(out: Path, counts: Dict[int, int]) -> None:
 
 def test_torchrun_two_processes(folder: Path, reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(SCRIPT), *folder_arguments(folder, out, "--batch-size", "2", "--num-workers", "1")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(SCRIPT),
+        *folder_arguments(folder, out, "--batch-size", "2", "--num-workers", "1"),
+    ]
     result = finish(run_subprocess(command))
     assert "explained 12 images" in result.stdout
     assert_sharded(out, explained_per_rank(result.stderr))
@@ -348,10 +401,27 @@ def test_two_machines_over_loopback(folder: Path, reference: Path, tmp_path: Pat
     out = tmp_path / "out"
     port = free_port()
     launchers = [
-        run_subprocess([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
-                        "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-                        "--rdzv-id", "folder-test", str(SCRIPT),
-                        *folder_arguments(folder, out, "--batch-size", "3", "--num-workers", "0")])
+        run_subprocess(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node-rank",
+                str(node),
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "folder-test",
+                str(SCRIPT),
+                *folder_arguments(folder, out, "--batch-size", "3", "--num-workers", "0"),
+            ]
+        )
         for node in (0, 1)
     ]
     results = [finish(launcher) for launcher in launchers]
@@ -372,8 +442,9 @@ def test_two_machines_over_loopback(folder: Path, reference: Path, tmp_path: Pat
         (["--image-dir", "{tmp}/empty", "--method", "gradcam,gradcam+++"], 2, ["gradcam+++"]),
     ],
 )
-def test_mistakes_are_one_line(arguments: List[str], code: int, needles: List[str], tmp_path: Path,
-                               capsys: pytest.CaptureFixture) -> None:
+def test_mistakes_are_one_line(
+    arguments: List[str], code: int, needles: List[str], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not an image")
     arguments = [argument.format(tmp=tmp_path) for argument in arguments]
@@ -410,15 +481,21 @@ def _format_models(view: bool):
             a = torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), (4, 2))
             return self.fc(a.view(a.shape[0], -1) if view else a.reshape(a.shape[0], -1))
 
-    entry = ModelEntry(architecture=FormatNet, target_layer=lambda model: model.conv,
-                       pretrained=lambda progress: FormatNet(), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-                       input_size=(24, 24))
+    entry = ModelEntry(
+        architecture=FormatNet,
+        target_layer=lambda model: model.conv,
+        pretrained=lambda progress: FormatNet(),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        input_size=(24, 24),
+    )
     return {"fmt": entry}, seen
 
 
 @pytest.mark.parametrize("view", [False, True], ids=["channels-last", "view-falls-back"])
-def test_batches_go_channels_last_and_a_model_that_cannot_take_them_falls_back(folder: Path, tmp_path: Path,
-                                                                               view: bool) -> None:
+def test_batches_go_channels_last_and_a_model_that_cannot_take_them_falls_back(
+    folder: Path, tmp_path: Path, view: bool
+) -> None:
     """On the CPU the batches reach the model in channels_last (same maps as the
     single-image call); a model whose ``.view`` fails on them gets contiguous batches
     from the first failure on, and the run still ends with every image explained."""
@@ -426,9 +503,24 @@ def test_batches_go_channels_last_and_a_model_that_cannot_take_them_falls_back(f
 
     models, seen = _format_models(view)
     out = tmp_path / "out"
-    code = cli.main(["--image-dir", str(folder), "--output-dir", str(out), "--method", "gradcam",
-                     "--batch-size", "3", "--num-workers", "0", "--no-progress"],
-                    models=models, default_model="fmt", prog="cam.py")
+    code = cli.main(
+        [
+            "--image-dir",
+            str(folder),
+            "--output-dir",
+            str(out),
+            "--method",
+            "gradcam",
+            "--batch-size",
+            "3",
+            "--num-workers",
+            "0",
+            "--no-progress",
+        ],
+        models=models,
+        default_model="fmt",
+        prog="cam.py",
+    )
     assert code == 0
     rows = read_rows(out)
     assert sorted(row["path"] for row in rows if row["status"] == "ok") == sorted(GOOD)
@@ -443,6 +535,7 @@ def test_batches_go_channels_last_and_a_model_that_cannot_take_them_falls_back(f
         if row["status"] != "ok":
             continue
         input_tensor = cli.model_input(cli.read_photo(folder / row["path"]), models["fmt"])
-        single = cli.compute_cam("gradcam", model, model.conv, input_tensor, int(row["explained_class"]),
-                                 progress=False)
+        single = cli.compute_cam(
+            "gradcam", model, model.conv, input_tensor, int(row["explained_class"]), progress=False
+        )
         np.testing.assert_allclose(np.load(out / row["map"])["cam"], single, atol=1e-5, rtol=0)

@@ -9,6 +9,7 @@ sums of activations in GradCAM++/XGradCAM. FinerCAM (its default, contrastive
 target) and RefineCAM (the product over two or more layers) have references of
 their own, not their base methods'.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -96,8 +97,17 @@ def test_map_matches_reference(method, layer_index, signed, small_cnn, images):
 @pytest.mark.filterwarnings("ignore:HiResCAM with eigen_smooth")
 @pytest.mark.parametrize(
     "method",
-    ["gradcam", "gradcam++", "xgradcam", "layercam", "scorecam", "ablationcam",
-     "hirescam", "gradcamelementwise", "randomcam"],
+    [
+        "gradcam",
+        "gradcam++",
+        "xgradcam",
+        "layercam",
+        "scorecam",
+        "ablationcam",
+        "hirescam",
+        "gradcamelementwise",
+        "randomcam",
+    ],
 )
 def test_eigen_smooth_matches_reference(method, small_cnn, images):
     """eigen_smooth: the principal-component projection of w_k * A_k (of the element-wise
@@ -208,17 +218,24 @@ def test_volume_gradcam_matches_reference():
     """(B, C, D, H, W) input: GradCAM over a Conv3d layer, trilinear half-pixel resize."""
     torch.manual_seed(5)
     model = nn.Sequential(
-        nn.Conv3d(2, 6, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
-        nn.Conv3d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 3),
+        nn.Conv3d(2, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool3d(2),
+        nn.Conv3d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
     ).eval()
     volume = torch.randn(2, 2, 6, 8, 10, generator=torch.Generator().manual_seed(1))
     layer = model[4]
     A, G, _ = capture(model, layer, volume, [0, 2])
-    reference = np.stack([
-        min_max(finish_layer((gradcam_weights(a, g)[:, None, None, None] * a).sum(0), (6, 8, 10)))
-        for a, g in zip(A, G)
-    ])
+    reference = np.stack(
+        [
+            min_max(finish_layer((gradcam_weights(a, g)[:, None, None, None] * a).sum(0), (6, 8, 10)))
+            for a, g in zip(A, G)
+        ]
+    )
     assert_nontrivial(reference.reshape(2, 6, -1))
     result = GradCAM(model, [layer])(volume, targets=[ClassifierOutputTarget(0), ClassifierOutputTarget(2)])
     assert result.shape == (2, 6, 8, 10)
@@ -298,9 +315,14 @@ def test_drop_in_methods_on_volumes_match_reference(method):
     """(B, C, D, H, W) input: the spatial reductions and projections run over D, H, W."""
     torch.manual_seed(5)
     model = nn.Sequential(
-        nn.Conv3d(2, 6, 3, padding=1), nn.ReLU(), nn.MaxPool3d(2),
-        nn.Conv3d(6, 8, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 3),
+        nn.Conv3d(2, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool3d(2),
+        nn.Conv3d(6, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
     ).eval()
     volume = torch.randn(2, 2, 6, 8, 10, generator=torch.Generator().manual_seed(1))
     layer = model[4]
@@ -373,9 +395,7 @@ def test_finercam_options_and_two_layers_match_reference(alpha, ranks, target_id
     assert_nontrivial(reference)
     default, _ = finercam_reference(ten_class_cnn, layers, images)
     assert_differs(reference, default)
-    result = FinerCAM(ten_class_cnn, layers)(
-        images, alpha=alpha, comparison_categories=ranks, target_idx=target_idx
-    )
+    result = FinerCAM(ten_class_cnn, layers)(images, alpha=alpha, comparison_categories=ranks, target_idx=target_idx)
     np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
 
 
@@ -386,8 +406,9 @@ def test_finercam_given_targets_are_explained_as_given(ten_class_cnn, images):
     chosen = [(0, [9]), (6, [0, 9, 3])]
     reference, _ = finercam_reference(ten_class_cnn, [layer], images)  # the default choice
     A, G, _ = capture_score(ten_class_cnn, layer, images, lambda z: finer_score(z, chosen, 0.7))
-    expected = np.stack([min_max(finish_layer(weighted_map(gradcam_weights(a, g), a, False), (32, 32)))
-                         for a, g in zip(A, G)])
+    expected = np.stack(
+        [min_max(finish_layer(weighted_map(gradcam_weights(a, g), a, False), (32, 32))) for a, g in zip(A, G)]
+    )
     assert_nontrivial(expected)
     assert_differs(expected, reference)
     targets = [FinerWeightedTarget(main, others, 0.7) for main, others in chosen]

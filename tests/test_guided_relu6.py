@@ -1,5 +1,6 @@
 """Guided backpropagation through ReLU6 (nn.ReLU6, F.relu6), as in MobileNet and
 EfficientNet-Lite: the gradient passes only where 0 < input < 6 and it is positive."""
+
 import numpy as np
 import pytest
 import torch
@@ -138,8 +139,13 @@ def test_guided_backprop_computes_in_eval_mode_and_restores_modes() -> None:
     ``device=`` is accepted and ``forward`` returns the model output."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
     )
     x = torch.randn(2, 3, 8, 8)
     model.eval()

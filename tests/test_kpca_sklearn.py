@@ -7,6 +7,7 @@ For every kernel, on real activations (pretrained EfficientNet-Lite0 on two phot
 pixel vectors, up to sign. Measured: at most 6e-8 of the map's largest magnitude (float32
 rounding of our result); the tolerance is 1e-5.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """The library's shape, checked so it stays readable: no file in pytorch_grad_cam/ over
 450 lines, no function over 80, no import cycle between its modules, and nothing outside
 the command line importing it."""
+
 from __future__ import annotations
 
 import ast

@@ -17,6 +17,7 @@ dispatch we can select here (ATEN_CPU_CAPABILITY, oneDNN ISA, threads).
 Real photo: the packaged, really pretrained EfficientNet-Lite0 on scikit-image's
 cat, alone and in a 2x2 mosaic with three other photos.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,12 @@ def paint(image: np.ndarray, category: int, rng: np.random.Generator, avoid: Box
         if avoid is None:
             break
         a_top, a_left, a_side = avoid
-        if (top + side + 2 <= a_top or a_top + a_side + 2 <= top
-                or left + side + 2 <= a_left or a_left + a_side + 2 <= left):
+        if (
+            top + side + 2 <= a_top
+            or a_top + a_side + 2 <= top
+            or left + side + 2 <= a_left
+            or a_left + a_side + 2 <= left
+        ):
             break
     image[:, top : top + side, left : left + side][:, MASKS[category, side]] = COLOURS[category][:, None]
     return top, left, side
@@ -83,9 +88,16 @@ class ShapesCNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
         )
         self.fc = nn.Linear(32, 4)
 

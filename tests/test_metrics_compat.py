@@ -1,5 +1,6 @@
 """The grad-cam metrics at their import paths: numbers on hand-computable
 cases, the ROAD imputer against a dense solve, batched = per image, the accepted cam forms."""
+
 from __future__ import annotations
 
 import cv2
@@ -120,10 +121,7 @@ def test_remove_most_and_least_relevant_first_with_a_constant_imputer():
 #: pixel is the weighted mean of its 8 neighbours, weight 1/6 for the 4 direct and 1/12
 #: for the 4 diagonal ones. ((dy, dx), weight), written here, not the library's table.
 ROAD_WEIGHTS = tuple(
-    ((dy, dx), 1 / 6 if dy == 0 or dx == 0 else 1 / 12)
-    for dy in (-1, 0, 1)
-    for dx in (-1, 0, 1)
-    if (dy, dx) != (0, 0)
+    ((dy, dx), 1 / 6 if dy == 0 or dx == 0 else 1 / 12) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)
 )
 
 
@@ -265,8 +263,9 @@ def test_default_tolerance_keeps_imputed_values_within_1e_3_of_a_direct_solve(pe
     the default tolerance (1e-5, float32) against scipy's sparse direct solve."""
     generator = torch.Generator().manual_seed(9)
     images = torch.rand(2, 3, 224, 224, generator=generator)
-    maps = torch.nn.functional.interpolate(torch.rand(2, 1, 7, 7, generator=generator), size=(224, 224),
-                                           mode="bilinear")[:, 0]
+    maps = torch.nn.functional.interpolate(
+        torch.rand(2, 1, 7, 7, generator=generator), size=(224, 224), mode="bilinear"
+    )[:, 0]
     maps = torch.cat([maps[:1], 1 - maps[1:]])  # most and least relevant first
     known = maps < torch.quantile(maps.flatten(1), percentile / 100, dim=1)[:, None, None]
     filled = NoisyLinearImputer(noise=0).impute_batch(images, known.float())
@@ -328,8 +327,7 @@ def test_imputer_multigrid_is_the_galerkin_hierarchy_and_converges_fast_on_edge_
     prolong = dense(lambda e: _prolong(e, (size, size)) * missing, coarse)
     restrict = dense(lambda e: _restrict(e * missing), size)
     torch.testing.assert_close(restrict, prolong.T, atol=1e-15, rtol=0)
-    torch.testing.assert_close(dense(hierarchy.levels[1].apply, coarse), prolong.T @ fine @ prolong,
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(dense(hierarchy.levels[1].apply, coarse), prolong.T @ fine @ prolong, atol=1e-12, rtol=0)
     # constants are interpolated exactly up to the last row and column
     torch.testing.assert_close(_prolong(torch.ones(1, 1, coarse, coarse), (size, size)), torch.ones(1, 1, size, size))
 
@@ -418,7 +416,9 @@ def test_every_metric_batched_equals_per_image(batch):
     model, x, cams, targets = batch
     for name, metric in all_metrics().items():
         together = metric(x, cams, targets, model)
-        one_by_one = np.concatenate([metric(x[i : i + 1], cams[i : i + 1], targets[i : i + 1], model) for i in range(3)])
+        one_by_one = np.concatenate(
+            [metric(x[i : i + 1], cams[i : i + 1], targets[i : i + 1], model) for i in range(3)]
+        )
         np.testing.assert_allclose(together, one_by_one, atol=1e-5, err_msg=name)
         chunked = metric(x, cams, targets, model, batch_size=2)
         np.testing.assert_allclose(together, chunked, atol=1e-6, err_msg=name)

@@ -7,6 +7,7 @@ oracles where one exists (scipy's Spearman and Gaussian filter, scikit-image's S
 batched against per image, and on the small CNN trained on synthetic shapes in
 tests/test_localisation.py: GradCAM must beat RandomCAM on every metric.
 """
+
 from __future__ import annotations
 
 import math
@@ -125,8 +126,11 @@ def test_deletion_insertion_batched_equals_per_image(small_cnn):
         )
         for index in range(3):
             areas, curves = metric_type(steps=5, batch_size=1)(
-                images[index : index + 1], cams[index].numpy()[None], targets[index : index + 1],
-                small_cnn, return_curve=True,
+                images[index : index + 1],
+                cams[index].numpy()[None],
+                targets[index : index + 1],
+                small_cnn,
+                return_curve=True,
             )
             np.testing.assert_allclose(batched_areas[index], areas[0], atol=1e-6)
             np.testing.assert_allclose(batched_curves[index], curves[0], atol=1e-6)
@@ -168,10 +172,10 @@ def test_deletion_insertion_take_any_one_number_target_and_name_a_vector_one(met
     images, model = torch.ones(1, 1, 4, 4), TwoScores().eval()
     metric = metric_type(steps=4, baseline="constant")
     expected = metric(images, REGION_FIRST, ONE_SCORE, model, return_curve=True)[1]
-    for target in (lambda out: out[0], lambda out: float(out[0]), lambda out: np.float32(out[0]),
-                   lambda out: out[:1]):
-        np.testing.assert_allclose(metric(images, REGION_FIRST, [target], model, return_curve=True)[1],
-                                   expected, atol=1e-6)
+    for target in (lambda out: out[0], lambda out: float(out[0]), lambda out: np.float32(out[0]), lambda out: out[:1]):
+        np.testing.assert_allclose(
+            metric(images, REGION_FIRST, [target], model, return_curve=True)[1], expected, atol=1e-6
+        )
     # a reduced vector target: the sum of both outputs, 7 above the region's curve
     summed = metric(images, REGION_FIRST, [lambda out: out.sum()], model, return_curve=True)[1]
     np.testing.assert_allclose(summed, expected + 7, atol=1e-6)
@@ -179,8 +183,12 @@ def test_deletion_insertion_take_any_one_number_target_and_name_a_vector_one(met
     def both(out):
         return out
 
-    with pytest.raises(ValueError, match=r"target <function .*both.*> returned shape \(2,\).*" + metric_type.__name__
-                       + r".*one number.*lambda output: output\[k\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"target <function .*both.*> returned shape \(2,\).*"
+        + metric_type.__name__
+        + r".*one number.*lambda output: output\[k\]",
+    ):
         metric(images, REGION_FIRST, [both], model)
 
 
@@ -350,9 +358,15 @@ class Scale(nn.Module):
 def bn_model() -> nn.Module:
     torch.manual_seed(6)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), Scale(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        Scale(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
     )
     model.eval()
     model[1].running_mean.uniform_(-0.1, 0.1)
@@ -409,8 +423,9 @@ def test_sanity_check_batched_equals_per_image_and_rejects_misuse(small_cnn):
     batched = sanity_check(factory, small_cnn, images, targets, layers=["fc", "features.5"])
     assert batched.layers == ["fc", "features.5"]
     for index in range(3):
-        single = sanity_check(factory, small_cnn, images[index : index + 1], targets[index : index + 1],
-                              layers=["fc", "features.5"])
+        single = sanity_check(
+            factory, small_cnn, images[index : index + 1], targets[index : index + 1], layers=["fc", "features.5"]
+        )
         np.testing.assert_allclose(batched.spearman[index], single.spearman[0], atol=1e-5)
         np.testing.assert_allclose(batched.ssim[index], single.ssim[0], atol=1e-5)
     with pytest.raises(ValueError, match="not inside the model"):
@@ -473,9 +488,7 @@ SHAPES_METRICS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "name, metric, higher_is_better, margin", SHAPES_METRICS, ids=[m[0] for m in SHAPES_METRICS]
-)
+@pytest.mark.parametrize("name, metric, higher_is_better, margin", SHAPES_METRICS, ids=[m[0] for m in SHAPES_METRICS])
 def test_gradcam_beats_randomcam_on_the_shapes(
     name, metric, higher_is_better, margin, shapes_model, held_out, shapes_maps
 ):
@@ -496,11 +509,12 @@ def test_gradcam_fails_to_survive_randomisation(shapes_model, held_out):
     images, labels, _ = held_out
     before = [p.clone() for p in shapes_model.parameters()]
     result = sanity_check(
-        lambda m: GradCAM(m, [m.features[-1]]), shapes_model, images,
+        lambda m: GradCAM(m, [m.features[-1]]),
+        shapes_model,
+        images,
         [ClassifierOutputTarget(int(c)) for c in labels],
     )
-    parameterised = [name for name, module in shapes_model.named_modules()
-                     if list(module.parameters(recurse=False))]
+    parameterised = [name for name, module in shapes_model.named_modules() if list(module.parameters(recurse=False))]
     assert result.layers == parameterised[::-1]  # cascading from the output
     assert result.layers[0] == "fc" and len(result.layers) == 7
     assert result.spearman_mean[0] < 0.7

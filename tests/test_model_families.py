@@ -4,6 +4,7 @@ on a real torchvision/timm architecture with random weights, and the reference's
 ``swinT_reshape_transform``. Maps are checked against an independent computation
 where one exists, and otherwise for being finite and not constant.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -90,9 +91,7 @@ def segmentation():
     import torchvision
 
     torch.manual_seed(0)
-    model = torchvision.models.segmentation.fcn_resnet50(
-        weights=None, weights_backbone=None, aux_loss=False
-    ).eval()
+    model = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, aux_loss=False).eval()
     return OutputSelector(model, "out")
 
 
@@ -179,9 +178,7 @@ def test_huggingface_style_output_through_the_wrapper(resnet18, as_plain_dict):
     assert_informative(result, (2, 64, 64))
     assert np.array_equal(result, bare)
     # targets=None: the top class of the selected logits, as on the bare model.
-    assert np.array_equal(
-        GradCAM(wrapped, [resnet18.layer4[-1]])(x), GradCAM(resnet18, [resnet18.layer4[-1]])(x)
-    )
+    assert np.array_equal(GradCAM(wrapped, [resnet18.layer4[-1]])(x), GradCAM(resnet18, [resnet18.layer4[-1]])(x))
 
 
 def test_huggingface_style_output_unwrapped_is_a_clear_error(resnet18):

@@ -31,6 +31,7 @@ Named exclusions and adjustments, each for a sound reason rather than chance:
   and the map blank, for about half of all draws. Its map must be finite, in [0, 1],
   and either blank or spanning [0, 1].
 """
+
 from __future__ import annotations
 
 import time
@@ -101,9 +102,7 @@ FAMILIES: Dict[str, Family] = {
     "shufflenet_v2_x0_5": Family(_tv("shufflenet_v2_x0_5"), 64, "conv5.2"),
     # The class map: classifier = Dropout, Conv2d(512, classes, 1), ReLU, AdaptiveAvgPool2d.
     "squeezenet1_0": Family(_tv("squeezenet1_0"), 64, "classifier.2"),
-    "googlenet": Family(
-        _tv("googlenet", aux_logits=False, init_weights=False), 64, "inception5b", calibrate=True
-    ),
+    "googlenet": Family(_tv("googlenet", aux_logits=False, init_weights=False), 64, "inception5b", calibrate=True),
     "maxvit_t": Family(_tv("maxvit_t"), 224, "blocks.3"),
     "vit": Family(_small_vit, 64, "encoder.layers.encoder_layer_3.ln_1", vit_reshape_transform),
     # torchvision's Swin: features -> norm (B, h, w, C) -> permute -> avgpool -> head.
@@ -231,9 +230,7 @@ def test_perturbation_method_on_the_automatic_layer(zoo, family, cls):
     model, x = zoo(family)
     spec = FAMILIES[family]
     start = time.process_time()
-    result, layer = run_automatic(
-        cls, model, x, reshape_transform=first_channels, batch_size=64, progress=False
-    )
+    result, layer = run_automatic(cls, model, x, reshape_transform=first_channels, batch_size=64, progress=False)
     SECONDS[family] = SECONDS.get(family, 0.0) + time.process_time() - start
     CHOSEN.setdefault(family, {})[cls.__name__] = layer
     # Gradient-free: no gradient check, but the same last grid is chosen here.

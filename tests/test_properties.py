@@ -1,5 +1,6 @@
 """Property-based tests (hypothesis) of the image utilities and of the scaling and
 resizing path every CAM ends with: random shapes, dtypes and value ranges."""
+
 from __future__ import annotations
 
 import warnings
@@ -171,7 +172,9 @@ def test_resize_maps_is_bilinear_interpolation(maps, height, width, align_corner
 
 @PROPERTY
 @given(
-    depth=st.integers(1, 4), height=st.integers(1, 6), width=st.integers(1, 6),
+    depth=st.integers(1, 4),
+    height=st.integers(1, 6),
+    width=st.integers(1, 6),
     target=st.tuples(st.integers(1, 8), st.integers(1, 8), st.integers(1, 8)),
 )
 def test_scale_cam_image_volumes(depth, height, width, target) -> None:
@@ -196,7 +199,9 @@ def test_scale_cam_image_volumes(depth, height, width, target) -> None:
 )
 @example(  # a black image under a colormap that starts at black: 0 / 0
     pair=(np.zeros((3, 4, 3), np.float32), np.zeros((3, 4), np.float32)),
-    use_rgb=False, colormap=cv2.COLORMAP_HOT, image_weight=0.5,
+    use_rgb=False,
+    colormap=cv2.COLORMAP_HOT,
+    image_weight=0.5,
 )
 def test_show_cam_on_image(pair, use_rgb, colormap, image_weight) -> None:
     img, mask = pair
@@ -215,8 +220,9 @@ def test_show_cam_on_image(pair, use_rgb, colormap, image_weight) -> None:
 
 
 @PROPERTY
-@given(pair=unit_images(), use_rgb=st.booleans(), colormap=COLORMAPS, image_weight=st.floats(0, 1),
-       double=st.booleans())
+@given(
+    pair=unit_images(), use_rgb=st.booleans(), colormap=COLORMAPS, image_weight=st.floats(0, 1), double=st.booleans()
+)
 def test_show_cam_on_image_is_the_formula_written_out(pair, use_rgb, colormap, image_weight, double) -> None:
     """The in-place implementation gives the bytes of the formula written out term by term
     (grad-cam's formula: (1 - w) * heatmap / 255 + w * img, divided by its maximum, times 255, as uint8),
@@ -241,8 +247,12 @@ def test_show_cam_on_image_weight_extremes(pair, other_mask_seed) -> None:
     img, mask = pair
     other = np.random.default_rng(other_mask_seed).random(mask.shape)
     # image_weight=1: the image alone (the mask is irrelevant); 0: the heatmap alone.
-    np.testing.assert_array_equal(show_cam_on_image(img, mask, image_weight=1.0), show_cam_on_image(img, other, image_weight=1.0))
-    np.testing.assert_array_equal(show_cam_on_image(img, mask, image_weight=0.0), show_cam_on_image(img * 0.5, mask, image_weight=0.0))
+    np.testing.assert_array_equal(
+        show_cam_on_image(img, mask, image_weight=1.0), show_cam_on_image(img, other, image_weight=1.0)
+    )
+    np.testing.assert_array_equal(
+        show_cam_on_image(img, mask, image_weight=0.0), show_cam_on_image(img * 0.5, mask, image_weight=0.0)
+    )
 
 
 # --------------------------------------------------------------------------- (de)processing
@@ -357,7 +367,9 @@ TINY = {stride: Tiny(stride).eval() for stride in (1, 2, 3)}
     eigen_smooth=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-def test_every_method_returns_unit_maps_of_the_input_size(name, stride, batch, height, width, scale, eigen_smooth, seed) -> None:
+def test_every_method_returns_unit_maps_of_the_input_size(
+    name, stride, batch, height, width, scale, eigen_smooth, seed
+) -> None:
     model = TINY[stride]
     x = scale * torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
     options = {"progress": False} if issubclass(METHODS[name], PerturbationCAM) else {}

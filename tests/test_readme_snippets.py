@@ -6,6 +6,7 @@ or is left for the reader is substituted: ``pretrained=True`` becomes
 ``weights=None`` (nothing can be downloaded), and ``args``, ``input_tensor`` and
 ``rgb_img`` are given. The results are then checked against the library.
 """
+
 from __future__ import annotations
 
 import re
@@ -159,9 +160,7 @@ def test_seed_swin_snippet(swin_tiny):
     namespace = run(code, {"model": swin_tiny, "GradCAM": GradCAM})
     maps = namespace["cam"](input_tensor=image, target_category=1)
     assert maps.shape == (1, 224, 224) and np.isfinite(maps).all() and maps.max() > 0.99
-    library = GradCAM(
-        swin_tiny, [swin_tiny.layers[-1].blocks[-1].norm2], reshape_transform=swin_reshape_transform
-    )
+    library = GradCAM(swin_tiny, [swin_tiny.layers[-1].blocks[-1].norm2], reshape_transform=swin_reshape_transform)
     np.testing.assert_allclose(maps, library(image, target_category=1), atol=1e-6)
 
 

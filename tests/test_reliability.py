@@ -6,6 +6,7 @@ Every test here is built so that it fails when the property does not hold: hook
 checks also look *during* a call (so that "no hooks" is not trivially true), and
 the grad-mode / in-place tests compare against the maps of the plain case.
 """
+
 from __future__ import annotations
 
 import ast
@@ -181,9 +182,7 @@ def assert_same_state(before: Dict[str, object], after: Dict[str, object]) -> No
     assert after["modules"] == before["modules"], "a module was swapped or its mode changed"
     assert after["relus"] == before["relus"]
     assert after["hooks"] == before["hooks"], "a hook was left behind (or one of the user's removed)"
-    for (name, pid, flag, value, grad), (name2, pid2, flag2, value2, grad2) in zip(
-        before["params"], after["params"]
-    ):
+    for (name, pid, flag, value, grad), (name2, pid2, flag2, value2, grad2) in zip(before["params"], after["params"]):
         assert (name2, pid2, flag2) == (name, pid, flag), f"parameter {name} changed identity or requires_grad"
         assert torch.equal(value2, value), f"parameter {name} changed value"
         if grad is None:
@@ -575,7 +574,9 @@ def test_extra_passes_do_not_overwrite_the_record_of_the_next_layer(name, option
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         both = make_cam(name, model, [model.conv1, model.conv2], batch_size=4, **options)(x, targets)
-        single = [make_cam(name, model, [layer], batch_size=4, **options)(x, targets) for layer in (model.conv1, model.conv2)]
+        single = [
+            make_cam(name, model, [layer], batch_size=4, **options)(x, targets) for layer in (model.conv1, model.conv2)
+        ]
     expected = np.stack([min_max(m) for m in (single[0].astype(np.float64) + single[1]) / 2])
     np.testing.assert_allclose(both, expected, atol=1e-5)
 
@@ -684,7 +685,10 @@ def test_memory_is_flat_over_200_calls_and_200_object_cycles() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.run(
         [sys.executable, "-c", _MEMORY_SCRIPT, str(REPO), *MEMORY_METHODS],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert process.returncode == 0, process.stderr[-3000:]
     growth = json.loads(process.stdout.strip().splitlines()[-1])

@@ -2,6 +2,7 @@
 it, every citation of ``docs/decisions.md`` ("docs/decisions.md, D6", "..., G3") names
 a heading that exists there, and every test that ``docs/decisions.md`` names as a guard
 exists, so that a renamed or deleted guard cannot go unnoticed."""
+
 from __future__ import annotations
 
 import ast
@@ -22,17 +23,19 @@ DECISIONS = ROOT / "docs" / "decisions.md"
 #: lower case here so that this file does not cite them itself.
 _OUTSIDE_DOCUMENTS = ("spec", "compat", "style")
 OUTSIDE_CITATION = re.compile(
-    r"\b(?:" + "|".join(name.upper() for name in _OUTSIDE_DOCUMENTS[:2]) + r")\b"
-    + r"|\b" + _OUTSIDE_DOCUMENTS[2].upper() + r"\.md\b"
+    r"\b(?:"
+    + "|".join(name.upper() for name in _OUTSIDE_DOCUMENTS[:2])
+    + r")\b"
+    + r"|\b"
+    + _OUTSIDE_DOCUMENTS[2].upper()
+    + r"\.md\b"
     + r"|\.\./shared\b|/work/(?:shared)\b"
 )
 
 #: "docs/decisions.md, D6", "docs/decisions.md, G3 and G4", "docs/decisions.md, D1–D12";
 #: a citation may wrap onto a comment's next line.
 _LABEL = r"[DG]\d+"
-CITATION = re.compile(
-    r"docs/decisions\.md,[\s#]*(" + _LABEL + r"(?:\s*(?:,|and|or|/|–|-)\s*" + _LABEL + r")*)"
-)
+CITATION = re.compile(r"docs/decisions\.md,[\s#]*(" + _LABEL + r"(?:\s*(?:,|and|or|/|–|-)\s*" + _LABEL + r")*)")
 HEADING = re.compile(r"^## ([DG])(\d+) — \S.*$", re.MULTILINE)
 #: ``tests/test_x.py::test_name``, ``tests/test_x.py::TestClass::test_name``, with an
 #: optional parametrised id (``[gradcam-with]``) that is stripped before the look-up.
@@ -60,8 +63,7 @@ def tracked_text_files() -> Iterator[Tuple[str, str]]:
 
 def outside_citations(text: str) -> List[Tuple[int, str]]:
     """(line number, line) of every line that cites a document outside the repository."""
-    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1)
-            if OUTSIDE_CITATION.search(line)]
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if OUTSIDE_CITATION.search(line)]
 
 
 def cited_labels(text: str) -> List[str]:
@@ -73,7 +75,7 @@ def sections(text: str) -> Dict[str, str]:
     """docs/decisions.md's sections: label ("D6") -> the text up to the next heading."""
     matches = list(HEADING.finditer(text))
     ends = [match.start() for match in matches[1:]] + [len(text)]
-    return {match.group(1) + match.group(2): text[match.end():end] for match, end in zip(matches, ends)}
+    return {match.group(1) + match.group(2): text[match.end() : end] for match, end in zip(matches, ends)}
 
 
 def defined_tests(path: Path) -> Set[str]:
@@ -84,8 +86,11 @@ def defined_tests(path: Path) -> Set[str]:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             names.add(node.name)
         elif isinstance(node, ast.ClassDef):
-            names.update(f"{node.name}::{item.name}" for item in node.body
-                         if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)))
+            names.update(
+                f"{node.name}::{item.name}"
+                for item in node.body
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+            )
     return names
 
 
@@ -93,26 +98,41 @@ def test_the_patterns_match_what_they_should() -> None:
     """The scanners below can fail: each pattern finds a citation and passes over the
     words that only look like one."""
     outside = [name.upper() for name in _OUTSIDE_DOCUMENTS]
-    for cited in (f"{outside[0]}.md step 4", f"{outside[1]} §13", f"see {outside[1]} decision 1",
-                  f"{outside[2]}.md", "../" + "shared/notes.md", "/work/" + "shared/x.md"):
+    for cited in (
+        f"{outside[0]}.md step 4",
+        f"{outside[1]} §13",
+        f"see {outside[1]} decision 1",
+        f"{outside[2]}.md",
+        "../" + "shared/notes.md",
+        "/work/" + "shared/x.md",
+    ):
         assert outside_citations(f"x = 1\n# {cited}\n") == [(2, f"# {cited}")], cited
-    for innocent in (f"{outside[1]}_NAMES = []", f"{outside[0]}_METHODS", "spec = FAMILIES[f]",
-                     "--image-dir /shared/photos", "<style>",
-                     f'"{outside[2]}": _STYLE', f"<style>@{outside[2]}@</style>"):
+    for innocent in (
+        f"{outside[1]}_NAMES = []",
+        f"{outside[0]}_METHODS",
+        "spec = FAMILIES[f]",
+        "--image-dir /shared/photos",
+        "<style>",
+        f'"{outside[2]}": _STYLE',
+        f"<style>@{outside[2]}@</style>",
+    ):
         assert outside_citations(innocent) == [], innocent
     assert cited_labels("docs/decisions.md, D6 and G3; docs/decisions.md,\n    # D1–D12") == ["D6", "G3", "D1", "D12"]
     assert cited_labels("see docs/decisions.md for the guarantees") == []
     assert sections("## D1 — a\ntext\n## G2 — b\nmore\n") == {"D1": "\ntext\n", "G2": "\nmore\n"}
     reference = "`tests/test_api.py::test_clear_errors[gradcam-3]` and tests/a.py::Class::test_b"
     assert [m.group(1, 2) for m in TEST_REFERENCE.finditer(reference)] == [
-        ("tests/test_api.py", "test_clear_errors"), ("tests/a.py", "Class::test_b")]
+        ("tests/test_api.py", "test_clear_errors"),
+        ("tests/a.py", "Class::test_b"),
+    ]
 
 
 def test_no_tracked_file_cites_a_document_outside_the_repository() -> None:
     """The design documents of the first build live outside the repository; the
     repository states their content in its own words (docs/decisions.md, the README)."""
-    found = [f"{name}:{number}: {line}" for name, text in tracked_text_files()
-             for number, line in outside_citations(text)]
+    found = [
+        f"{name}:{number}: {line}" for name, text in tracked_text_files() for number, line in outside_citations(text)
+    ]
     assert not found, "cite docs/decisions.md instead:\n" + "\n".join(found)
 
 

@@ -6,6 +6,7 @@ The maps computed through ``vit_reshape_transform_for(model)`` must equal the re
 CAM of the patch tokens folded independently here (drop the known prefix, row-major grid).
 Models have random weights (nothing can be downloaded).
 """
+
 from __future__ import annotations
 
 import functools
@@ -102,12 +103,20 @@ def test_deit_distilled_with_one_prefix_token_is_an_error_that_says_the_fix(deit
     shifted by one token."""
     images = torch.zeros(1, 3, 224, 224)
     layer = deit_distilled.blocks[-1].norm1
-    with pytest.raises(ValueError, match=r"197 tokens do not form a square grid.*num_prefix_tokens=.*"
-                                         r"vit_reshape_transform_for\(model\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"197 tokens do not form a square grid.*num_prefix_tokens=.*"
+        r"vit_reshape_transform_for\(model\)",
+    ):
         GradCAM(deit_distilled, [layer], reshape_transform=vit_reshape_transform)(images)
-    with pytest.raises(ValueError, match=r"a 14x14 grid holds 196 tokens, but the layer has 197.*"
-                                         r"num_prefix_tokens=2 if the model has 1 more non-patch token"):
-        GradCAM(deit_distilled, [layer], reshape_transform=functools.partial(vit_reshape_transform, height=14, width=14))(images)
+    with pytest.raises(
+        ValueError,
+        match=r"a 14x14 grid holds 196 tokens, but the layer has 197.*"
+        r"num_prefix_tokens=2 if the model has 1 more non-patch token",
+    ):
+        GradCAM(
+            deit_distilled, [layer], reshape_transform=functools.partial(vit_reshape_transform, height=14, width=14)
+        )(images)
 
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam"])
@@ -124,10 +133,16 @@ def test_register_model_maps_match_the_reference(method, register_vit):
 
 
 def test_register_model_with_one_prefix_token_is_an_error(register_vit):
-    with pytest.raises(ValueError, match=r"a 3x4 grid holds 12 tokens, but the layer has 16 \(counted after "
-                                         r"dropping num_prefix_tokens=1 .*num_prefix_tokens=5"):
-        GradCAM(register_vit, [register_vit.blocks[-1].norm1],
-                reshape_transform=functools.partial(vit_reshape_transform, height=3, width=4))(torch.zeros(1, 3, 42, 56))
+    with pytest.raises(
+        ValueError,
+        match=r"a 3x4 grid holds 12 tokens, but the layer has 16 \(counted after "
+        r"dropping num_prefix_tokens=1 .*num_prefix_tokens=5",
+    ):
+        GradCAM(
+            register_vit,
+            [register_vit.blocks[-1].norm1],
+            reshape_transform=functools.partial(vit_reshape_transform, height=3, width=4),
+        )(torch.zeros(1, 3, 42, 56))
 
 
 def test_prefix_that_leaves_no_patches():
@@ -138,9 +153,11 @@ def test_prefix_that_leaves_no_patches():
 # ---------------------------------------------------------------- Swin and channels-first maps
 @pytest.mark.parametrize("shape", [(1, 768, 7, 7), (2, 96, 56, 56), (1, 3, 5, 5)])
 def test_swin_rejects_channels_first(shape):
-    with pytest.raises(ValueError, match=r"got shape \(%s\), which looks like \(B, C, h, w\); it expects "
-                                         r"\(B, h, w, C\) or \(B, h\*w, C\).*needs no reshape_transform"
-                       % r", ".join(map(str, shape))):
+    with pytest.raises(
+        ValueError,
+        match=r"got shape \(%s\), which looks like \(B, C, h, w\); it expects "
+        r"\(B, h, w, C\) or \(B, h\*w, C\).*needs no reshape_transform" % r", ".join(map(str, shape)),
+    ):
         swin_reshape_transform(torch.zeros(shape))
 
 

@@ -6,6 +6,7 @@ independently in the test. Models: timm's DeiT-Tiny and Swin-Tiny at 224x224 wit
 random weights (nothing can be downloaded), and a two-block ViT small enough for
 ScoreCAM and AblationCAM, which score one perturbed copy per channel.
 """
+
 from __future__ import annotations
 
 import functools
@@ -101,7 +102,9 @@ def fold_vit(tokens: torch.Tensor) -> torch.Tensor:
     """The test's own fold: drop token 0, row-major 14x14 grid, channels first."""
     batch, count, channels = tokens.shape
     side = int(round((count - 1) ** 0.5))
-    return torch.stack([tokens[:, 1 + i * side : 1 + (i + 1) * side, :] for i in range(side)], dim=1).permute(0, 3, 1, 2)
+    return torch.stack([tokens[:, 1 + i * side : 1 + (i + 1) * side, :] for i in range(side)], dim=1).permute(
+        0, 3, 1, 2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -217,8 +220,14 @@ def test_small_vit_maps_match_the_reference(method, small_vit):
     classes = [1, 4]
     # norm1's output goes into the attention's Linear layers: AblationCAM ablates to 0 there.
     reference = reference_cam(
-        method, small_vit, [layer], images, classes, transform=fold_vit,
-        ablate=lambda raw_output, value: ablate_vit_channels(raw_output, 0.0), switched_off=False,
+        method,
+        small_vit,
+        [layer],
+        images,
+        classes,
+        transform=fold_vit,
+        ablate=lambda raw_output, value: ablate_vit_channels(raw_output, 0.0),
+        switched_off=False,
     )
     assert reference.max() > 0.99 and reference.std() > 0.05
     extra = {"progress": False} if method in ("scorecam", "ablationcam") else {}

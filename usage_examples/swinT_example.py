@@ -13,6 +13,7 @@ giving (B, 768, 7, 7). (It also takes flat (B, h*w, C) tokens and infers the gri
 Which layer: the input norm of the last block, layers[-1].blocks[-1].norm1, as in the
 original README; layers[-1].blocks[-1] (the block's output) works as well.
 """
+
 import sys
 
 from pytorch_grad_cam.cli import main
@@ -33,4 +34,10 @@ SWIN_TINY = ModelEntry(
 )
 
 if __name__ == "__main__":
-    sys.exit(main(models={"swin_tiny_patch4_window7_224": SWIN_TINY}, default_model="swin_tiny_patch4_window7_224", description=__doc__))
+    sys.exit(
+        main(
+            models={"swin_tiny_patch4_window7_224": SWIN_TINY},
+            default_model="swin_tiny_patch4_window7_224",
+            description=__doc__,
+        )
+    )

@@ -14,6 +14,7 @@ patch tokens that the last block *outputs* never reach it and their gradient is 
 Inside the last block, the attention still mixes every patch token into the class
 token, so its input norm (blocks[-1].norm1) is the last place where patches matter.
 """
+
 import sys
 
 from pytorch_grad_cam.cli import main
@@ -34,4 +35,6 @@ DEIT_TINY = ModelEntry(
 )
 
 if __name__ == "__main__":
-    sys.exit(main(models={"deit_tiny_patch16_224": DEIT_TINY}, default_model="deit_tiny_patch16_224", description=__doc__))
+    sys.exit(
+        main(models={"deit_tiny_patch16_224": DEIT_TINY}, default_model="deit_tiny_patch16_224", description=__doc__)
+    )

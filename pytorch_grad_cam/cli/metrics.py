@@ -8,6 +8,7 @@ imputes: each metric runs right after ``torch.manual_seed(SEED)`` (inside
 ``torch.random.fork_rng``, so the caller's random state is left as it was), which makes
 the same command print the same numbers.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,29 +62,34 @@ def _per_call_batch(metric_class: type) -> Callable[[int], MetricCall]:
 #: The names ``--metrics`` takes, in the order they are printed.
 METRICS: Dict[str, Metric] = {
     "road": Metric(
-        _per_call_batch(ROADCombined), True,
+        _per_call_batch(ROADCombined),
+        True,
         "ROADCombined: (score with the least relevant pixels imputed - with the most relevant "
         "imputed) / 2, averaged over 10-90 % of the pixels",
     ),
     "deletion": Metric(
-        lambda batch_size: DeletionMetric(batch_size=batch_size), False,
+        lambda batch_size: DeletionMetric(batch_size=batch_size),
+        False,
         "DeletionMetric: area under the score as the most relevant pixels are removed first",
     ),
     "insertion": Metric(
-        lambda batch_size: InsertionMetric(batch_size=batch_size), True,
-        "InsertionMetric: area under the score as the most relevant pixels are put back "
-        "into a blurred copy first",
+        lambda batch_size: InsertionMetric(batch_size=batch_size),
+        True,
+        "InsertionMetric: area under the score as the most relevant pixels are put back into a blurred copy first",
     ),
     "drop-in-confidence": Metric(
-        _per_call_batch(DropInConfidence), False,
+        _per_call_batch(DropInConfidence),
+        False,
         "DropInConfidence: how much the score falls when the photo is multiplied by the map",
     ),
     "increase-in-confidence": Metric(
-        _per_call_batch(IncreaseInConfidence), True,
+        _per_call_batch(IncreaseInConfidence),
+        True,
         "IncreaseInConfidence: 1 if the score rises when the photo is multiplied by the map, else 0",
     ),
     "confidence-change": Metric(
-        _per_call_batch(CamMultImageConfidenceChange), True,
+        _per_call_batch(CamMultImageConfidenceChange),
+        True,
         "CamMultImageConfidenceChange: score of the photo times the map minus score of the photo",
     ),
 }
@@ -130,8 +136,9 @@ def compute_metrics(
     targets = [ClassifierOutputSoftmaxTarget(category)]
     cams = grayscale[None]
     device = input_tensor.device
-    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
+    cuda_devices = (
+        [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    )
     values = {}
     for name in names:
         metric = METRICS[name].build(batch_size)

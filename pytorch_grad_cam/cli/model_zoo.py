@@ -6,6 +6,7 @@ Nothing is downloaded here unless it has to be: EfficientNet-Lite0's ImageNet we
 come with a pip package; torchvision's are taken from the torch hub cache and only
 downloaded when missing (which fails offline, with :class:`WeightsUnavailable`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -199,7 +200,11 @@ def load_model(entry: ModelEntry, name: str, weights: Optional[Path] = None, pro
         if missing or unexpected or reshaped:
             problems = [
                 f"{len(keys)} {what} (e.g. {keys[0]!r})"
-                for keys, what in ((missing, "missing keys"), (unexpected, "unexpected keys"), (reshaped, "keys of another shape"))
+                for keys, what in (
+                    (missing, "missing keys"),
+                    (unexpected, "unexpected keys"),
+                    (reshaped, "keys of another shape"),
+                )
                 if keys
             ]
             raise WeightsMismatch(f"{weights} does not fit {name}: {', '.join(problems)}")

@@ -6,6 +6,7 @@ The factorization is a non-negative matrix factorization written in torch (coord
 descent on the Frobenius loss, as scikit-learn's default solver), run on the
 activations' device; no scikit-learn at run time (docs/decisions.md, D10).
 """
+
 from __future__ import annotations
 
 import math
@@ -66,9 +67,7 @@ def non_negative_matrix_factorization(
     initial_violation = None
     for _ in range(max_iter):
         violation = _coordinate_descent_sweep(weights, matrix @ factors_t, factors @ factors_t)
-        violation = violation + _coordinate_descent_sweep(
-            factors_t, matrix.t() @ weights, weights.t() @ weights
-        )
+        violation = violation + _coordinate_descent_sweep(factors_t, matrix.t() @ weights, weights.t() @ weights)
         violation = float(violation)
         if initial_violation is None:
             initial_violation = violation
@@ -77,9 +76,7 @@ def non_negative_matrix_factorization(
     return weights, factors
 
 
-def _coordinate_descent_sweep(
-    factor: torch.Tensor, target_products: torch.Tensor, gram: torch.Tensor
-) -> torch.Tensor:
+def _coordinate_descent_sweep(factor: torch.Tensor, target_products: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     """One sweep over the columns of ``factor`` (F, shape (m, n), updated in place) for
     min ‖X − F·Gᵀ‖² with F ≥ 0, given X·G (m, n) and Gᵀ·G (n, n). Returns the sum of
     |projected gradient| at the start of the sweep (the convergence measure)."""
@@ -122,9 +119,7 @@ def dff(activations: ArrayLike, n_components: int = 5) -> Tuple[ArrayLike, Array
     elif torch.is_tensor(activations):
         tensor = activations.detach()
     else:
-        raise TypeError(
-            f"activations must be a torch tensor or a numpy array, not {type(activations).__name__}"
-        )
+        raise TypeError(f"activations must be a torch tensor or a numpy array, not {type(activations).__name__}")
     if tensor.ndim != 4:
         raise ValueError(
             f"activations must be (B, C, h, w), got shape {tuple(tensor.shape)}; for "
@@ -174,9 +169,7 @@ class DeepFeatureFactorization:
             raise ValueError("pass target_layer=..., one module of the model (e.g. model.layer4)")
         layers = resolve_target_layers(model, target_layer)
         if len(layers) != 1:
-            raise ValueError(
-                f"DeepFeatureFactorization factors one layer; got {len(layers)}. Pass a single module"
-            )
+            raise ValueError(f"DeepFeatureFactorization factors one layer; got {len(layers)}. Pass a single module")
         if reshape_transform is not None and not callable(reshape_transform):
             raise TypeError("reshape_transform must be a function of a tensor, or None")
         self.model = unwrap_parallel(model)
@@ -296,9 +289,7 @@ def run_dff_on_image(
         uint8 RGB (H, 3W, 3): the image, the concepts over it, and the legend.
     """
     batch = img_tensor if img_tensor.ndim == 4 else img_tensor[None]
-    factorization = DeepFeatureFactorization(
-        model, target_layer, reshape_transform, computation_on_concepts=classifier
-    )
+    factorization = DeepFeatureFactorization(model, target_layer, reshape_transform, computation_on_concepts=classifier)
     _, explanations, concept_outputs = factorization(batch, n_components)
     scores = torch.softmax(torch.from_numpy(concept_outputs), dim=-1).numpy()
     labels: Union[Mapping, Sequence] = getattr(getattr(model, "config", None), "id2label", None) or [
@@ -314,7 +305,5 @@ def run_dff_on_image(
     else:
         rgb = np.float32(image)
         original = np.uint8(np.clip(255 * rgb, 0, 255))
-    visualization = show_factorization_on_image(
-        rgb, explanations[0], image_weight=0.3, concept_labels=concept_labels
-    )
+    visualization = show_factorization_on_image(rgb, explanations[0], image_weight=0.3, concept_labels=concept_labels)
     return np.hstack((original, visualization))

@@ -1,5 +1,6 @@
 """ARCC: one score per explanation from Average drop-in-ROAD, Coherency and Complexity,
 their harmonic mean (each in [0, 1], higher is better)."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence, Union

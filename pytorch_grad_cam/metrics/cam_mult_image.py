@@ -1,5 +1,6 @@
 """Confidence change when the input is multiplied by the CAM (everything the map calls
 irrelevant fades to 0): the "Average Drop" and "Increase in Confidence" metrics."""
+
 from __future__ import annotations
 
 from typing import Tuple, Union

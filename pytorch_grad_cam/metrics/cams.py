@@ -1,5 +1,6 @@
 """Turn the many forms users pass CAMs in into one: a float32 torch tensor (B, H, W)
 on the input's device."""
+
 from __future__ import annotations
 
 from typing import Sequence, Union
@@ -39,16 +40,12 @@ def as_cam_batch(cams: CamsLike, input_tensor: torch.Tensor) -> torch.Tensor:
             batch = batch[None]
     else:
         raise TypeError(
-            f"cams must be a numpy array, a torch tensor or a list of (H, W) maps, "
-            f"not {type(cams).__name__}"
+            f"cams must be a numpy array, a torch tensor or a list of (H, W) maps, not {type(cams).__name__}"
         )
     if batch.ndim != 3:
         raise ValueError(f"cams must be (B, H, W), got shape {tuple(batch.shape)}")
     if batch.shape[0] != input_tensor.shape[0]:
-        raise ValueError(
-            f"{batch.shape[0]} cams for a batch of {input_tensor.shape[0]} images; "
-            "pass one map per image"
-        )
+        raise ValueError(f"{batch.shape[0]} cams for a batch of {input_tensor.shape[0]} images; pass one map per image")
     if tuple(batch.shape[1:]) != tuple(input_tensor.shape[-2:]):
         raise ValueError(
             f"cams are {tuple(batch.shape[1:])} but the input is "

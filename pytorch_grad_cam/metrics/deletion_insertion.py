@@ -7,6 +7,7 @@ and rise fast under insertion (a high area). Every step of every image goes thro
 the model in chunks of ``batch_size`` images, built on the input's device only when
 their chunk is scored.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,9 +73,11 @@ class _OneNumber:
             return torch.tensor(float(value))
         if torch.is_tensor(value) and value.numel() == 1:
             return value
-        shape = f"shape {tuple(value.shape)}" if torch.is_tensor(value) or isinstance(value, np.ndarray) else type(
-            value
-        ).__name__
+        shape = (
+            f"shape {tuple(value.shape)}"
+            if torch.is_tensor(value) or isinstance(value, np.ndarray)
+            else type(value).__name__
+        )
         raise ValueError(
             f"target {self.target!r} returned {shape} for one image; {self.metric} draws one score "
             "curve per image, so each target must return one number: choose one value (e.g. "
@@ -117,14 +120,10 @@ class _PixelOrderMetric:
                 raise ValueError(
                     f'baseline must be "blur", "constant" or a tensor of the input\'s shape, not {baseline!r}'
                 )
-            if baseline == "blur" and (
-                isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma > 0
-            ):
+            if baseline == "blur" and (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or not sigma > 0):
                 raise ValueError(f"sigma must be a positive number of pixels, got {sigma!r}")
         elif not torch.is_tensor(baseline):
-            raise TypeError(
-                f'baseline must be "blur", "constant" or a torch tensor, not {type(baseline).__name__}'
-            )
+            raise TypeError(f'baseline must be "blur", "constant" or a torch tensor, not {type(baseline).__name__}')
         self.steps = int(steps)
         self.baseline = baseline
         self.sigma = sigma

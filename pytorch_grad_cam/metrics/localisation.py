@@ -20,6 +20,7 @@ They come as a (B, 4) array/tensor of boxes, a (B, H, W) array/tensor of masks, 
 list of B items each of which is a box, a (K, 4) array of boxes or an (H, W) mask.
 An item whose shape is the maps' (H, W) is read as a mask.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple, Union
@@ -94,9 +95,7 @@ def relevance_rank_accuracy(cams: CamsLike, regions: RegionsLike) -> np.ndarray:
     return _numpy((hits_above + hits_tied) / areas)
 
 
-def region_masks(
-    regions: RegionsLike, shape: Tuple[int, ...], device: Optional[torch.device] = None
-) -> torch.Tensor:
+def region_masks(regions: RegionsLike, shape: Tuple[int, ...], device: Optional[torch.device] = None) -> torch.Tensor:
     """The regions as a bool tensor (B, H, W) on ``device``.
 
     Args:
@@ -121,9 +120,7 @@ def region_masks(
         elif tensor.ndim == 2 and tensor.shape[-1] == 4:
             items = list(tensor)
         else:
-            raise ValueError(
-                f"regions must be (B, 4) boxes or (B, H, W) masks, got shape {tuple(tensor.shape)}"
-            )
+            raise ValueError(f"regions must be (B, 4) boxes or (B, H, W) masks, got shape {tuple(tensor.shape)}")
     elif isinstance(regions, (list, tuple)):
         items = list(regions)
     else:
@@ -144,8 +141,7 @@ def region_masks(
             for x0, y0, x1, y1 in region.reshape(-1, 4).tolist():
                 if not (x0 <= x1 and y0 <= y1):
                     raise ValueError(
-                        f"box {(x0, y0, x1, y1)} of image {index} is not (x0, y0, x1, y1) "
-                        "with x0 <= x1 and y0 <= y1"
+                        f"box {(x0, y0, x1, y1)} of image {index} is not (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1"
                     )
                 masks[index] |= (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
         else:
@@ -171,8 +167,7 @@ def _maps(cams: CamsLike, device: Optional[torch.device] = None) -> torch.Tensor
         shape = tuple(cams.shape) if cams.ndim != 2 else (1, *cams.shape)
     else:
         raise TypeError(
-            f"cams must be a numpy array, a torch tensor or a list of (H, W) maps, "
-            f"not {type(cams).__name__}"
+            f"cams must be a numpy array, a torch tensor or a list of (H, W) maps, not {type(cams).__name__}"
         )
     if len(shape) != 3:
         raise ValueError(f"cams must be (B, H, W), got shape {tuple(shape)}")

@@ -6,6 +6,7 @@ input's device, and the model runs on the perturbed batch ``batch_size`` images 
 time, under ``no_grad``. A user-supplied per-image perturbation ``f(img (C, H, W),
 mask (H, W))`` (the reference's signature) still works: it is called image by image.
 """
+
 from __future__ import annotations
 
 from typing import Callable, List, Optional, Sequence, Tuple, Union
@@ -75,9 +76,7 @@ def model_scores(
     return torch.cat(chunks)
 
 
-def resolve_targets(
-    targets: Targets, model: nn.Module, input_tensor: torch.Tensor, batch_size: int
-) -> List[Target]:
+def resolve_targets(targets: Targets, model: nn.Module, input_tensor: torch.Tensor, batch_size: int) -> List[Target]:
     """``targets`` as a list of one target per image; None means each image's top class
     (``ClassifierOutputTarget(argmax)`` of the model's output on the unperturbed input).
 

@@ -5,6 +5,7 @@ No model is needed: each function takes the maps and the objects' regions (boxes
 segmentation masks, see :mod:`pytorch_grad_cam.metrics.localisation`) and returns
 one number per image (numpy float32 (B,)).
 """
+
 from __future__ import annotations
 
 import math

@@ -4,6 +4,7 @@ and see how the model's confidence changes.
 
 This module holds the metrics and keeps the reference's import path for the imputer.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence

@@ -17,6 +17,7 @@ float32's limit: on ROAD's masks the imputed values then lie as close to the exa
 adds to every imputed pixel. tests/test_metrics_compat.py checks the default against a
 direct solve to 1e-3.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -50,8 +51,7 @@ def _kernel(weighting: Optional[Sequence[Tuple[Offset, float]]]) -> torch.Tensor
     for (dy, dx), weight in neighbors_weights if weighting is None else weighting:
         if not (abs(dy) <= 1 and abs(dx) <= 1 and (dy, dx) != (0, 0)):
             raise ValueError(
-                f"weighting offsets must be one of the 8 neighbours (dy, dx) in {{-1, 0, 1}}², "
-                f"got {(dy, dx)}"
+                f"weighting offsets must be one of the 8 neighbours (dy, dx) in {{-1, 0, 1}}², got {(dy, dx)}"
             )
         if not weight > 0:
             raise ValueError(f"neighbour weights must be positive, got {weight} at {(dy, dx)}")
@@ -62,7 +62,6 @@ def _kernel(weighting: Optional[Sequence[Tuple[Offset, float]]]) -> torch.Tensor
             "so that the interpolation system is symmetric"
         )
     return kernel
-
 
 
 def solve_interpolation(
@@ -197,4 +196,3 @@ class NoisyLinearImputer:
         0 impute). Returns the imputed (C, H, W) tensor."""
         mask = torch.as_tensor(mask)
         return self.impute_batch(img[None], mask.to(img.device)[None])[0]
-

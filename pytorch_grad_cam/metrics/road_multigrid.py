@@ -12,6 +12,7 @@ by Cholesky, and one Jacobi sweep smooths before and after.
 Everything here is internal to the metrics package: the imputer and tests reach these
 names, users do not.
 """
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -31,10 +32,7 @@ class _Stencil:
         separable[1, 1] = 0
         self.separable = torch.allclose(kernel, separable, rtol=0, atol=1e-15)
         self.taps = [
-            (dy - 1, dx - 1, float(kernel[dy, dx]))
-            for dy in range(3)
-            for dx in range(3)
-            if kernel[dy, dx] != 0
+            (dy - 1, dx - 1, float(kernel[dy, dx])) for dy in range(3) for dx in range(3) if kernel[dy, dx] != 0
         ]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +176,7 @@ def _galerkin(level: _Level) -> torch.Tensor:
     columns = torch.arange(coarse[1], device=device) % 3
     colours = torch.arange(3, device=device)
     # The 9 combs as channels of one probe: comb (a, b) is 1 on the nodes of colour (a, b).
-    combs = ((rows == colours[:, None])[:, None, :, None] & (columns == colours[:, None])[None, :, None, :])
+    combs = (rows == colours[:, None])[:, None, :, None] & (columns == colours[:, None])[None, :, None, :]
     combs = combs.reshape(1, 9, *coarse).to(dtype)
     probes = _restrict(level.apply(_prolong(combs, level.size) * missing) * missing)
     coefficients = torch.zeros((missing.shape[0], 9, *coarse), device=device, dtype=dtype)

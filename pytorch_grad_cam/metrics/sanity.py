@@ -8,6 +8,7 @@ compares it with the original map by Spearman rank correlation and SSIM. A metho
 that passes shows curves falling towards 0; one that stays high (an edge detector)
 does not depend on what the model learned.
 """
+
 from __future__ import annotations
 
 import copy
@@ -75,9 +76,7 @@ def structural_similarity(
         ValueError: if the shapes differ, are not (B, H, W), or a side is below ``window``.
     """
     if first.shape != second.shape or first.ndim != 3:
-        raise ValueError(
-            f"the maps must both be (B, H, W); got {tuple(first.shape)} and {tuple(second.shape)}"
-        )
+        raise ValueError(f"the maps must both be (B, H, W); got {tuple(first.shape)} and {tuple(second.shape)}")
     if window % 2 != 1 or min(first.shape[1:]) < window:
         raise ValueError(
             f"SSIM needs maps of at least {window}x{window} pixels and an odd window; "
@@ -97,9 +96,7 @@ def structural_similarity(
     var_y = local_mean(y * y) - mean_y**2
     cov = local_mean(x * y) - mean_x * mean_y
     c1, c2 = 0.01**2, 0.03**2
-    ssim = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / (
-        (mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2)
-    )
+    ssim = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
     return ssim.mean(dim=(1, 2)).float()
 
 
@@ -217,9 +214,7 @@ def _layers_to_randomise(modules: Dict[str, nn.Module], layers: Optional[Sequenc
         layers = list(layers)
         unknown = [name for name in layers if name not in parameterised]
         if unknown:
-            raise ValueError(
-                f"layers {unknown} are not parameterised layers of the model; choose from {parameterised}"
-            )
+            raise ValueError(f"layers {unknown} are not parameterised layers of the model; choose from {parameterised}")
     if not layers:
         raise ValueError("the model has no layer with parameters to randomise")
     return layers

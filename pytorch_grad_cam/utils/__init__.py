@@ -1,4 +1,5 @@
 """Helpers around the CAM methods: images, targets, reshape transforms, projections."""
+
 from pytorch_grad_cam.utils.image import (
     deprocess_image,
     preprocess_image,

@@ -3,6 +3,7 @@
 The traversal is depth-first over each module's children in registration order
 (``_modules``); the model itself is never part of the result.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Iterable, List, Type, Union
@@ -44,9 +45,7 @@ def find_layer_types_recursive(model: nn.Module, layer_types: Iterable[type]) ->
     return find_layer_predicate_recursive(model, lambda layer: type(layer) in layer_types)
 
 
-def find_layer_predicate_recursive(
-    model: nn.Module, predicate: Callable[[nn.Module], bool]
-) -> List[nn.Module]:
+def find_layer_predicate_recursive(model: nn.Module, predicate: Callable[[nn.Module], bool]) -> List[nn.Module]:
     """Every module below ``model`` (not ``model`` itself) for which ``predicate`` is
     true, in pre-order: a parent before its descendants. A module registered under
     two parents is found twice."""

@@ -6,6 +6,7 @@ one of them together: at the end of a ``with`` block, on :meth:`Hooks.remove`, a
 also when a registration fails half way (a ScriptModule among the layers), so that no
 hook of ours is ever left on the model.
 """
+
 from __future__ import annotations
 
 import threading

@@ -1,5 +1,6 @@
 """Image helpers: overlaying a CAM on a photo, (de)normalising images, and the one
 scaling-and-resizing step that every CAM method ends with."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, List, Mapping, Optional, Sequence, Union
@@ -127,8 +128,7 @@ def show_cam_on_image(
         )
     if mask.ndim != 2:
         raise ValueError(
-            f"mask must be one 2D map, got shape {mask.shape}; pass grayscale_cam[0] "
-            "for the first image of a batch"
+            f"mask must be one 2D map, got shape {mask.shape}; pass grayscale_cam[0] for the first image of a batch"
         )
     if mask.shape != img.shape[:2]:
         raise ValueError(
@@ -187,8 +187,7 @@ def preprocess_image(
     std = torch.tensor([0.5] * channels if std is None else list(std), dtype=torch.float32)
     if mean.numel() != channels or std.numel() != channels:
         raise ValueError(
-            f"mean and std need {channels} entries (one per channel), got "
-            f"{mean.numel()} and {std.numel()}"
+            f"mean and std need {channels} entries (one per channel), got {mean.numel()} and {std.numel()}"
         )
     tensor = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)
     tensor = (tensor - mean[:, None, None]) / std[:, None, None]
@@ -229,9 +228,7 @@ def scale_accross_batch_and_channels(tensor: ArrayLike, target_size: Optional[Se
 
 
 # ------------------------------------------------------------- Deep Feature Factorization
-def create_labels_legend(
-    concept_scores: ArrayLike, labels: Union[Mapping, Sequence[str]], top_k: int = 2
-) -> List[str]:
+def create_labels_legend(concept_scores: ArrayLike, labels: Union[Mapping, Sequence[str]], top_k: int = 2) -> List[str]:
     """One legend entry per concept: its ``top_k`` classes by descending score.
 
     Args:

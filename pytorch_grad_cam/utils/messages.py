@@ -1,5 +1,6 @@
 """Warnings that point at the user's line: the library's own frames are skipped, so a
 warning raised deep in a method shows the line of code that called the CAM."""
+
 from __future__ import annotations
 
 import inspect

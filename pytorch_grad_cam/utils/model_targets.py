@@ -1,5 +1,6 @@
 """Targets: callables that map ONE image's model output to the scalar whose
 explanation is wanted. A list of them, one per image, is the ``targets`` argument."""
+
 from __future__ import annotations
 
 from typing import Sequence, Union
@@ -134,9 +135,7 @@ class SimilarityToConceptTarget:
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
         concept = self.concept_features.to(device=model_output.device, dtype=model_output.dtype)
-        return torch.nn.functional.cosine_similarity(
-            model_output.reshape(-1), concept.reshape(-1), dim=0
-        )
+        return torch.nn.functional.cosine_similarity(model_output.reshape(-1), concept.reshape(-1), dim=0)
 
 
 class FasterRCNNBoxScoreTarget:

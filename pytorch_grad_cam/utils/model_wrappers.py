@@ -15,6 +15,7 @@ the (B, classes) tensor, so wrap such a model once::
 The wrapper holds the model as its ``.model`` child, so target layers are the same
 module objects as before (``model.model.layer4`` or the original ``hf_model.layer4``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -64,9 +65,7 @@ class OutputSelector(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}")
         if not (callable(select) or isinstance(select, (str, int))):
-            raise TypeError(
-                f"select must be a key name, an index or a function, not {type(select).__name__}"
-            )
+            raise TypeError(f"select must be a key name, an index or a function, not {type(select).__name__}")
         self.model = model
         self.select = select
 

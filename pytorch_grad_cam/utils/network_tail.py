@@ -10,6 +10,7 @@ so the batch dimension is the number of copies. Where the model cannot be traced
 there is no tail, and the caller falls back to re-running the whole model with the
 layer's output replaced by a forward hook.
 """
+
 from __future__ import annotations
 
 import operator
@@ -19,15 +20,24 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from pytorch_grad_cam.utils.hooks import Hooks
-from pytorch_grad_cam.utils.structures import first_tensor
+# The whole-model fallback (whole_model.py) stays importable from here.
+from pytorch_grad_cam.utils.whole_model import batch_size_of, replaced_output_runner  # noqa: F401
 
 # --------------------------------------------------------------------------- shape values
 _METADATA_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda", "layout"}
 _METADATA_METHODS = {"size", "dim", "ndimension", "numel", "nelement", "get_device"}
 _SIZE_ARITHMETIC = {
-    operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv,
-    operator.truediv, operator.mod, operator.neg, operator.pow, max, min,
+    operator.getitem,
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.floordiv,
+    operator.truediv,
+    operator.mod,
+    operator.neg,
+    operator.pow,
+    max,
+    min,
 }
 
 
@@ -60,8 +70,19 @@ def _is_shape_value(node: fx.Node, shape_values: set) -> bool:
 
 # --------------------------------------------------------------------------- side effects
 _IN_PLACE_OPERATORS = {
-    "iadd", "isub", "imul", "itruediv", "ifloordiv", "imod", "ipow", "imatmul",
-    "iand", "ior", "ixor", "ilshift", "irshift",
+    "iadd",
+    "isub",
+    "imul",
+    "itruediv",
+    "ifloordiv",
+    "imod",
+    "ipow",
+    "imatmul",
+    "iand",
+    "ior",
+    "ixor",
+    "ilshift",
+    "irshift",
 }
 
 
@@ -88,36 +109,89 @@ def _graph_module(model: nn.Module, graph: fx.Graph, keep: Callable[[fx.Node], b
 # --------------------------------------------------------------------------- what follows the layer
 #: Activations with f(x) -> 0 as x -> -inf: a large negative input switches them off.
 _ZEROING_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.Softplus, nn.Sigmoid, nn.Hardsigmoid,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.Softplus,
+    nn.Sigmoid,
+    nn.Hardsigmoid,
 )
 _ZEROING_FUNCTIONS = {
-    torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, F.gelu, F.silu, F.hardswish, F.mish,
-    F.softplus, torch.sigmoid, F.sigmoid, F.hardsigmoid,
+    torch.relu,
+    torch.relu_,
+    F.relu,
+    F.relu_,
+    F.relu6,
+    F.gelu,
+    F.silu,
+    F.hardswish,
+    F.mish,
+    F.softplus,
+    torch.sigmoid,
+    F.sigmoid,
+    F.hardsigmoid,
 }
 _ZEROING_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_"}
 #: Element-wise, channel-preserving steps that carry a large negative value on to an
 #: activation unchanged in sign: adding another tensor, dropout/identity in eval,
 #: rearranging elements, per-channel pooling.
 _PASSING_MODULES = (
-    nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout3d, nn.Flatten,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.Flatten,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
 )
 _PASSING_FUNCTIONS = {
-    operator.add, operator.iadd, torch.add, F.dropout, torch.flatten, torch.reshape, torch.permute,
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    operator.add,
+    operator.iadd,
+    torch.add,
+    F.dropout,
+    torch.flatten,
+    torch.reshape,
+    torch.permute,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.max_pool3d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.avg_pool3d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_avg_pool3d,
 }
 _PASSING_METHODS = {
-    "add", "add_", "view", "reshape", "permute", "flatten", "contiguous", "clone", "transpose",
+    "add",
+    "add_",
+    "view",
+    "reshape",
+    "permute",
+    "flatten",
+    "contiguous",
+    "clone",
+    "transpose",
 }
 _SUBTRACTION_FUNCTIONS = {operator.sub, operator.isub, torch.sub}
 _SUBTRACTION_METHODS = {"sub", "sub_"}
 
 
 def _step_kind(user: fx.Node, source: fx.Node, modules: dict) -> Optional[str]:
-    """"zero" for an activation with f(-inf) = 0, "pass" for an element-wise step that
+    """ "zero" for an activation with f(-inf) = 0, "pass" for an element-wise step that
     carries a large negative ``source`` on unchanged in sign, None for anything else."""
     if user.op == "call_module":
         module = modules.get(user.target)
@@ -368,40 +442,3 @@ def _head_module(model: nn.Module, graph: fx.Graph, after_layer: set, skipped: L
 
 
 # --------------------------------------------------------------------------- the fallback
-def batch_size_of(layer_output: object) -> int:
-    """The number of copies in a layer output: a tensor's first dimension, or that of
-    the first tensor in a dict/list/tuple (a Faster R-CNN backbone's FPN levels)."""
-    return first_tensor(layer_output).shape[0]
-
-
-def replaced_output_runner(
-    model: nn.Module, layer: nn.Module, image: torch.Tensor
-) -> Callable[[torch.Tensor], object]:
-    """A function that runs the whole ``model`` on copies of ``image`` (1, C, ...) with
-    ``layer``'s output replaced by the given batch (the slow fallback for a tail); the
-    batch may be a dict or tuple of tensors where the layer returns one.
-
-    A layer called several times per forward pass (a shared activation) has only its
-    last call replaced, the call whose output the CAM recorded; one forward pass of
-    ``image`` counts the calls. Only calls from this thread are counted or replaced.
-    """
-
-    def counting_hook(counter: List[int], replacement: Optional[torch.Tensor], last: int) -> Callable:
-        def hook(module: nn.Module, inputs: tuple, output: object) -> Optional[torch.Tensor]:
-            counter[0] += 1
-            return replacement if counter[0] == last else None
-
-        return hook
-
-    calls = [0]
-    with Hooks() as hooks, torch.no_grad():  # this thread's calls only
-        hooks.forward(layer, counting_hook(calls, None, -1))
-        model(image)
-    last = calls[0]
-
-    def run(layer_output: object) -> object:
-        with Hooks() as hooks:
-            hooks.forward(layer, counting_hook([0], layer_output, last))
-            return model(image.expand(batch_size_of(layer_output), *image.shape[1:]))
-
-    return run

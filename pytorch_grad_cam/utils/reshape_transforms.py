@@ -7,6 +7,7 @@ tokens), followed by the h·w patch tokens in row-major order.
 :func:`vit_reshape_transform_for` reads both numbers from a timm model, so nothing has
 to be counted by hand.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,8 +29,10 @@ def _grid(
 ) -> Tuple[int, int]:
     """The (h, w) grid of ``tokens`` patch tokens. ``num_prefix_tokens`` (the ViT
     transform's; None for Swin, which has none) only words the errors."""
-    dropped = "" if num_prefix_tokens is None else (
-        f" (counted after dropping num_prefix_tokens={num_prefix_tokens} leading tokens)"
+    dropped = (
+        ""
+        if num_prefix_tokens is None
+        else (f" (counted after dropping num_prefix_tokens={num_prefix_tokens} leading tokens)")
     )
     hint = "" if num_prefix_tokens is None else f"; {_PREFIX_HINT}"
     if height is None and width is None:
@@ -91,9 +94,7 @@ def vit_reshape_transform(
             fill the grid (the message says what to pass).
     """
     if tensor.ndim != 3:
-        raise ValueError(
-            f"vit_reshape_transform expects (B, tokens, C), got shape {tuple(tensor.shape)}"
-        )
+        raise ValueError(f"vit_reshape_transform expects (B, tokens, C), got shape {tuple(tensor.shape)}")
     if not 0 <= num_prefix_tokens < tensor.shape[1]:
         raise ValueError(
             f"num_prefix_tokens={num_prefix_tokens} leaves no patch tokens of the layer's "
@@ -172,8 +173,7 @@ def swin_reshape_transform(
         return tensor.permute(0, 3, 1, 2)
     if tensor.ndim != 3:
         raise ValueError(
-            "swin_reshape_transform expects (B, h, w, C) or (B, tokens, C), "
-            f"got shape {tuple(tensor.shape)}"
+            f"swin_reshape_transform expects (B, h, w, C) or (B, tokens, C), got shape {tuple(tensor.shape)}"
         )
     grid_h, grid_w = _grid(tensor.shape[1], height, width)
     return tensor.reshape(tensor.shape[0], grid_h, grid_w, tensor.shape[2]).permute(0, 3, 1, 2)
@@ -185,10 +185,7 @@ def fasterrcnn_reshape_transform(x: "dict") -> torch.Tensor:
     resized bilinearly to the 'pool' level's size, concatenated on channels in dict order.
     Applied to a dict of gradients with the same keys it reshapes them the same way."""
     target_size = x["pool"].shape[-2:]
-    levels = [
-        torch.nn.functional.interpolate(value.abs(), size=target_size, mode="bilinear")
-        for value in x.values()
-    ]
+    levels = [torch.nn.functional.interpolate(value.abs(), size=target_size, mode="bilinear") for value in x.values()]
     return torch.cat(levels, dim=1)
 
 

@@ -3,6 +3,7 @@ list, tuple or namedtuple of them (a Faster R-CNN FPN's dict of feature maps, a
 Hugging Face ``ModelOutput``). Every part of the library walks them with these helpers,
 so a namedtuple or a dict subclass is rebuilt the same way everywhere.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -5,6 +5,7 @@ Each function accepts a torch tensor or a numpy array of shape (B, K, *spatial),
 never changes it, sets NaN/Inf to 0, and returns (B, *spatial) of the kind it got:
 a float32 tensor on the input's device, or a float32 numpy array.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -108,10 +109,7 @@ def get_2d_projection_kernel(
         distances = (squared.unsqueeze(2) + squared.unsqueeze(1) - 2 * gram).clamp(min=0)
         gram = torch.exp(-gamma * distances)
     centred = (
-        gram
-        - gram.mean(dim=1, keepdim=True)
-        - gram.mean(dim=2, keepdim=True)
-        + gram.mean(dim=(1, 2), keepdim=True)
+        gram - gram.mean(dim=1, keepdim=True) - gram.mean(dim=2, keepdim=True) + gram.mean(dim=(1, 2), keepdim=True)
     )
     eigenvalues, eigenvectors = torch.linalg.eigh(centred)  # ascending
     # An eigenvalue within the rounding error of the centring (a constant map, whose
@@ -138,13 +136,10 @@ def _centred_positions_by_channels(
     elif torch.is_tensor(activation_batch):
         activations = activation_batch
     else:
-        raise TypeError(
-            f"activations must be a torch tensor or a numpy array, not {type(activation_batch).__name__}"
-        )
+        raise TypeError(f"activations must be a torch tensor or a numpy array, not {type(activation_batch).__name__}")
     if activations.ndim < 3:
         raise ValueError(
-            f"activations of shape {tuple(activations.shape)} have no spatial dimensions; "
-            "pass a (B, K, h, w) batch"
+            f"activations of shape {tuple(activations.shape)} have no spatial dimensions; pass a (B, K, h, w) batch"
         )
     batch, channels, *spatial = activations.shape
     matrix = torch.nan_to_num(activations.to(dtype), nan=0.0, posinf=0.0, neginf=0.0)

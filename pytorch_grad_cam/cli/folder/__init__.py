@@ -47,6 +47,7 @@ The modules, by concern (each imports only those above it in this list, and
 This package re-exports the names that the tests, benchmarks/bench.py and users import
 from ``pytorch_grad_cam.cli.folder``.
 """
+
 from pytorch_grad_cam.cli.folder.dataset import Batch, ImageFolderDataset, collate_images
 from pytorch_grad_cam.cli.folder.distributed import Ranks, set_threads, start_process_group
 from pytorch_grad_cam.cli.folder.files import (
@@ -76,9 +77,33 @@ from pytorch_grad_cam.cli.folder.shard import WRITER_THREADS, ShardRun
 from pytorch_grad_cam.cli.jobs import jpeg_is_complete
 
 __all__ = [
-    "COLUMNS", "IMAGE_SUFFIXES", "RECORDS_DIR", "RECORD_VERSION", "RESULTS_NAME", "THUMBNAIL_SIDE", "WRITER_THREADS",
-    "Batch", "ImageFolderDataset", "ImageItem", "Ranks", "Records", "ShardRun",
-    "atomic_write", "collate_images", "csv_text", "empty_row", "encode_jpeg", "encode_map", "find_images",
-    "jpeg_is_complete", "parse_methods", "record_settings", "remove_partial_files", "run_folder", "set_threads",
-    "start_process_group", "thumbnail", "write_sheet",
+    "COLUMNS",
+    "IMAGE_SUFFIXES",
+    "RECORDS_DIR",
+    "RECORD_VERSION",
+    "RESULTS_NAME",
+    "THUMBNAIL_SIDE",
+    "WRITER_THREADS",
+    "Batch",
+    "ImageFolderDataset",
+    "ImageItem",
+    "Ranks",
+    "Records",
+    "ShardRun",
+    "atomic_write",
+    "collate_images",
+    "csv_text",
+    "empty_row",
+    "encode_jpeg",
+    "encode_map",
+    "find_images",
+    "jpeg_is_complete",
+    "parse_methods",
+    "record_settings",
+    "remove_partial_files",
+    "run_folder",
+    "set_threads",
+    "start_process_group",
+    "thumbnail",
+    "write_sheet",
 ]

@@ -6,6 +6,7 @@ Images are read by :func:`pytorch_grad_cam.cli.jobs.read_image`, the one reader 
 command line, and made into the model's input by :func:`~pytorch_grad_cam.cli.jobs.model_input`,
 exactly as ``cam.py --image-path`` makes them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

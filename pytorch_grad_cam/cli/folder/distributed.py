@@ -3,6 +3,7 @@ on the CPU, nccl on one GPU per local rank), each rank's share of the CPU thread
 gathering every rank's summary on rank 0. Each rank explains the shard
 ``files[rank::world_size]`` of the sorted file list.
 """
+
 from __future__ import annotations
 
 import os

@@ -2,6 +2,7 @@
 go, atomic writes (a temporary file renamed into place), the cleanup of the temporary
 files a killed run left, and the encoded pictures and maps.
 """
+
 from __future__ import annotations
 
 import io
@@ -56,7 +57,8 @@ def _image_paths(image_dir: Path, exclude: Optional[Path]) -> List[str]:
     relatives: List[str] = []
     for folder, subfolders, files in os.walk(image_dir):
         subfolders[:] = sorted(
-            name for name in subfolders
+            name
+            for name in subfolders
             if not name.startswith(".") and (excluded is None or (Path(folder) / name).resolve() != excluded)
         )
         for name in files:

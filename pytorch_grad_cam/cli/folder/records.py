@@ -3,6 +3,7 @@
 lets a run started again skip it; and ``results.csv`` and the contact sheet
 (``index.html``), rebuilt from the records at the end of every run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,17 @@ from pytorch_grad_cam.cli.jobs import note, one_line
 RESULTS_NAME = "results.csv"
 #: The columns of results.csv, before one column per ``--metrics`` name.
 COLUMNS = (
-    "path", "method", "status", "predicted_class", "predicted_label", "predicted_score",
-    "explained_class", "explained_label", "thumbnail", "overlay", "map",
+    "path",
+    "method",
+    "status",
+    "predicted_class",
+    "predicted_label",
+    "predicted_score",
+    "explained_class",
+    "explained_label",
+    "thumbnail",
+    "overlay",
+    "map",
 )
 RECORD_VERSION = 1
 
@@ -40,8 +50,12 @@ def record_settings(args: argparse.Namespace, layer_path: str, category: Optiona
         stat = Path(args.weights).stat()
         weights = [str(Path(args.weights).resolve()), stat.st_size, stat.st_mtime_ns]
     return {
-        "model": args.model, "weights": weights, "target_layer": layer_path, "category": category,
-        "aug_smooth": bool(args.aug_smooth), "eigen_smooth": bool(args.eigen_smooth),
+        "model": args.model,
+        "weights": weights,
+        "target_layer": layer_path,
+        "category": category,
+        "aug_smooth": bool(args.aug_smooth),
+        "eigen_smooth": bool(args.eigen_smooth),
         "metrics": list(args.metrics or []),
     }
 
@@ -74,7 +88,8 @@ class Records:
         try:
             record = json.loads((self.output_dir / item.record(method)).read_text(encoding="utf-8"))
             current = (
-                record.get("version") == RECORD_VERSION and record.get("settings") == self.settings_of(method)
+                record.get("version") == RECORD_VERSION
+                and record.get("settings") == self.settings_of(method)
                 and record.get("source") == self.source_of(item)
             )
             row = record.get("row")
@@ -108,8 +123,13 @@ class Records:
         Raises:
             OSError: if it cannot be written.
         """
-        record = {"version": RECORD_VERSION, "settings": self.settings_of(method), "source": self.source_of(item),
-                  "rank": rank, "row": row}
+        record = {
+            "version": RECORD_VERSION,
+            "settings": self.settings_of(method),
+            "source": self.source_of(item),
+            "rank": rank,
+            "row": row,
+        }
         atomic_write(self.output_dir / item.record(method), json.dumps(record, indent=1).encode("utf-8"))
 
 

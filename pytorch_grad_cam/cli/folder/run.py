@@ -2,6 +2,7 @@
 and one CAM object per method, explain this rank's shard (:class:`ShardRun`), then on
 rank 0 gather every rank's rows into ``results.csv`` and the contact sheet.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -128,7 +129,9 @@ def model_and_layer(job: FolderJob) -> Tuple[nn.Module, nn.Module, str]:
     return model, layer, layer_path
 
 
-def explain_shard(job: FolderJob, stack: ExitStack, model: nn.Module, layer: nn.Module, layer_path: str) -> ShardSummary:
+def explain_shard(
+    job: FolderJob, stack: ExitStack, model: nn.Module, layer: nn.Module, layer_path: str
+) -> ShardSummary:
     """Explain this rank's shard of the images (skipping what is done); the shard's rows.
     The CAM objects' hooks are removed when ``stack`` closes.
 
@@ -136,16 +139,29 @@ def explain_shard(job: FolderJob, stack: ExitStack, model: nn.Module, layer: nn.
         CLIError: on a user error; and the first error of a run where nothing succeeded.
     """
     args, ranks, methods = job.args, job.ranks, job.methods
-    shard = job.items[ranks.rank::ranks.world_size]
+    shard = job.items[ranks.rank :: ranks.world_size]
     records = Records(job.output_dir, record_settings(args, layer_path, job.category))
     todo = [[method for method in methods if records.read(item, method) is None] for item in shard]
     pending = [position for position, left in enumerate(todo) if left]
     if ranks.rank == 0:
         where = f"{ranks.world_size} processes" if ranks.distributed else "one process"
-        print(f"{len(job.items)} images under {Path(args.image_dir)}; {', '.join(methods)} on {args.model} "
-              f"at {layer_path}; {where}")
-    run = ShardRun(args, job.entry, model, methods, job.category, records, ranks.rank, job.device,
-                   job.metric_names, items=[shard[p] for p in pending], todo=[todo[p] for p in pending])
+        print(
+            f"{len(job.items)} images under {Path(args.image_dir)}; {', '.join(methods)} on {args.model} "
+            f"at {layer_path}; {where}"
+        )
+    run = ShardRun(
+        args,
+        job.entry,
+        model,
+        methods,
+        job.category,
+        records,
+        ranks.rank,
+        job.device,
+        job.metric_names,
+        items=[shard[p] for p in pending],
+        todo=[todo[p] for p in pending],
+    )
     for method in methods:
         cam = make_cam(method, model, layer, job.entry.reshape_transform, batch_size=args.batch_size, progress=False)
         run.cams[method] = stack.enter_context(cam)
@@ -162,8 +178,9 @@ def report(job: FolderJob, summaries: Sequence[ShardSummary], seconds: float) ->
         OSError: if results.csv cannot be written.
     """
     output_dir, methods = job.output_dir, job.methods
-    merged: List[Mapping[str, str]] = sorted((row for summary in summaries for row in summary.rows),
-                                             key=lambda row: (row["path"], row["method"]))
+    merged: List[Mapping[str, str]] = sorted(
+        (row for summary in summaries for row in summary.rows), key=lambda row: (row["path"], row["method"])
+    )
     explained = sum(summary.explained for summary in summaries)
     skipped = sum(summary.skipped for summary in summaries)
     atomic_write(output_dir / RESULTS_NAME, csv_text(merged, job.metric_names).encode("utf-8"))
@@ -172,9 +189,11 @@ def report(job: FolderJob, summaries: Sequence[ShardSummary], seconds: float) ->
     unreadable = len({row["path"] for row in merged if row["status"].startswith("unreadable")})
     errors = len({row["path"] for row in merged if row["status"].startswith("error")})
     rate = explained / seconds if seconds > 0 else 0.0
-    print(f"explained {explained} images in {seconds:.2f} s: {rate:.2f} images/s ({len(methods)} method(s) "
-          f"each, {job.ranks.world_size} process(es)); skipped {skipped} done before; {unreadable} unreadable, "
-          f"{errors} with errors")
+    print(
+        f"explained {explained} images in {seconds:.2f} s: {rate:.2f} images/s ({len(methods)} method(s) "
+        f"each, {job.ranks.world_size} process(es)); skipped {skipped} done before; {unreadable} unreadable, "
+        f"{errors} with errors"
+    )
     print(f"wrote {output_dir / RESULTS_NAME}" + (f" and {sheet}" if sheet is not None else ""))
 
 
@@ -189,8 +208,9 @@ def check_arguments(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> 
     entry = model_entry(models, args.model)
     image_dir, output_dir = Path(args.image_dir), Path(args.output_dir)
     if output_dir.resolve() == image_dir.resolve():
-        raise CLIError(f"--output-dir {output_dir} is --image-dir itself; the outputs need a folder of their own",
-                       code=2)
+        raise CLIError(
+            f"--output-dir {output_dir} is --image-dir itself; the outputs need a folder of their own", code=2
+        )
     items = find_images(image_dir, exclude=output_dir)
     category = resolve_category(args.category)
     ranks = Ranks.from_environment()
@@ -222,8 +242,10 @@ def run_folder(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
         seconds = time.perf_counter() - started
         if ranks.distributed:
             # One write of the whole line: the ranks share torchrun's stderr pipe.
-            sys.stderr.write(f"rank {ranks.rank} of {ranks.world_size}: explained {summary.explained} images, "
-                             f"skipped {summary.skipped} done before\n")
+            sys.stderr.write(
+                f"rank {ranks.rank} of {ranks.world_size}: explained {summary.explained} images, "
+                f"skipped {summary.skipped} done before\n"
+            )
             sys.stderr.flush()
         if summaries is not None:
             report(job, summaries, seconds)

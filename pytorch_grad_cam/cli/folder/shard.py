@@ -4,6 +4,7 @@ the pictures, maps and records written by writer threads while the model works o
 next batch. A failing batch is retried one image at a time, so one bad image gets an
 error record instead of ending the run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,14 +83,19 @@ class ShardRun:
         if not self.items:
             return
         loader = DataLoader(
-            ImageFolderDataset(self.items, self.entry), batch_size=self.args.batch_size, shuffle=False,
-            num_workers=self.args.num_workers, collate_fn=collate_images, pin_memory=self.device.type == "cuda",
+            ImageFolderDataset(self.items, self.entry),
+            batch_size=self.args.batch_size,
+            shuffle=False,
+            num_workers=self.args.num_workers,
+            collate_fn=collate_images,
+            pin_memory=self.device.type == "cuda",
         )
         # The pictures are encoded and written in threads (OpenCV and zlib release the GIL)
         # while the model works on the next batch: on a GPU they would be the bottleneck.
-        with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="cam-writer") as writer, \
-                tqdm(total=len(self.items), unit="img", desc=description, disable=not progress,
-                     dynamic_ncols=True) as bar:
+        with (
+            ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="cam-writer") as writer,
+            tqdm(total=len(self.items), unit="img", desc=description, disable=not progress, dynamic_ncols=True) as bar,
+        ):
             self.writer = writer
             try:
                 for batch in loader:
@@ -137,7 +143,11 @@ class ShardRun:
                 probabilities = self.explain_positions(batch, inputs, method, positions, probabilities)
 
     def explain_positions(
-        self, batch: Batch, inputs: torch.Tensor, method: str, positions: List[int],
+        self,
+        batch: Batch,
+        inputs: torch.Tensor,
+        method: str,
+        positions: List[int],
         probabilities: Optional[torch.Tensor],
     ) -> Optional[torch.Tensor]:
         """``method`` on the images at ``positions`` of the batch; the batch's probabilities.
@@ -162,8 +172,15 @@ class ShardRun:
             return probabilities
         categories = self.categories_of(probabilities)
         for map_index, position in enumerate(positions):
-            self.write_outputs(batch, position, method, maps[map_index], probabilities[position],
-                               categories[position], inputs[position:position + 1])
+            self.write_outputs(
+                batch,
+                position,
+                method,
+                maps[map_index],
+                probabilities[position],
+                categories[position],
+                inputs[position : position + 1],
+            )
         self.succeeded = True
         return probabilities
 
@@ -195,14 +212,21 @@ class ShardRun:
         on the CPU while the model takes it (see :attr:`channels_last`)."""
         cam = self.cams[method]
         return self.channels_last(
-            lambda batch: cam(batch, targets=targets, aug_smooth=self.args.aug_smooth,
-                              eigen_smooth=self.args.eigen_smooth),
+            lambda batch: cam(
+                batch, targets=targets, aug_smooth=self.args.aug_smooth, eigen_smooth=self.args.eigen_smooth
+            ),
             inputs,
         )
 
     def write_outputs(
-        self, batch: Batch, position: int, method: str, grayscale: np.ndarray, probabilities: torch.Tensor,
-        category: int, single_input: torch.Tensor,
+        self,
+        batch: Batch,
+        position: int,
+        method: str,
+        grayscale: np.ndarray,
+        probabilities: torch.Tensor,
+        category: int,
+        single_input: torch.Tensor,
     ) -> None:
         """The row (with the metrics, computed here), then the files and the record, written
         by a writer thread (see :meth:`write_files`)."""
@@ -211,25 +235,35 @@ class ShardRun:
         predicted = int(probabilities.argmax())
         row = empty_row(item, method, "ok", self.metric_names)
         row.update(
-            predicted_class=str(predicted), predicted_label=class_name(predicted, classes),
+            predicted_class=str(predicted),
+            predicted_label=class_name(predicted, classes),
             predicted_score=f"{float(probabilities[predicted]):.4f}",
-            explained_class=str(category), explained_label=class_name(category, classes),
-            thumbnail=item.output("thumb", ".jpg"), overlay=item.output(method, ".jpg"),
+            explained_class=str(category),
+            explained_label=class_name(category, classes),
+            thumbnail=item.output("thumb", ".jpg"),
+            overlay=item.output(method, ".jpg"),
             map=item.output(method, ".npz"),
         )
         if self.metric_names:
-            values = compute_metrics(self.metric_names, self.model, single_input, grayscale, category,
-                                     self.args.batch_size)
+            values = compute_metrics(
+                self.metric_names, self.model, single_input, grayscale, category, self.args.batch_size
+            )
             row.update({name: f"{value:.6f}" for name, value in values.items()})
-        job = partial(self.write_files, item, method, row, batch.photos[position], batch.thumbnails[position],
-                      grayscale)
+        job = partial(
+            self.write_files, item, method, row, batch.photos[position], batch.thumbnails[position], grayscale
+        )
         if self.writer is None:
             job()
         else:
             self.writes.append(self.writer.submit(job))
 
     def write_files(
-        self, item: ImageItem, method: str, row: Dict[str, str], photo: torch.Tensor, thumbnail_jpeg: torch.Tensor,
+        self,
+        item: ImageItem,
+        method: str,
+        row: Dict[str, str],
+        photo: torch.Tensor,
+        thumbnail_jpeg: torch.Tensor,
         grayscale: np.ndarray,
     ) -> None:
         """The thumbnail, the overlay and the map, then the record, each atomically (in a writer thread).
