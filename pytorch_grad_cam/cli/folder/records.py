@@ -13,25 +13,14 @@ import json
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from pytorch_grad_cam.cli.contact_sheet import write_contact_sheet
+from pytorch_grad_cam.cli.contact_sheet import RESULT_COLUMNS, write_contact_sheet
 from pytorch_grad_cam.cli.folder.files import ImageItem, atomic_write
 from pytorch_grad_cam.cli.jobs import note, one_line
 
 RESULTS_NAME = "results.csv"
-#: The columns of results.csv, before one column per ``--metrics`` name.
-COLUMNS = (
-    "path",
-    "method",
-    "status",
-    "predicted_class",
-    "predicted_label",
-    "predicted_score",
-    "explained_class",
-    "explained_label",
-    "thumbnail",
-    "overlay",
-    "map",
-)
+#: The columns of results.csv, before one column per ``--metrics`` name (the contact
+#: sheet reads the same ones).
+COLUMNS = RESULT_COLUMNS
 RECORD_VERSION = 1
 
 
