@@ -377,6 +377,8 @@ def test_every_page_by_next_shows_its_cards_and_its_pictures(browser: object, ru
         assert sheet.page.is_disabled("#next") == (page == pages)
         if page < pages:
             sheet.page.click("#next")
+            # Drawn by the hashchange handler after the click returns: wait for the page.
+            sheet.page.wait_for_function("p => document.body.dataset.page === String(p)", arg=page + 1)
     assert sorted(seen) == sorted(expected) and len(seen) == len(set(seen))
     sheet.check()
 
@@ -396,9 +398,12 @@ def test_page_number_in_the_hash_and_buttons(browser: object, run_output: Tuple[
     assert seen == expected
     sheet.page.goto(url)
     sheet.page.click("#pages button[data-page='3']")
+    # The page is drawn by the hashchange handler, after the click returns: wait for it.
+    sheet.page.wait_for_function("p => document.body.dataset.page === String(p)", arg=3)
     assert sheet.page.url.endswith("#page=3") and sheet.where() == (3, 4)
     assert sheet.page.get_attribute("#pages button[aria-current=page]", "data-page") == "3"
     sheet.page.click("#prev")
+    sheet.page.wait_for_function("p => document.body.dataset.page === String(p)", arg=2)
     assert sheet.where() == (2, 4) and sheet.cards() == expected[4:8]
     for hash_, page in (("#page=99", 4), ("#page=0", 1), ("#page=abc", 1), ("#status=nonsense&page=2", 2)):
         sheet.page.evaluate("h => { location.hash = h; }", hash_)
