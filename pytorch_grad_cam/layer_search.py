@@ -15,7 +15,8 @@ The rule, in order:
    chosen layer never gives a blank map by construction; when every candidate's is,
    the search fails with a ValueError that says why.
 
-Only the calling thread's forward pass is recorded.
+Only the calling thread's forward pass is recorded; TorchScript modules, which cannot
+take hooks, are never candidates.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def find_target_layer(
     # Hooks of this thread only: another thread running the model meanwhile is not seen.
     with Hooks() as hooks:
         for name, module in model.named_modules():
-            if module is not model:
+            # A TorchScript module cannot take hooks (nor can its children): not a candidate.
+            if module is not model and not isinstance(module, torch.jit.ScriptModule):
                 hooks.forward(module, recorder(name))
         with torch.set_grad_enabled(score is not None):
             outputs = model(input_tensor)
