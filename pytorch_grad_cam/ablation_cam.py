@@ -60,9 +60,17 @@ def _cloned(output: LayerOutput) -> LayerOutput:
     return map_tensors(output, torch.Tensor.clone)
 
 
+def _tf32_enabled() -> bool:
+    """Whether CUDA float32 convolutions or matmuls may run in TF32 (compared with the
+    half-precision tolerance then: batch-1 and batch-B passes may pick other kernels)."""
+    return bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+
+
 def _difference(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> str:
     """'' where ``actual`` equals ``expected`` within the tail tolerance for ``dtype``
     (scaled to their magnitude, the same finite entries), else the difference and scale."""
+    if dtype == torch.float32 and actual.is_cuda and _tf32_enabled():
+        dtype = torch.float16  # TF32 convolutions and matmuls keep float16's 10-bit mantissa
     actual, expected = actual.double(), expected.double()
     finite = torch.isfinite(expected) & torch.isfinite(actual)
     scale = torch.cat([expected[finite].abs(), actual[finite].abs()]).max() if finite.any() else 0.0
@@ -212,11 +220,12 @@ class AblationCAM(PerturbationCAM):
     ) -> Tuple[Callable, object]:
         """The runner for one image and its output on the unablated layer output.
 
-        A traced tail is proven current on every call: run on the recorded activation
-        it must reproduce the recorded model output. A tail that does not (the model
-        changed in a way its modules do not show: a flag or attribute that forward
-        reads) is traced again once, and if that one fails too, the whole model runs,
-        after a one-line warning."""
+        A traced tail is checked against the model on every call: run on the recorded
+        activation it must reproduce the recorded model output. A tail that does not
+        (the model changed in a way its modules do not show: a flag or attribute that
+        forward reads) is traced again once, and if that one fails too, the whole model
+        runs, after a one-line warning. The check sees the unablated activation only: a
+        change that acts on ablated values alone is not caught."""
         layer, target = record.layers[index], record.targets[image]
         input_image = record.input_tensor[image : image + 1]
         original = _image_output(record.layer_outputs[index], image)

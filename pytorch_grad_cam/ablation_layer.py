@@ -47,7 +47,7 @@ def ablation_value(activations: torch.Tensor, dtype: torch.dtype, switched_off: 
     or None where the uses of the layer's output are unknown: then the sign of A alone
     decides); clamped to stay finite in float16. A 0-d tensor on A's device (no value
     is copied back to the host)."""
-    low = activations.min().to(torch.float32)
+    low = activations.min().to(torch.float64 if dtype == torch.float64 else torch.float32)
     if switched_off is False:
         return torch.zeros_like(low).to(dtype)
     shifted = (low - ABLATION_OFFSET).clamp(min=torch.finfo(dtype).min / 2)

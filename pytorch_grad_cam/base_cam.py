@@ -331,6 +331,9 @@ class BaseCAM:
             record.take(recorder)
         record.outputs = detached(outputs)
         record.input_tensor = input_tensor.detach()
+        if record.input_gradient is not None:
+            # grad-cam's methods read the input's gradient as ``input_tensor.grad``.
+            record.input_tensor.grad = record.input_gradient
         return record
 
     def _targets_for(self, outputs: object, targets: Optional[List[Target]], copies: int) -> Optional[List[Target]]:

@@ -34,7 +34,7 @@ class BaseMethodCAM(BaseCAM):
         base_method: Type[BaseCAM],
         **kwargs,
     ) -> None:
-        own = {k: kwargs.pop(k) for k in ("target_layer", "use_cuda") if k in kwargs}
+        own = {k: kwargs.pop(k) for k in ("target_layer", "use_cuda", "tta_transforms") if k in kwargs}
         super().__init__(model, target_layers, reshape_transform, **own)
         self.base = base_method(model, self.target_layers or None, reshape_transform, **kwargs)
         for flag in ("uses_gradients", "needs_targets", "compute_input_gradient", "record_activations"):

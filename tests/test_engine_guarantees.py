@@ -449,3 +449,48 @@ def test_a_subclass_written_for_grad_cam_passes_its_flags_to_base_cam():
     flipped = cam(x.flip(-1), targets())
     smoothed = cam(x, targets(), aug_smooth=True)  # its own transforms: the map and the flipped one's
     np.testing.assert_allclose(smoothed, (plain + flipped[..., ::-1]) / 2, atol=1e-5)
+
+
+def test_compute_input_gradient_gives_input_tensor_grad_as_in_grad_cam():
+    from pytorch_grad_cam import BaseCAM
+
+    seen = []
+
+    class InputGradientCAM(BaseCAM):
+        def __init__(self, model, target_layers, reshape_transform=None):
+            super().__init__(model, target_layers, reshape_transform, compute_input_gradient=True)
+
+        def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
+            seen.append(input_tensor.grad)
+            return grads.mean((2, 3))
+
+    model, x = seeded(PooledNet), images()
+    InputGradientCAM(model, [model.conv2])(x, targets())
+    leaf = x.clone().requires_grad_(True)
+    model(leaf)[torch.arange(2), CLASSES].sum().backward()
+    torch.testing.assert_close(seen[0], leaf.grad, rtol=0, atol=1e-6)
+
+
+def test_wrapper_methods_use_their_tta_transforms():
+    import ttach as tta
+
+    used = []
+
+    class Counting(tta.Compose):
+        def __iter__(self):
+            used.append(1)
+            return super().__iter__()
+
+    model, x = seeded(PooledNet), images()
+    for name in ("finercam", "refinecam", "gradcam"):
+        used.clear()
+        METHODS[name](model, [model.conv2], tta_transforms=Counting([tta.HorizontalFlip()]))(
+            x, targets(), aug_smooth=True
+        )
+        assert used, name
+
+
+def test_ablation_of_a_float64_model():
+    model = seeded(PooledNet).double()
+    maps = AblationCAM(model, [model.conv2], progress=False)(images().double(), targets())
+    assert maps.dtype == np.float32 and maps.max() == pytest.approx(1.0, abs=1e-6)
