@@ -24,7 +24,7 @@ from pytorch_grad_cam.checks import grid_activations
 from pytorch_grad_cam.layers import LayerSpec, layer_name
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.recording import Record
-from pytorch_grad_cam.scoring import Target, per_image_outputs, score
+from pytorch_grad_cam.scoring import Target, per_image_outputs, perturbed, score
 from pytorch_grad_cam.utils.messages import warn_user
 from pytorch_grad_cam.utils.network_tail import NetworkTail, extract_tail
 from pytorch_grad_cam.utils.structures import first_tensor, map_tensors, tensors_in
@@ -407,7 +407,7 @@ class AblationCAM(PerturbationCAM):
             channels = torch.arange(first_tensor(original).shape[1], device=first_tensor(original).device)
         count = min(2, len(channels))
         copies = self.ablation_layer.ablated_copies(original, channels[:count], value, positions, count)(0, count)
-        with torch.no_grad():
+        with torch.no_grad(), perturbed():
             expected = self.score([target] * count, whole(_cloned(copies)))
             try:
                 outputs = tail(_cloned(copies))

@@ -328,6 +328,10 @@ class BaseCAM:
                 record.targets = self._targets_for(outputs, targets, copies)
                 if self.uses_gradients:
                     self._backward_scores(outputs, record, recorder)
+                elif record.targets is not None:
+                    # The targets' errors (a class outside the output, a box not detected)
+                    # come from the real input, before any perturbed copy is scored.
+                    self.score(record.targets, outputs)
             record.take(recorder)
         record.outputs = detached(outputs)
         record.input_tensor = input_tensor.detach()

@@ -14,7 +14,7 @@ from torch import nn
 from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.layers import LayerSpec
-from pytorch_grad_cam.scoring import Target, score
+from pytorch_grad_cam.scoring import Target, perturbed, score
 
 __all__ = ["PerturbationCAM"]
 
@@ -73,11 +73,11 @@ class PerturbationCAM(BaseCAM):
         chunk: Optional[int] = None,
     ) -> torch.Tensor:
         """Scores (count,) of ``target`` on ``run_chunk(start, stop)``'s outputs, computed
-        ``chunk`` (default ``batch_size``) copies at a time under ``no_grad``; they stay
-        on the device."""
+        ``chunk`` (default ``batch_size``) copies at a time under ``no_grad`` and
+        :func:`~pytorch_grad_cam.scoring.perturbed`; they stay on the device."""
         chunk = chunk or self.batch_size
         chunks = []
-        with torch.no_grad():
+        with torch.no_grad(), perturbed():
             for start in range(0, count, chunk):
                 stop = min(start + chunk, count)
                 chunks.append(score([target] * (stop - start), run_chunk(start, stop)))

@@ -8,8 +8,10 @@ output (tensors, lists and dicts alike), and scores a batch.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
-from typing import Callable, List, Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,6 +34,8 @@ __all__ = [
     "describe_output",
     "per_image_outputs",
     "score",
+    "perturbed",
+    "scoring_perturbed",
 ]
 
 Target = Callable[[torch.Tensor], torch.Tensor]
@@ -213,3 +217,25 @@ def score(targets: Sequence[Target], outputs: object) -> torch.Tensor:
 
 def _promoted(scores: torch.Tensor) -> torch.Tensor:
     return scores if scores.dtype == torch.float64 else scores.float()
+
+
+_PERTURBED = threading.local()
+
+
+@contextmanager
+def perturbed() -> Iterator[None]:
+    """Targets called inside score perturbed copies of the input (ScoreCAM's masked
+    images, AblationCAM's ablated activations) on this thread; see :func:`scoring_perturbed`."""
+    previous = getattr(_PERTURBED, "active", False)
+    _PERTURBED.active = True
+    try:
+        yield
+    finally:
+        _PERTURBED.active = previous
+
+
+def scoring_perturbed() -> bool:
+    """Whether the target being called scores a perturbed copy of the input. A target
+    whose object may vanish from such a copy (a detected box) then scores it 0, where on
+    the real input it would raise an error."""
+    return bool(getattr(_PERTURBED, "active", False))

@@ -7,6 +7,7 @@ from typing import Sequence, Union
 import torch
 
 from pytorch_grad_cam.detection.candidates import Candidates, box_iou
+from pytorch_grad_cam.scoring import scoring_perturbed
 
 __all__ = ["BoxTarget"]
 
@@ -29,8 +30,11 @@ class BoxTarget:
 
     Raises (on a call):
         TypeError: if the output is not a ``Candidates`` (wrap the model with as_detector).
-        ValueError: if no candidate matches: a box that is not detected has no score to
-            explain (the message gives the best IoU among class-``label`` candidates).
+        ValueError: if no candidate matches on the real input: a box that is not detected
+            has no score to explain (the message gives the best IoU among class-``label``
+            candidates). On a perturbed copy of the input (ScoreCAM's masked images,
+            AblationCAM's ablated activations; :func:`pytorch_grad_cam.scoring.perturbed`)
+            the object may vanish: its score there is 0.
     """
 
     def __init__(self, box: Union[Sequence[float], torch.Tensor], label: int, iou_threshold: float = 0.5) -> None:
@@ -57,6 +61,8 @@ class BoxTarget:
                 "pytorch_grad_cam.detection.as_detector(model)"
             )
         matched = self.matches(output)
+        if not bool(matched.any()) and scoring_perturbed():
+            return output.scores.sum() * 0  # the object vanished from a perturbed copy: confidence 0
         if not bool(matched.any()):
             same = output.scores.detach().argmax(dim=1) == self.label
             best = float(box_iou(output.boxes_of(self.label).detach()[same], self.box).max()) if same.any() else 0.0
