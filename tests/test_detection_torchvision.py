@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.ops import MultiScaleRoIAlign, box_iou
 from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import MultiScaleRoIAlign, box_iou
 
-from pytorch_grad_cam import METHODS, GradCAM, HiResCAM
+from pytorch_grad_cam import METHODS, GradCAM
 from pytorch_grad_cam.detection import BoxTarget, as_detector
 from pytorch_grad_cam.detection.torchvision_models import TorchvisionDetector
 
@@ -144,7 +144,8 @@ def test_candidates_are_the_hand_decoded_head_output_and_hold_every_detection(na
     detector = as_detector(model)
     assert isinstance(detector, TorchvisionDetector) and detector.model is model
     candidates, boxes, scores = _hand_candidates(name, model, detector, image)
-    # float32 decoding of ~100-pixel boxes in another order of operations: a few ulps.
+    # Measured: equal bits on the CPU (the same float32 operations); the margin is a few
+    # ulps of ~100-pixel boxes, for other kernels' order of operations.
     torch.testing.assert_close(candidates.boxes, boxes, rtol=1e-6, atol=1e-4)
     torch.testing.assert_close(candidates.scores, scores, rtol=1e-6, atol=1e-7)
     assert float(candidates.scores.min()) >= 0 and float(candidates.scores.max()) <= 1
@@ -155,7 +156,7 @@ def test_candidates_are_the_hand_decoded_head_output_and_hold_every_detection(na
         error = (candidates.boxes_of(int(label)) - box).abs().max(dim=1).values + (
             candidates.scores[:, label] - score
         ).abs()
-        assert float(error.min()) <= 1e-5, (name, box, score, label)
+        assert float(error.min()) <= 1e-5, (name, box, score, label)  # measured: 0.0
 
 
 def test_mask_rcnn_masks_are_the_mask_head_logits_of_the_detections(models, image):
@@ -171,7 +172,9 @@ def test_mask_rcnn_masks_are_the_mask_head_logits_of_the_detections(models, imag
     for box, score, label, mask in zip(own["boxes"], own["scores"], own["labels"], own["masks"]):
         same = ((candidates.boxes_of(int(label)) - box).abs().max(dim=1).values < 1e-5) & (top == label)
         for i in torch.where(same)[0]:
-            pasted = paste_masks_in_image(torch.sigmoid(candidates.masks[i, label])[None, None], box[None], image.shape[-2:])
+            pasted = paste_masks_in_image(
+                torch.sigmoid(candidates.masks[i, label])[None, None], box[None], image.shape[-2:]
+            )
             torch.testing.assert_close(pasted[0], mask, rtol=0, atol=1e-5)
             compared += 1
     assert compared > 0

@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.faster_rcnn import FasterRCNN
 from torchvision.models.detection.fcos import FCOS
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.models.detection.ssd import SSD
-from torchvision.models.detection._utils import BoxLinearCoder
-from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssdlite import SSDLiteFeatureExtractorMobileNet
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops.boxes import clip_boxes_to_image
@@ -111,14 +110,12 @@ class TorchvisionDetector(nn.Module):
         model = self.model
         head = model.head(features)
         anchors = model.anchor_generator(image_list, features)
-        # FCOS decodes points with a linear coder (decode); the others with decode_single.
-        linear = isinstance(model.box_coder, BoxLinearCoder)
+        # BoxCoder (RetinaNet, SSD) decodes one image's tensor with decode_single; FCOS's
+        # BoxLinearCoder has only decode, which takes tensors.
+        decode = getattr(model.box_coder, "decode_single", model.box_coder.decode)
         candidates = []
         for i, anchors_i in enumerate(anchors):
-            regression = head["bbox_regression"][i]
-            boxes = model.box_coder.decode(regression, anchors_i) if linear else model.box_coder.decode_single(
-                regression, anchors_i
-            )
+            boxes = decode(head["bbox_regression"][i], anchors_i)
             boxes = _to_input_pixels(boxes, image_list.image_sizes[i], original)
             candidates.append(Candidates(boxes, self._one_stage_scores(head, i)))
         return candidates
