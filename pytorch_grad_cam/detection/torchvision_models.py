@@ -192,7 +192,12 @@ class TorchvisionDetector(nn.Module):
 
 @register_adapter
 def adapt_torchvision(model: nn.Module) -> Optional[nn.Module]:
-    """torchvision detection models: RetinaNet, FCOS, SSD/SSDlite, Faster/Mask/Keypoint R-CNN."""
+    """torchvision detection models: RetinaNet, FCOS, SSD/SSDlite, Faster/Mask/Keypoint R-CNN.
+
+    Returns:
+        A :class:`TorchvisionDetector` holding ``model`` when it is an instance of one of
+        those classes (or a subclass), else None.
+    """
     if isinstance(model, _ONE_STAGE + (FasterRCNN,)):
         return TorchvisionDetector(model)
     return None
