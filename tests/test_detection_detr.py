@@ -21,7 +21,7 @@ from tests.cam_reference import single_thread_module  # noqa: F401  (autouse: on
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers", reason="the DETR-style tests need transformers (test extra)")
 
-FAMILIES = ("detr", "rt_detr", "deformable_detr")
+FAMILIES = ("detr", "rt_detr", "rt_detr_v2", "deformable_detr")
 SIZE = (160, 128)  # (H, W): a 5 x 4 grid at the backbone's stride 32
 SMALL = dict(d_model=32, decoder_ffn_dim=32, decoder_attention_heads=2, num_queries=10, num_labels=5)
 
@@ -46,13 +46,15 @@ def _build(family: str) -> tuple:
             decoder_layers=1, init_std=0.2, **encoder, **SMALL,  # 0.02 would give every query one box
         )  # fmt: skip
         return transformers.DetrForObjectDetection(config).eval(), transformers.DetrImageProcessor()
-    if family == "rt_detr":
-        config = transformers.RTDetrConfig(
+    if family in ("rt_detr", "rt_detr_v2"):
+        v2 = family == "rt_detr_v2"  # v2: decoder_layers >= 2, its box heads are tied across layers
+        config = (transformers.RTDetrV2Config if v2 else transformers.RTDetrConfig)(
             backbone_config=_resnet(transformers.RTDetrResNetConfig, ["stage2", "stage3", "stage4"]),
             encoder_hidden_dim=32, encoder_in_channels=[16, 24, 32], encoder_ffn_dim=32, encoder_attention_heads=2,
-            decoder_in_channels=[32, 32, 32], decoder_layers=1, decoder_n_points=2, **SMALL,
+            decoder_in_channels=[32, 32, 32], decoder_layers=2 if v2 else 1, decoder_n_points=2, **SMALL,
         )  # fmt: skip
-        return transformers.RTDetrForObjectDetection(config).eval(), transformers.RTDetrImageProcessor()
+        head = transformers.RTDetrV2ForObjectDetection if v2 else transformers.RTDetrForObjectDetection
+        return head(config).eval(), transformers.RTDetrImageProcessor()
     config = transformers.DeformableDetrConfig(  # decoder_layers >= 2: its box heads are tied across layers
         backbone_config=_resnet(transformers.ResNetConfig, ["stage2", "stage3", "stage4"]), use_timm_backbone=False,
         decoder_layers=2, encoder_n_points=2, decoder_n_points=2, num_feature_levels=3, **encoder, **SMALL,
@@ -196,17 +198,19 @@ def test_model_left_as_found_and_no_file_written(built, family, tmp_path, monkey
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_gives_a_finite_map(built, family, method, recwarn):
-    if method == "scorecam":
-        pytest.xfail(
-            "ScoreCAM's masked copies of the image lose the box on these random models, and BoxTarget "
-            "raises ValueError for an unmatched box (an interface question for the lead: unmatched -> 0?)"
-        )
     model, _, images = built[family]
     detector = as_detector(model)
     image = images[:1]
     with torch.no_grad():
         targets = [_top_target(detector(image)[0])]
-    maps = METHODS[method](detector, detector.default_target_layers())(image, targets)
+    try:
+        maps = METHODS[method](detector, detector.default_target_layers())(image, targets)
+    except ValueError as error:
+        if method != "scorecam":
+            raise
+        # ScoreCAM's masked copies of the image lose the box on these random models, and BoxTarget
+        # raises for an unmatched box (an interface question for the lead: score 0 there instead?)
+        pytest.xfail(f"ScoreCAM with BoxTarget: {error}")
     assert maps.shape == (1, *SIZE) and maps.dtype == "float32"
     assert bool(torch.isfinite(torch.as_tensor(maps)).all())
     if method == "ablationcam":  # torch.fx cannot trace these models: whole-model runs, said once
