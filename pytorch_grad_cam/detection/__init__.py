@@ -3,7 +3,10 @@
 once its model is wrapped by :func:`as_detector` (each family's adapter turns the raw
 output into per-image :class:`Candidates`, before NMS)."""
 
-from pytorch_grad_cam.detection import torchvision_models  # noqa: F401  (registers its adapter)
+from pytorch_grad_cam.detection import (
+    detr,  # noqa: F401  (registers the DETR-style adapter)
+    torchvision_models,  # noqa: F401  (registers its adapter)
+)
 from pytorch_grad_cam.detection.adapters import ADAPTERS, as_detector, register_adapter
 from pytorch_grad_cam.detection.candidates import Candidates, box_iou, cxcywh_to_xyxy
 from pytorch_grad_cam.detection.targets import BoxTarget
