@@ -84,8 +84,11 @@ def hand_decode(raw: dict, strides: list) -> tuple:
     expectation of each side's distance (reg_max bins), anchors at cell centres."""
     logits, distributions = raw["scores"], raw["boxes"]
     batch, _, count = distributions.shape
-    bins = distributions.view(batch, 4, -1, count).softmax(dim=2)
-    distance = (bins * torch.arange(bins.shape[2], dtype=bins.dtype)[:, None]).sum(dim=2)  # (B, 4, N) ltrb
+    if distributions.shape[1] == 4:  # reg_max 1 (YOLO26): the distances themselves
+        distance = distributions
+    else:
+        bins = distributions.view(batch, 4, -1, count).softmax(dim=2)
+        distance = (bins * torch.arange(bins.shape[2], dtype=bins.dtype)[:, None]).sum(dim=2)  # (B, 4, N) ltrb
     centres, scale = [], []
     for feature, stride in zip(raw["feats"], strides):
         height, width = feature.shape[2:]
@@ -159,6 +162,19 @@ def test_yolo11_is_recognised_and_decoded():
     assert torch.equal(found.scores, scores[0])
     torch.testing.assert_close(found.boxes, boxes[0], rtol=0, atol=1e-4)
     assert as_detector(yolo11).default_target_layers() == [yolo11.model.model[i] for i in (16, 19, 22)]
+
+
+def test_end_to_end_heads_give_every_one_to_one_candidate():
+    yolo26 = build("yolo26n.yaml")
+    yolo26.model.model[-1].end2end = True  # NMS-free inference: the first output is top-k selected
+    images = image(160)
+    selected, raw = raw_output(yolo26.model, images)
+    with torch.no_grad():
+        found = as_detector(yolo26)(images)[0]
+    assert selected.shape == (1, 300, 6) and found.scores.shape == (525, 80)
+    boxes, scores = hand_decode(raw["one2one"], [8, 16, 32])
+    assert torch.equal(found.scores, scores[0])
+    torch.testing.assert_close(found.boxes, boxes[0], rtol=0, atol=1e-4)
 
 
 def test_box_target_scores_the_hand_matched_candidates_mean(yolo):

@@ -144,11 +144,14 @@ class YOLODetector(_YOLOWrapper):
         """One Candidates per image, boxes in the pixels of ``images``."""
         head = detect_head(self.model)
         output = self._run(images)
-        if getattr(head, "end2end", False) and isinstance(output, (tuple, list)):
+        end_to_end = bool(getattr(head, "end2end", False))
+        if end_to_end and isinstance(output, (tuple, list)):
             # The first output is already top-k selected; decode the raw one-to-one head
             # instead so that every candidate (before selection) is scored.
-            output = head._inference(output[1]["one2one"])  # noqa: SLF001 (ultralytics' decoder)
-        return yolov8_candidates(output, int(head.nc), xyxy=bool(getattr(head, "xyxy", False)))
+            output = head._inference(output[1]["one2one"])  # noqa: SLF001 (ultralytics' own decoder)
+        # The head decodes xyxy when end-to-end or asked to, else cxcywh.
+        xyxy = end_to_end or bool(getattr(head, "xyxy", False))
+        return yolov8_candidates(output, int(head.nc), xyxy=xyxy)
 
 
 class YOLOv5Detector(_YOLOWrapper):
