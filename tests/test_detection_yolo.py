@@ -22,6 +22,8 @@ os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="yolo-config-")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
+from cam_reference import single_thread_module  # noqa: E402, F401 (one CPU thread: small models)
+
 from pytorch_grad_cam import METHODS, GradCAM, HiResCAM, LayerCAM  # noqa: E402
 from pytorch_grad_cam.detection import BoxTarget, Candidates, as_detector  # noqa: E402
 from pytorch_grad_cam.detection.yolo import YOLODetector, YOLOv5Detector, yolov5_candidates  # noqa: E402

@@ -23,7 +23,7 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.detection.adapters import as_detector
 from pytorch_grad_cam.detection.candidates import Candidates
 from pytorch_grad_cam.detection.targets import BoxTarget
-from pytorch_grad_cam.model_state import model_device
+from pytorch_grad_cam.model_state import prepare_input
 from pytorch_grad_cam.registry import get_method
 
 __all__ = ["Detection", "draw_detections", "explain_detections", "select_detections"]
@@ -112,7 +112,7 @@ def explain_detections(
         )
     detector = as_detector(model)
     cam_class = _method_class(method)
-    images = images.detach().to(model_device(detector))
+    images = prepare_input(images, detector)  # the model's device and float dtype
     with torch.no_grad():
         candidates = detector(images)
     kept = [select_detections(found, confidence, iou_threshold, max_detections) for found in candidates]
