@@ -137,6 +137,12 @@ def test_adapter_unwraps_the_yolo_object_to_its_detection_model(yolo):
     assert detector.default_target_layers() == [yolo.model.model[i] for i in (15, 18, 21)]
 
 
+def test_rotated_box_heads_are_not_taken_for_detect_heads():
+    torch.manual_seed(0)
+    with pytest.raises(TypeError, match="not OBB"):
+        as_detector(ultralytics.YOLO("yolov8n-obb.yaml", verbose=False))
+
+
 def test_candidates_equal_a_hand_decoding_of_the_raw_head(yolo):
     images = image(160, batch=2)
     decoded, raw = raw_output(yolo.model, images)

@@ -171,7 +171,7 @@ def _is_yolov5_head(head: nn.Module) -> bool:
 
 @register_adapter
 def adapt_yolo(model: object) -> Optional[nn.Module]:
-    """YOLO: an ultralytics YOLO object or its DetectionModel (YOLOv8/YOLO11, or YOLOv5-style), model.model[-1] with nc, stride, no.
+    """YOLO: an ultralytics YOLO object or its DetectionModel (YOLOv8/YOLO11, or YOLOv5-style), model.model[-1] with nc, stride, no (not OBB).
 
     Returns:
         A :class:`YOLODetector` or :class:`YOLOv5Detector` holding the detection model,
@@ -181,6 +181,7 @@ def adapt_yolo(model: object) -> Optional[nn.Module]:
     for module in candidates:
         if isinstance(module, nn.Module):
             head = detect_head(module)
-            if head is not None:
+            # Rotated boxes (the OBB head's extra angle, ``ne``) are not xyxy boxes.
+            if head is not None and not hasattr(head, "ne"):
                 return YOLOv5Detector(module) if _is_yolov5_head(head) else YOLODetector(module)
     return None
