@@ -3,8 +3,8 @@ the model's candidates), then one map per kept box, then draw boxes with their m
 
 A box's map explains :class:`~pytorch_grad_cam.detection.BoxTarget` (its box, its
 label): all of one image's boxes go through the CAM in one batched call (the image
-repeated once per box, one target each), so a gradient method runs one forward and one
-backward pass for them all.
+repeated once per box, one target each): one forward and one backward pass over the K
+copies, rather than K calls.
 """
 
 from __future__ import annotations
