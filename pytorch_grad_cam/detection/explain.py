@@ -1,0 +1,187 @@
+"""The common job in one call: detect (a confidence threshold, then class-wise NMS over
+the model's candidates), then one map per kept box, then draw boxes with their maps.
+
+A box's map explains :class:`~pytorch_grad_cam.detection.BoxTarget` (its box, its
+label): all of one image's boxes go through the CAM in one batched call (the image
+repeated once per box, one target each): one forward and one backward pass over the K
+copies, rather than K calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Type, Union
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from torchvision.ops import batched_nms
+from tqdm import tqdm
+
+from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.detection.adapters import as_detector
+from pytorch_grad_cam.detection.candidates import Candidates
+from pytorch_grad_cam.detection.targets import BoxTarget
+from pytorch_grad_cam.model_state import prepare_input
+from pytorch_grad_cam.registry import get_method
+
+__all__ = ["Detection", "draw_detections", "explain_detections", "select_detections"]
+
+
+@dataclass
+class Detection:
+    """One kept detection and its map.
+
+    Attributes:
+        box: (4,) x1, y1, x2, y2 in the pixels of the model's input.
+        label: the class index, as the model numbers its classes.
+        score: the kept candidate's confidence for ``label``.
+        cam: (H, W) float32 map of :class:`BoxTarget` (box, label), in [0, 1].
+    """
+
+    box: np.ndarray
+    label: int
+    score: float
+    cam: np.ndarray
+
+
+def select_detections(
+    candidates: Candidates, confidence: float = 0.25, iou_threshold: float = 0.45, max_detections: int = 20
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The detections kept from one image's candidates: each candidate's best class,
+    those with confidence >= ``confidence``, class-wise NMS at ``iou_threshold``, the
+    ``max_detections`` best.
+
+    Returns:
+        (boxes (K, 4) xyxy, labels (K,) int64, scores (K,)), detached, best score first.
+    """
+    scores, labels = candidates.scores.detach().max(dim=1)
+    boxes = candidates.boxes.detach()
+    if boxes.ndim == 3:  # one box per class: the best class's
+        boxes = boxes[torch.arange(boxes.shape[0], device=boxes.device), labels]
+    keep = torch.nonzero(scores >= confidence).flatten()
+    boxes, labels, scores = boxes[keep].float(), labels[keep], scores[keep].float()
+    kept = batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
+    return boxes[kept], labels[kept], scores[kept]
+
+
+def _method_class(method: Union[str, Type[BaseCAM]]) -> Type[BaseCAM]:
+    if isinstance(method, str):
+        return get_method(method)
+    if isinstance(method, type) and issubclass(method, BaseCAM):
+        return method
+    raise TypeError(f"method must be a name in pytorch_grad_cam.METHODS or a BaseCAM subclass, got {method!r}")
+
+
+def explain_detections(
+    model: object,
+    images: torch.Tensor,
+    method: Union[str, Type[BaseCAM]] = "gradcam",
+    target_layers: Optional[Sequence[nn.Module]] = None,
+    confidence: float = 0.25,
+    iou_threshold: float = 0.45,
+    max_detections: int = 20,
+    progress: bool = False,
+    **method_options: object,
+) -> List[List[Detection]]:
+    """Detect objects in ``images`` and compute one map per detected box.
+
+    Args:
+        model: a detector :func:`~pytorch_grad_cam.detection.as_detector` recognises (or its wrapper).
+        images: (B, 3, H, W) float tensor, as the model takes it.
+        method: a name in ``pytorch_grad_cam.METHODS`` (e.g. "gradcam", "hirescam") or a CAM class.
+        target_layers: the layers to explain; None: the family's default layers.
+        confidence: the least best-class confidence a kept candidate has.
+        iou_threshold: NMS's IoU threshold (class-wise).
+        max_detections: the most boxes kept per image.
+        progress: show a progress bar over the images.
+        **method_options: passed to the CAM class's constructor (e.g. ``batch_size``).
+
+    Returns:
+        Per image, its :class:`Detection` list, best score first (empty if nothing is kept).
+
+    Raises:
+        TypeError: if ``images`` is not a (B, 3, H, W) tensor, ``model`` is no supported
+            detector, or ``method`` is neither a method name nor a CAM class.
+        ValueError: for an unknown method name.
+    """
+    if not torch.is_tensor(images) or images.ndim != 4:
+        raise TypeError(
+            f"images must be a (B, 3, H, W) tensor, got {type(images).__name__} {tuple(getattr(images, 'shape', ()))}"
+        )
+    detector = as_detector(model)
+    cam_class = _method_class(method)
+    images = prepare_input(images, detector)  # the model's device and float dtype
+    with torch.no_grad():
+        candidates = detector(images)
+    kept = [select_detections(found, confidence, iou_threshold, max_detections) for found in candidates]
+    layers = list(target_layers) if target_layers is not None else detector.default_target_layers()
+    results: List[List[Detection]] = []
+    with cam_class(detector, layers, **method_options) as cam:
+        for index, (boxes, labels, scores) in enumerate(tqdm(kept, disable=not progress, desc="detections")):
+            results.append(_explain_image(cam, images[index], boxes, labels, scores))
+    return results
+
+
+def _explain_image(
+    cam: BaseCAM, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor
+) -> List[Detection]:
+    """One image's detections with their maps: one batched CAM call, one target per box."""
+    if boxes.shape[0] == 0:
+        return []
+    targets = [BoxTarget(box, int(label)) for box, label in zip(boxes.cpu(), labels.tolist())]
+    maps = cam(image.unsqueeze(0).expand(len(targets), *image.shape).contiguous(), targets)
+    return [
+        Detection(
+            box=box.numpy().astype(np.float32), label=int(label), score=float(score), cam=np.asarray(heat, np.float32)
+        )
+        for box, label, score, heat in zip(boxes.cpu(), labels.tolist(), scores.tolist(), maps)
+    ]
+
+
+def draw_detections(
+    image: np.ndarray, detections: Sequence[Detection], class_names: Optional[Sequence[str]] = None, alpha: float = 0.5
+) -> np.ndarray:
+    """The image with each detection's box, its "label score" caption, and its map
+    (JET colours) blended inside its box.
+
+    Args:
+        image: (H, W, 3) RGB float in [0, 1], the image the detections were made on.
+        detections: from :func:`explain_detections`, boxes in the image's pixels.
+        class_names: names for the labels (default: the label numbers).
+        alpha: the weight of the map's colours inside a box.
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+
+    Raises:
+        ValueError: if ``image`` is not (H, W, 3) with values in [0, 1].
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.min() < 0 or image.max() > 1:
+        raise ValueError(f"image must be (H, W, 3) RGB floats in [0, 1], got shape {image.shape}; divide uint8 by 255")
+    canvas = np.round(image * 255).astype(np.uint8)
+    height, width = canvas.shape[:2]
+    for detection in detections:
+        x1, y1, x2, y2 = (int(round(float(v))) for v in detection.box)
+        x1, x2 = max(0, min(x1, width - 1)), max(0, min(x2, width))
+        y1, y2 = max(0, min(y1, height - 1)), max(0, min(y2, height))
+        if x2 > x1 and y2 > y1:
+            heat = np.uint8(np.clip(detection.cam[y1:y2, x1:x2], 0, 1) * 255)
+            colours = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+            region = canvas[y1:y2, x1:x2].astype(np.float32)
+            canvas[y1:y2, x1:x2] = np.uint8(np.round((1 - alpha) * region + alpha * colours))
+        name = class_names[detection.label] if class_names is not None else str(detection.label)
+        cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), (255, 255, 0), 1)
+        cv2.putText(
+            canvas,
+            f"{name} {detection.score:.2f}",
+            (x1 + 2, max(y1 + 10, 10)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
+    return canvas
