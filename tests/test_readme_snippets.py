@@ -191,6 +191,9 @@ def test_our_readme_blocks_run(deit_tiny, swin_tiny, cat_128):
             first = grayscale_cam
         if index == 1:  # the original spelling gives the same maps
             np.testing.assert_allclose(namespace["grayscale_cam"], first, atol=1e-6)
+    detections, box_maps = namespace["detections"], namespace["box_maps"]  # the detectors' block
+    assert len(detections) == 2 and detections[0].cam.shape == (128, 128) and box_maps.shape == (1, 128, 128)
+    assert np.isfinite(box_maps).all() and box_maps.max() > 0.99
     cam = namespace["cam"]  # the last block's Swin CAM
     maps = cam(torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(6)), target_category=1)
     assert maps.shape == (1, 224, 224) and np.isfinite(maps).all() and maps.max() > 0.99
