@@ -36,7 +36,7 @@ def test_box_target_is_the_mean_confidence_of_the_same_class_overlapping_candida
     assert float(score.detach()) == pytest.approx((0.9 + 0.6) / 2, abs=1e-7)
     (grad,) = torch.autograd.grad(score, output.scores)
     assert torch.equal(grad, torch.tensor([[0.5, 0.0], [0.5, 0.0], [0.0, 0.0], [0.0, 0.0]]))
-    assert float(BoxTarget([0, 0, 10, 10], 1)(output)) == pytest.approx(0.7)
+    assert float(BoxTarget([0, 0, 10, 10], 1)(output).detach()) == pytest.approx(0.7)
 
 
 def test_an_unmatched_box_is_an_error_on_the_real_input_and_zero_on_a_perturbed_copy():
