@@ -67,6 +67,6 @@ def test_box_target_arguments_are_checked():
 def test_class_specific_boxes_are_matched_with_the_label_s_box():
     boxes = torch.tensor([[[0, 0, 10, 10], [40, 40, 50, 50]]], dtype=torch.float32)  # (1, 2 classes, 4)
     output = Candidates(boxes, torch.tensor([[0.2, 0.8]]))
-    assert float(BoxTarget([40, 40, 50, 50], 1)(output)) == pytest.approx(0.8)
+    assert float(BoxTarget([40, 40, 50, 50], 1)(output).detach()) == pytest.approx(0.8)
     with pytest.raises(ValueError):
         BoxTarget([0, 0, 10, 10], 1)(output)
