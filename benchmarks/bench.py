@@ -110,6 +110,7 @@ from bench_compare import (  # noqa: E402
     torchcam_library,
 )
 from bench_dataset import CamCallsAlone, LibraryLoop, dataset_table  # noqa: E402
+from bench_detection import DETECTION_PAIRS, detection_note  # noqa: E402
 from bench_harness import (  # noqa: E402
     Table,
     cpu_memory_supported,
@@ -159,6 +160,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes (default 1 8)")
     parser.add_argument("--scorecam-channels", type=int, help="ScoreCAM's K (default 64, quick 32)")
+    parser.add_argument(
+        "--detection-size", type=int, help="YOLOv8n's input size in the Detection table (640, quick 320)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
     parser.add_argument("--metrics", action="store_true", help="also the metrics tables (ROAD, Deletion/Insertion)")
     parser.add_argument(
@@ -185,6 +189,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.scorecam_channels = args.scorecam_channels or (32 if args.quick else 64)
+    args.detection_size = args.detection_size or (320 if args.quick else 640)
     return args
 
 
@@ -198,14 +203,24 @@ def run_internal(args: argparse.Namespace, device: torch.device) -> Optional[int
         print(CamCallsAlone().images_per_second(args.dataset_ceiling[0], torch.get_num_threads(), args.device))
         return 0
     if args.list:
-        for table in tables(args.batches, args.scorecam_channels, args.metrics):
+        for table in tables(args.batches, args.scorecam_channels, args.metrics, args.detection_size):
             print(f"{table.title}: {', '.join(row.key for row in table.rows)}")
+        if detection_note():
+            print(detection_note())
         print(f"side by side (--compare-rows): {', '.join(case.key for case in comparison_cases())}")
         print(f"side by side with torchcam (--compare-rows): {', '.join(case.key for case in torchcam_cases())}")
         return 0
     if args.memory_row:
         bench = Bench(device, args.scorecam_channels)
-        print(json.dumps({"peak_mb": measure_row_memory(bench, find_row(args.memory_row, args.scorecam_channels))}))
+        print(
+            json.dumps(
+                {
+                    "peak_mb": measure_row_memory(
+                        bench, find_row(args.memory_row, args.scorecam_channels, args.detection_size)
+                    )
+                }
+            )
+        )
         return 0
     return None
 
@@ -246,6 +261,9 @@ def run_tables(
             key, reference = f"{method}:{NEW_METHOD_BATCH}", f"{floor}:{NEW_METHOD_BATCH}"
             if key in timings and reference in timings:
                 ratios[(key, reference)] = median_ratio(timings[key]["all"], timings[reference]["all"])
+        for key, reference in DETECTION_PAIRS:  # K boxes batched against K separate calls
+            if key in timings and reference in timings:
+                ratios[(key, reference)] = median_ratio(timings[key]["all"], timings[reference]["all"])
         seconds.update({key: value["seconds"] for key, value in timings.items()})
         if measure_memory:
             for row in table.rows:
@@ -284,11 +302,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if internal is not None:
         return internal
     bench = Bench(device, args.scorecam_channels)
-    all_tables = tables(args.batches, args.scorecam_channels, args.metrics)
+    all_tables = tables(args.batches, args.scorecam_channels, args.metrics, args.detection_size)
     selected = [] if args.compare_only else select_tables(all_tables, args.only, args.rows)
     measure_memory = not args.no_memory and (device.type == "cuda" or cpu_memory_supported())
     clock = time.process_time if args.clock == "cpu" and device.type == "cpu" else time.perf_counter
     print_preamble(device, args, measure_memory, clock)
+    if detection_note() and not args.compare_only and (not args.only or "detection" in " ".join(args.only).lower()):
+        print(detection_note())
     started = time.perf_counter()
     ratios, seconds, memory, report = run_tables(args, bench, selected, clock, measure_memory)
     targets = check_targets(ratios, memory, args.batches, args.scorecam_channels, seconds)

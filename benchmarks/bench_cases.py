@@ -139,12 +139,27 @@ def _hooked_scores(
     """The sum of the chosen logits from one forward pass under no_grad, with the hooks in
     ``handles`` (a graph only from the layers :func:`_leaf_at` hooks); the hooks are removed
     afterwards, also on an error."""
+    return hooked_call(lambda: model(images)[rows, columns].sum(), handles)
+
+
+def hooked_call(score: Callable[[], torch.Tensor], handles: List[object]) -> torch.Tensor:
+    """``score()`` (a forward pass and the score taken from its output) under no_grad, with
+    the hooks in ``handles``, so that only the layers :func:`_leaf_at` hooks start a graph;
+    the hooks are removed afterwards, also on an error."""
     try:
         with torch.no_grad():
-            return model(images)[rows, columns].sum()
+            return score()
     finally:
         for handle in handles:
             handle.remove()
+
+
+def graph_from_first(modules: Sequence[torch.nn.Module], recorded: List[torch.Tensor]) -> List[object]:
+    """Hooks that record the outputs of ``modules`` (in forward order) in ``recorded``: the
+    first one's output made a leaf (the graph starts there), the others' as they are."""
+    return _leaf_at(modules[:1], recorded) + [
+        module.register_forward_hook(lambda m, i, output: recorded.append(output)) for module in modules[1:]
+    ]
 
 
 def input_gradient_floor(bench: Bench, batch: int) -> Callable[[], None]:
@@ -188,9 +203,7 @@ def layers_floor(bench: Bench, batch: int, layers: Sequence[str]) -> Callable[[]
 
     def run() -> None:
         recorded: List[torch.Tensor] = []
-        handles = _leaf_at(modules[:1], recorded) + [
-            module.register_forward_hook(lambda m, i, output: recorded.append(output)) for module in modules[1:]
-        ]
+        handles = graph_from_first(modules, recorded)
         torch.autograd.grad(_hooked_scores(model, images, rows, columns, handles), recorded)
 
     return run

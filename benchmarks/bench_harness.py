@@ -128,6 +128,8 @@ def memory_in_subprocess(row_key: str, args: argparse.Namespace) -> Optional[flo
         args.device,
         "--scorecam-channels",
         str(args.scorecam_channels),
+        "--detection-size",
+        str(args.detection_size),
     ]
     if args.threads:
         command += ["--threads", str(args.threads)]

@@ -32,6 +32,7 @@ from bench_cases import (
     road_imputations,
     scorecam_floor,
 )
+from bench_detection import DETECTION_BOXES, detection_tables
 from bench_harness import Row, Table
 
 from pytorch_grad_cam.registry import METHODS
@@ -260,22 +261,25 @@ def smoothing_tables(batches: Sequence[int]) -> List[Table]:
     return result
 
 
-def tables(batches: Sequence[int], scorecam_channels: int, metrics: bool = False) -> List[Table]:
+def tables(
+    batches: Sequence[int], scorecam_channels: int, metrics: bool = False, detection_size: int = 640
+) -> List[Table]:
     """Every table, in the order they run: the metrics tables first (with ``metrics``),
-    then the gradient, perturbation, smoothing and drop-in tables."""
+    then the gradient, perturbation, smoothing and drop-in tables, and the Detection table
+    at ``detection_size`` (where ultralytics is installed)."""
     result = metric_tables() if metrics else []
     result += gradient_tables(batches)
     result += perturbation_tables(scorecam_channels)
     result += smoothing_tables(batches)
-    return result + new_method_tables()
+    return result + new_method_tables() + detection_tables(detection_size)
 
 
-def find_row(key: str, scorecam_channels: int) -> Row:
+def find_row(key: str, scorecam_channels: int, detection_size: int = 640) -> Row:
     """The row with ``key`` in any table (batches 1 and 8, metrics included).
 
     Raises:
         KeyError: no table has that row (see ``bench.py --list``)."""
-    for table in tables([1, 8], scorecam_channels, metrics=True):
+    for table in tables([1, 8], scorecam_channels, metrics=True, detection_size=detection_size):
         for row in table.rows:
             if row.key == key:
                 return row
@@ -312,6 +316,14 @@ TARGETS = [
     ("eigen", "gradcam-l1-eigen:{b}", "gradcam-l1:{b}", 1.25, "eigen_smooth on layer1[-1] adds <= 25% (batch {b})"),
     ("aug", "gradcam-aug:1", "gradcam:1", 5.0, "aug_smooth <= 5x the plain call"),
     ("metric", "curves:8", "curves-floor:8", 1.2, "Deletion + Insertion <= 1.2x their forwards alone"),
+    ("detection", "det-box:1", "det-floor:1", 1.15, "Detection: GradCAM on one box <= 1.15x its floor"),
+    (
+        "detection",
+        f"det-batched:{DETECTION_BOXES}",
+        f"det-separate:{DETECTION_BOXES}",
+        0.35,
+        f"Detection: K = {DETECTION_BOXES} boxes in one call <= 0.35x K separate calls",
+    ),
 ]
 #: The other library's ROADCombined on this case (2 CPU threads), and our target: 5x faster.
 ROAD_REFERENCE_SECONDS = 13.7
@@ -326,7 +338,7 @@ def _ratio_target_lines(
     for kind, key, reference, limit, text in TARGETS:
         if kind == "gradient":
             cases = [(key.format(m=m), reference, text.format(name=METHODS[m].__name__)) for m in GRADIENT_METHODS]
-        elif kind == "metric":
+        elif kind in ("metric", "detection"):
             cases = [(key, reference, text)]
         elif kind == "eigen":
             cases = [(key.format(b=b), reference.format(b=b), text.format(b=b)) for b in batches]

@@ -47,6 +47,7 @@ def test_help_runs_and_names_every_option(bench, capsys: pytest.CaptureFixture) 
         "--batches",
         "--scorecam-channels",
         "--no-memory",
+        "--detection-size",
         "--metrics",
         "--only",
         "--no-dataset",
@@ -66,6 +67,9 @@ def test_list_prints_every_table_and_both_side_by_side_tables(bench, capsys: pyt
     assert bench.main(["--list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     titles = [line.split(":")[0] for line in lines]
+    # The Detection table is listed where ultralytics (an optional test extra) is installed,
+    # else its one-line note is, in its place.
+    detection_titles = ["Detection"]
     assert titles == [
         "Gradient methods, batch 1",
         "Gradient methods, batch 8",
@@ -75,6 +79,7 @@ def test_list_prints_every_table_and_both_side_by_side_tables(bench, capsys: pyt
         "eigen_smooth on layer1[-1] (56 x 56 x 256), batch 8",
         "aug_smooth (6 augmented copies), one image",
         "Drop-in methods against their floors, batch 8",
+        *detection_titles,
         "side by side (--compare-rows)",
         "side by side with torchcam (--compare-rows)",
     ]
@@ -85,6 +90,37 @@ def test_list_prints_every_table_and_both_side_by_side_tables(bench, capsys: pyt
         "gradcam:1, gradcam:8, gradcam++:1, gradcam++:8, xgradcam:1, xgradcam:8, layercam:1, layercam:8, scorecam-r18"
     )
     assert len(lines[-2].split(": ")[1].split(", ")) == 19  # the grad-cam table's cases
+    detection = lines[-3]
+    if importlib.util.find_spec("ultralytics") is not None:
+        assert detection.endswith(
+            "640 x 640, GradCAM on the neck outputs: det-floor:1, det-box:1, det-separate:8, det-batched:8"
+        )
+    else:
+        assert detection.endswith("skipped, ultralytics is not installed (pip install ultralytics)")
+
+
+def test_quick_halves_the_detection_size_and_the_table_goes_without_ultralytics(
+    bench, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    assert bench.parse_args(["--quick"]).detection_size == 320
+    assert bench.parse_args([]).detection_size == 640
+    assert bench.parse_args(["--detection-size", "256"]).detection_size == 256
+    import bench_detection
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        bench_detection.importlib.util,
+        "find_spec",
+        lambda name, *rest: None if name == "ultralytics" else real_find_spec(name, *rest),
+    )
+    assert bench_detection.detection_tables(320) == []
+    assert bench.main(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        lines[-3]
+        == "Detection: YOLOv8n (random weights): skipped, ultralytics is not installed (pip install ultralytics)"
+    )
+    assert not any(line.startswith("Detection: YOLOv8n (random weights), ") for line in lines)
 
 
 @pytest.mark.parametrize("name", MODULES)
