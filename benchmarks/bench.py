@@ -16,6 +16,11 @@ table compares its rows with a reference row measured in the same rounds:
   the input; ShapleyCAM: gradient + one Hessian-vector product; KPCA-CAM and FEM: one
   forward; DFF: one forward + the NMF; FinerCAM: GradCAM's floor; RefineCAM: one
   backward to both layers);
+* Detection (where ultralytics is installed; else a one-line note): GradCAM of detected
+  boxes on YOLOv8n (random weights) at ``--detection-size`` (640, quick 320) on its
+  default target layers, against one forward of the wrapped detector + one box's
+  backward to those layers; and K = 8 boxes in one call (the image repeated K times, as
+  ``explain_detections`` does) against the same K boxes as K calls;
 * with ``--compare-with PYTHON`` (not in the default run): the same cases side by side
   with grad-cam 1.5.7, run by ``PYTHON`` (an interpreter of a throwaway virtual
   environment outside the repository that has ``grad-cam==1.5.7`` installed; never a
@@ -57,6 +62,7 @@ Usage::
     python benchmarks/bench.py --device cuda
     python benchmarks/bench.py --metrics --only metrics --threads 2 --no-memory   # the metrics rows alone
     python benchmarks/bench.py --only dataset --repeats 3   # the data-set rows alone
+    python benchmarks/bench.py --only Detection --repeats 3 # the Detection table alone
     python benchmarks/bench.py --list                          # the tables and their row keys
     python benchmarks/bench.py --rows fullgrad:8 scorecam:64   # some rows, with their references
     python3 -m venv /tmp/gradcam157 && /tmp/gradcam157/bin/pip install torch==2.14.1 \
