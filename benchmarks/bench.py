@@ -86,7 +86,8 @@ pays the cold start of its first calls, and is timed from its first image to its
 
 Files: this one parses the options and runs; bench_harness.py times and measures rows;
 bench_cases.py builds the rows' calls (floors, CAM calls, the metrics case);
-bench_dataset.py the data-set rows; bench_tables.py the tables and the issue's targets;
+bench_dataset.py the data-set rows;
+bench_detection.py the Detection table; bench_tables.py the tables and the issue's targets;
 bench_compare.py the side-by-side tables, whose cases compare_runner.py runs in each
 library's interpreter.
 """
