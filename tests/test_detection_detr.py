@@ -218,3 +218,24 @@ def test_unmatched_box_raises(built, family):
     detector = as_detector(model)
     with pytest.raises(ValueError, match="no candidate of class"):
         GradCAM(detector, detector.default_target_layers())(images[:1], [BoxTarget([0.0, 0.0, 1.0, 1.0], 0)])
+
+
+def test_explain_detections_detects_in_eval_mode_and_gives_the_mode_back(built):
+    """A model built from a config is in training mode (dropout on): the detection pass
+    runs in eval mode like the maps (the same boxes and scores as the eval-mode model's),
+    and every submodule's mode comes back."""
+    from pytorch_grad_cam.detection import explain_detections
+
+    model, _, images = built["detr"]
+    expected = explain_detections(model.eval(), images[:1], confidence=0.0, max_detections=3)[0]
+    model.train()
+    try:
+        torch.manual_seed(0)
+        detections = explain_detections(model, images[:1], confidence=0.0, max_detections=3)[0]
+        assert all(module.training for module in model.modules())
+    finally:
+        model.eval()
+    assert [d.score for d in detections] == [d.score for d in expected] and len(expected) >= 1
+    for mine, theirs in zip(detections, expected):
+        assert (mine.box == theirs.box).all() and mine.label == theirs.label
+        assert float(abs(mine.cam - theirs.cam).max()) < 1e-6

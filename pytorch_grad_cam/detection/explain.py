@@ -23,7 +23,7 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.detection.adapters import as_detector
 from pytorch_grad_cam.detection.candidates import Candidates
 from pytorch_grad_cam.detection.targets import BoxTarget
-from pytorch_grad_cam.model_state import prepare_input
+from pytorch_grad_cam.model_state import evaluation_mode, prepare_input
 from pytorch_grad_cam.registry import get_method
 
 __all__ = ["Detection", "draw_detections", "explain_detections", "select_detections"]
@@ -113,7 +113,9 @@ def explain_detections(
     detector = as_detector(model)
     cam_class = _method_class(method)
     images = prepare_input(images, detector)  # the model's device and float dtype
-    with torch.no_grad():
+    # Detected as the maps will be computed: in eval mode (dropout off), every submodule's
+    # own mode given back afterwards.
+    with torch.no_grad(), evaluation_mode(detector):
         candidates = detector(images)
     kept = [select_detections(found, confidence, iou_threshold, max_detections) for found in candidates]
     layers = list(target_layers) if target_layers is not None else detector.default_target_layers()
