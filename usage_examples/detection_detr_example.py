@@ -17,34 +17,22 @@ random queries' overlapping boxes); with --weights it defaults to 0.7. The photo
 normalised with ImageNet's mean and std, as DetrImageProcessor does by default.
 """
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported: never the network
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from detection_common import example_arguments, load_photo, report  # noqa: E402
 
-from pytorch_grad_cam.detection import draw_detections, explain_detections  # noqa: E402
+from pytorch_grad_cam.detection import explain_detections  # noqa: E402
 
 PHOTO = Path(__file__).resolve().parents[1] / "examples" / "cat.jpg"
+OUTPUT = "detr_detections.jpg"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def load_photo(path: str, size: int) -> np.ndarray:
-    """The photo as (H, W, 3) RGB floats in [0, 1], its longer side ``size`` pixels."""
-    bgr = cv2.imread(path)
-    if bgr is None:
-        raise SystemExit(f"{path}: not an image (or no such file); pass --image-path PATH")
-    height, width = bgr.shape[:2]
-    scale = size / max(height, width)
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    rgb = cv2.cvtColor(cv2.resize(bgr, new_size, interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-    return np.float32(rgb) / 255
 
 
 def small_detr() -> torch.nn.Module:
@@ -64,15 +52,7 @@ def small_detr() -> torch.nn.Module:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-path", default=str(PHOTO), help="the photo (default: examples/cat.jpg)")
-    parser.add_argument("--method", default="gradcam", help="a name in pytorch_grad_cam.METHODS")
-    parser.add_argument("--weights", default=None, help="a local save_pretrained folder (default: random weights)")
-    parser.add_argument("--confidence", type=float, default=None, help="default: 0.7, or 0 with random weights")
-    parser.add_argument("--max-detections", type=int, default=3, help="the most boxes explained")
-    parser.add_argument("--size", type=int, default=512, help="the longer side of the model's input, in pixels")
-    parser.add_argument("--output-dir", default=".", help="where detr_detections.jpg goes")
-    args = parser.parse_args()
+    args = example_arguments(__doc__, str(PHOTO), "a local save_pretrained folder", 0.7, 512, OUTPUT)
 
     import transformers
 
@@ -83,25 +63,15 @@ def main() -> int:
         model = small_detr()
     else:
         model = transformers.DetrForObjectDetection.from_pretrained(args.weights, local_files_only=True).eval()
-    confidence = args.confidence if args.confidence is not None else (0.7 if args.weights else 0.0)
 
     rgb = load_photo(args.image_path, args.size)
     normalised = (rgb - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
     images = torch.from_numpy(normalised).permute(2, 0, 1).unsqueeze(0)  # DETR takes normalised pixel values
     detections = explain_detections(
-        model, images, method=args.method, confidence=confidence, max_detections=args.max_detections
+        model, images, method=args.method, confidence=args.confidence, max_detections=args.max_detections
     )[0]
     names = [model.config.id2label[index] for index in range(model.config.num_labels)]
-    for detection in detections:
-        box = ", ".join(f"{value:.1f}" for value in detection.box)
-        print(f"{names[detection.label]} ({detection.label}) score {detection.score:.3g} box [{box}]")
-    if not detections:
-        print(f"no detection at confidence {confidence}; try a lower --confidence")
-
-    os.makedirs(args.output_dir, exist_ok=True)
-    path = os.path.join(args.output_dir, "detr_detections.jpg")
-    cv2.imwrite(path, cv2.cvtColor(draw_detections(rgb, detections, class_names=names), cv2.COLOR_RGB2BGR))
-    print(f"wrote {path} ({rgb.shape[1]}x{rgb.shape[0]})")
+    report(rgb, detections, names, args.confidence, args.output_dir, OUTPUT)
     return 0
 
 

@@ -17,7 +17,6 @@ and the --max-detections (3) best boxes are kept (3 boxes on the bundled cat); w
 pixels and both sides are multiples of 32 (the head's largest stride).
 """
 
-import argparse
 import os
 import sys
 import tempfile
@@ -28,26 +27,13 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "pytorch_grad_cam-yolo-config"))
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from detection_common import example_arguments, load_photo, report  # noqa: E402
 
-from pytorch_grad_cam.detection import draw_detections, explain_detections  # noqa: E402
+from pytorch_grad_cam.detection import explain_detections  # noqa: E402
 
 PHOTO = Path(__file__).resolve().parents[1] / "examples" / "cat.jpg"
-
-
-def load_photo(path: str, size: int) -> np.ndarray:
-    """The photo as (H, W, 3) RGB floats in [0, 1], its longer side ``size`` pixels and
-    both sides multiples of 32."""
-    bgr = cv2.imread(path)
-    if bgr is None:
-        raise SystemExit(f"{path}: not an image (or no such file); pass --image-path PATH")
-    height, width = bgr.shape[:2]
-    scale = size / max(height, width)
-    new_width, new_height = (max(32, int(round(side * scale / 32)) * 32) for side in (width, height))
-    rgb = cv2.cvtColor(cv2.resize(bgr, (new_width, new_height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
-    return np.float32(rgb) / 255
+OUTPUT = "yolo_detections.jpg"
 
 
 def calibrate_random_yolo(yolo: object, images: torch.Tensor) -> None:
@@ -73,15 +59,7 @@ def calibrate_random_yolo(yolo: object, images: torch.Tensor) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image-path", default=str(PHOTO), help="the photo (default: examples/cat.jpg)")
-    parser.add_argument("--method", default="gradcam", help="a name in pytorch_grad_cam.METHODS")
-    parser.add_argument("--weights", default=None, help="a trained ultralytics .pt file (default: random weights)")
-    parser.add_argument("--confidence", type=float, default=None, help="default: 0.25, or 0 with random weights")
-    parser.add_argument("--max-detections", type=int, default=3, help="the most boxes explained")
-    parser.add_argument("--size", type=int, default=640, help="the longer side of the model's input, in pixels")
-    parser.add_argument("--output-dir", default=".", help="where yolo_detections.jpg goes")
-    args = parser.parse_args()
+    args = example_arguments(__doc__, str(PHOTO), "a trained ultralytics .pt file", 0.25, 640, OUTPUT)
 
     import ultralytics  # after the environment above is set
 
@@ -90,27 +68,17 @@ def main() -> int:
         print("yolov8n has random weights: random weights explain nothing, the maps show the mechanics only; "
               "pass --weights PATH for a trained model", file=sys.stderr)  # fmt: skip
     yolo = ultralytics.YOLO(args.weights or "yolov8n.yaml", verbose=False)
-    confidence = args.confidence if args.confidence is not None else (0.25 if args.weights else 0.0)
 
-    rgb = load_photo(args.image_path, args.size)
+    rgb = load_photo(args.image_path, args.size, multiple=32)  # YOLO's strides divide both sides
     images = torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)  # YOLO takes RGB in [0, 1]
     if args.weights is None:
         calibrate_random_yolo(yolo, images)
     yolo.model.eval()  # the detection pass (no CAM yet) must see the model as the maps do
     detections = explain_detections(
-        yolo, images, method=args.method, confidence=confidence, max_detections=args.max_detections
+        yolo, images, method=args.method, confidence=args.confidence, max_detections=args.max_detections
     )[0]
     names = [yolo.names[index] for index in range(len(yolo.names))]
-    for detection in detections:
-        box = ", ".join(f"{value:.1f}" for value in detection.box)
-        print(f"{names[detection.label]} ({detection.label}) score {detection.score:.3g} box [{box}]")
-    if not detections:
-        print(f"no detection at confidence {confidence}; try a lower --confidence")
-
-    os.makedirs(args.output_dir, exist_ok=True)
-    path = os.path.join(args.output_dir, "yolo_detections.jpg")
-    cv2.imwrite(path, cv2.cvtColor(draw_detections(rgb, detections, class_names=names), cv2.COLOR_RGB2BGR))
-    print(f"wrote {path} ({rgb.shape[1]}x{rgb.shape[0]})")
+    report(rgb, detections, names, args.confidence, args.output_dir, OUTPUT)
     return 0
 
 
