@@ -10,8 +10,7 @@ with the same score.
 from __future__ import annotations
 
 from collections import OrderedDict
-from contextlib import contextmanager
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,23 +26,11 @@ from torchvision.ops.boxes import clip_boxes_to_image
 
 from pytorch_grad_cam.detection.adapters import register_adapter
 from pytorch_grad_cam.detection.candidates import Candidates
+from pytorch_grad_cam.model_state import evaluation_mode
 
 __all__ = ["TorchvisionDetector", "adapt_torchvision"]
 
 _ONE_STAGE = (RetinaNet, FCOS, SSD)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` in eval mode (the transform's resizing, the RPN's proposal counts and
-    the heads differ in training mode) and give every submodule its own mode back."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _to_input_pixels(boxes: torch.Tensor, resized: Tuple[int, int], original: Tuple[int, int]) -> torch.Tensor:
@@ -95,7 +82,9 @@ class TorchvisionDetector(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) floats in [0, 1], got shape {tuple(images.shape)}")
         original = (int(images.shape[-2]), int(images.shape[-1]))
-        with _eval_mode(self.model):
+        # Eval mode for the call (the transform's resizing, the RPN's proposal counts and the
+        # heads differ in training mode); every submodule's own mode comes back after.
+        with evaluation_mode(self.model):
             image_list, _ = self.model.transform(list(images))
             features = self.model.backbone(image_list.tensors)
             if isinstance(features, torch.Tensor):
