@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from torchvision.ops import box_convert
+from torchvision.ops import box_iou as torchvision_box_iou
 
 __all__ = ["Candidates", "box_iou", "cxcywh_to_xyxy"]
 
@@ -47,16 +49,9 @@ class Candidates:
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     """(..., 4) centre x, centre y, width, height -> x1, y1, x2, y2."""
-    centre, size = boxes[..., :2], boxes[..., 2:4]
-    return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+    return box_convert(boxes, "cxcywh", "xyxy")
 
 
 def box_iou(boxes: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """IoU (N,) of xyxy ``boxes`` (N, 4) with one xyxy ``box`` (4,); 0 for empty boxes."""
-    box = box.to(boxes)
-    top_left = torch.maximum(boxes[:, :2], box[:2])
-    bottom_right = torch.minimum(boxes[:, 2:], box[2:])
-    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=1)
-    area = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(dim=1)
-    union = area + (box[2:] - box[:2]).clamp(min=0).prod() - intersection
-    return torch.where(union > 0, intersection / union.clamp(min=1e-12), torch.zeros_like(union))
+    """IoU (N,) of xyxy ``boxes`` (N, 4) with one xyxy ``box`` (4,)."""
+    return torchvision_box_iou(boxes, box.to(boxes).reshape(1, 4))[:, 0]
