@@ -176,7 +176,7 @@ class AblationCAM(PerturbationCAM):
         weights = activations.new_zeros((batch, channels))
         with self.progress_bar(sum(len(c) for c in chosen), "AblationCAM") as bar:
             for image in range(batch):
-                known = self._layer_tail(layer)  # a tail found stale on an image is replaced
+                known = self._tails.get(layer, known)  # a tail found stale on an image was replaced there
                 weights[image, chosen[image]] = self._image_weights(
                     record, index, image, known, chosen[image], positions, activations[image], bar
                 ).to(weights.dtype)

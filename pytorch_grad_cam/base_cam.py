@@ -264,7 +264,9 @@ class BaseCAM:
             if not self.target_layers:
                 self._choose_target_layer(prepared, targets)
             if aug_smooth is not False and aug_smooth is not None:
-                transforms = self.tta_transforms if aug_smooth is True and self.tta_transforms else aug_smooth
+                transforms = (
+                    self.tta_transforms if aug_smooth is True and self.tta_transforms is not None else aug_smooth
+                )
                 cams = augmented_maps(self._explain, prepared, targets, eigen_smooth, transforms)
             else:
                 cams = self._explain(prepared, targets, eigen_smooth)
