@@ -1,8 +1,8 @@
 """The Detection table: GradCAM of detected boxes on ultralytics YOLOv8n (random
 weights, seed 0) against its floor (one forward of the wrapped detector and one
 backward from one box's score to the default target layers), and K boxes as K calls
-against the explain_detections-style batch (the image repeated K times, K targets, one
-call). Skipped with a note where ultralytics is not installed (an optional package).
+against the image repeated K times in one call and against ``explain_targets`` (one
+forward pass, the K boxes' gradients: how explain_detections explains an image's boxes). Skipped with a note where ultralytics is not installed (an optional package).
 """
 
 from __future__ import annotations
@@ -110,6 +110,14 @@ def batched_boxes(device: torch.device, size: int) -> Callable[[], None]:
     return lambda: cam(copies, case.targets)
 
 
+def several_boxes(device: torch.device, size: int) -> Callable[[], None]:
+    """GradCAM's explain_targets on the image with the K BoxTargets (how explain_detections
+    explains one image's boxes): one forward pass, the K scores' gradients at the layers."""
+    case = detection_case(device, size)
+    cam = case.gradcam()
+    return lambda: cam.explain_targets(case.image, case.targets)
+
+
 def detection_note() -> Optional[str]:
     """The one-line note that the Detection table is skipped, or None where ultralytics is installed."""
     if importlib.util.find_spec("ultralytics") is None:
@@ -137,6 +145,11 @@ def detection_tables(size: int) -> List[Table]:
                 Row("det-box:1", "GradCAM, one box", _on(one_box, size)),
                 Row(f"det-separate:{k}", f"GradCAM, K = {k} boxes as {k} calls", _on(separate_boxes, size)),
                 Row(f"det-batched:{k}", f"GradCAM, K = {k} boxes in one call (image x {k})", _on(batched_boxes, size)),
+                Row(
+                    f"det-several:{k}",
+                    f"GradCAM, K = {k} boxes by explain_targets (one forward, {k} gradients)",
+                    _on(several_boxes, size),
+                ),
             ],
         )
     ]
@@ -148,4 +161,7 @@ def _on(case: Callable[[torch.device, int], Callable[[], None]], size: int) -> C
 
 
 #: (row, reference row) ratios that are not against the table's reference.
-DETECTION_PAIRS = [(f"det-batched:{DETECTION_BOXES}", f"det-separate:{DETECTION_BOXES}")]
+DETECTION_PAIRS = [
+    (f"det-batched:{DETECTION_BOXES}", f"det-separate:{DETECTION_BOXES}"),
+    (f"det-several:{DETECTION_BOXES}", f"det-separate:{DETECTION_BOXES}"),
+]

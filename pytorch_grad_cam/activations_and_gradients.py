@@ -158,6 +158,8 @@ class ActivationsAndGradients:
 
     def _make_gradient_hook(self, index: int, call: int, key: object = None) -> Callable:
         def hook(grad: torch.Tensor) -> None:
+            if not self.record_gradients:  # switched off after the forward pass: the caller reads autograd's result
+                return
             if key is not None:
                 self._parts[index][key] = grad.detach()
                 return

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pytorch_grad_cam import several_targets
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
 from pytorch_grad_cam.augmentation import augmented_maps
 from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs, grid_activations
@@ -282,6 +283,34 @@ class BaseCAM:
         order (``__call__``'s third positional argument is ``aug_smooth``); returns and
         raises as ``__call__``."""
         return self(input_tensor, targets, eigen_smooth=eigen_smooth)
+
+    def explain_targets(
+        self, input_tensor: torch.Tensor, targets: Sequence[Target], eigen_smooth: bool = False
+    ) -> np.ndarray:
+        """The maps of one image for each of several targets (a detector's boxes, a CLIP
+        model's prompts): what ``self(image repeated K times, targets)`` returns, from one
+        forward pass and the K scores' gradients at the target layers where the method
+        allows (see :mod:`pytorch_grad_cam.several_targets`).
+
+        Returns:
+            numpy.float32 array (K, H, W) (or (K, D, H, W)), each map in [0, 1].
+
+        Raises:
+            ValueError: if ``input_tensor`` holds more than one image or ``targets`` is
+                empty; others as ``__call__``.
+        """
+        image, targets = several_targets.one_image_and_targets(input_tensor, targets)
+        if not several_targets.shares_one_forward(self, BaseCAM):
+            return several_targets.maps_one_by_one(self, image, targets, eigen_smooth)
+        with torch.inference_mode(False), evaluation_mode(self.model):
+            prepared = prepare_input(image, self.model)
+            if not self.target_layers:
+                self._choose_target_layer(prepared, targets[:1])
+            record = several_targets.record_several_targets(self, prepared, targets)
+            self.outputs = record.outputs
+            with torch.no_grad():
+                cams = self.aggregate_multi_layers(self.compute_cam_per_layer(record, eigen_smooth))
+        return cams.detach().cpu().numpy().astype(np.float32, copy=False)
 
     def _explain(
         self, input_tensor: torch.Tensor, targets: Optional[List[Target]], eigen_smooth: bool, copies: int = 1

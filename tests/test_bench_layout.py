@@ -93,7 +93,7 @@ def test_list_prints_every_table_and_both_side_by_side_tables(bench, capsys: pyt
     detection = lines[-3]
     if importlib.util.find_spec("ultralytics") is not None:
         assert detection.endswith(
-            "640 x 640, GradCAM on the neck outputs: det-floor:1, det-box:1, det-separate:8, det-batched:8"
+            "640 x 640, GradCAM on the neck outputs: det-floor:1, det-box:1, det-separate:8, det-batched:8, det-several:8"
         )
     else:
         assert detection.endswith("skipped, ultralytics is not installed (pip install ultralytics)")

@@ -25,6 +25,7 @@ from test_detection_yolo import assert_same_state, build, image, state  # noqa: 
 
 from pytorch_grad_cam import GradCAM, HiResCAM  # noqa: E402
 from pytorch_grad_cam.detection import BoxTarget, Detection, as_detector, draw_detections, explain_detections  # noqa: E402
+from pytorch_grad_cam.detection.explain import detection_targets, select_detections  # noqa: E402
 
 pytest.importorskip("ultralytics", reason="ultralytics is an optional test extra (make test installs it)")
 
@@ -82,6 +83,21 @@ def test_detections_are_the_nms_result_and_maps_equal_direct_calls(yolo64):
             assert detection.cam.max() > 0.5
     print(f"batched per-box maps vs direct calls: max abs error {max(errors):.2e} over {len(errors)} boxes")
     assert max(errors) <= 1e-5
+
+
+def test_targets_carry_the_candidates_matched_on_the_detection_pass(yolo64):
+    """So that the map pass scores exactly those, whatever float rounding does to near-tied
+    classes in another pass."""
+    images = image(160, seed=5)
+    with torch.no_grad():
+        (candidates,) = as_detector(yolo64)(images.double())
+    boxes, labels, _ = select_detections(candidates, CONFIDENCE, IOU, MOST)
+    targets = detection_targets(candidates, boxes, labels)
+    assert len(targets) == len(boxes) >= 2
+    for target, box, label in zip(targets, boxes, labels.tolist()):
+        iou = tv_box_iou(candidates.boxes, box[None].to(candidates.boxes.dtype))[:, 0]
+        hand = ((iou >= 0.5) & (candidates.scores.argmax(dim=1) == label)).nonzero().flatten()
+        assert target.label == label and torch.equal(target.indices, hand) and len(hand) >= 1
 
 
 def test_method_by_class_with_target_layers(yolo64):

@@ -70,3 +70,18 @@ def test_class_specific_boxes_are_matched_with_the_label_s_box():
     assert float(BoxTarget([40, 40, 50, 50], 1)(output).detach()) == pytest.approx(0.8)
     with pytest.raises(ValueError):
         BoxTarget([0, 0, 10, 10], 1)(output)
+
+
+def test_box_target_with_indices_scores_exactly_those_candidates_on_any_input():
+    output = candidates()
+    # candidate 2's top class is 1, so matching would leave it out; indices keep it
+    target = BoxTarget([0, 0, 10, 10], 0, indices=[0, 2])
+    assert target.matches(output).tolist() == [True, False, True, False]
+    assert float(target(output).detach()) == pytest.approx((0.9 + 0.2) / 2, abs=1e-7)
+    with perturbed():  # not 0 on a perturbed copy: the same candidates' confidence there
+        assert float(target(output).detach()) == pytest.approx(0.55, abs=1e-7)
+    assert "indices=[0, 2]" in repr(target)
+    with pytest.raises(IndexError, match="indices go up to 7 but the model gives 4 candidates"):
+        BoxTarget([0, 0, 10, 10], 0, indices=[7])(output)
+    with pytest.raises(ValueError, match="indices is empty"):
+        BoxTarget([0, 0, 10, 10], 0, indices=[])

@@ -185,6 +185,27 @@ def test_end_to_end_heads_give_every_one_to_one_candidate():
     torch.testing.assert_close(found.boxes, boxes[0], rtol=0, atol=1e-4)
 
 
+def test_a_box_score_differentiates_the_class_branch_only(yolo):
+    """Scores come from the head's class logits, not from the prediction where they sit
+    after the decoded boxes: a box's gradient never runs back through the box branch."""
+    head = yolo.model.model[-1]
+    captured = {"box": [], "class": []}
+    handles = [
+        level[0].register_forward_hook(lambda module, inputs, output, name=name: captured[name].append(output))
+        for name, branches in (("box", head.cv2), ("class", head.cv3))
+        for level in branches
+    ]
+    try:
+        found = as_detector(yolo)(image(160).requires_grad_(True))[0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    _, box, label = best_candidate(found)
+    grads = torch.autograd.grad(BoxTarget(box, label)(found), captured["box"] + captured["class"], allow_unused=True)
+    assert all(grad is None for grad in grads[:3])  # the box branch, every level
+    assert sum(float(grad.abs().sum()) for grad in grads[3:] if grad is not None) > 0
+
+
 def test_box_target_scores_the_hand_matched_candidates_mean(yolo):
     images = image(160)
     found = as_detector(yolo)(images)[0]

@@ -2,9 +2,10 @@
 the model's candidates), then one map per kept box, then draw boxes with their maps.
 
 A box's map explains :class:`~pytorch_grad_cam.detection.BoxTarget` (its box, its
-label): all of one image's boxes go through the CAM in one batched call (the image
-repeated once per box, one target each): one forward and one backward pass over the K
-copies, rather than K calls.
+label, and the candidates matched to it on the detection pass). All of one image's
+boxes go through :meth:`~pytorch_grad_cam.base_cam.BaseCAM.explain_targets`: for the
+gradient methods one forward pass and the boxes' gradients at the target layers, rather
+than K calls.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pytorch_grad_cam.detection.targets import BoxTarget
 from pytorch_grad_cam.model_state import evaluation_mode, prepare_input
 from pytorch_grad_cam.registry import get_method
 
-__all__ = ["Detection", "draw_detections", "explain_detections", "select_detections"]
+__all__ = ["Detection", "detection_targets", "draw_detections", "explain_detections", "select_detections"]
 
 
 @dataclass
@@ -122,23 +123,40 @@ def explain_detections(
     results: List[List[Detection]] = []
     with cam_class(detector, layers, **method_options) as cam:
         for index, (boxes, labels, scores) in enumerate(tqdm(kept, disable=not progress, desc="detections")):
-            results.append(_explain_image(cam, images[index], boxes, labels, scores))
+            targets = detection_targets(candidates[index], boxes, labels)
+            results.append(_explain_image(cam, images[index : index + 1], targets, scores))
     return results
 
 
+def detection_targets(candidates: Candidates, boxes: torch.Tensor, labels: torch.Tensor) -> List[BoxTarget]:
+    """A :class:`BoxTarget` per detected box, its candidates matched once, here, on the
+    detection pass's ``candidates`` (so the map pass scores exactly those).
+
+    Returns:
+        One BoxTarget per box, in order.
+    """
+    targets = []
+    for box, label in zip(boxes.detach().cpu(), labels.tolist()):
+        matched = BoxTarget(box, int(label)).matches(candidates).nonzero().flatten().cpu()
+        targets.append(BoxTarget(box, int(label), indices=matched))
+    return targets
+
+
 def _explain_image(
-    cam: BaseCAM, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor
+    cam: BaseCAM, image: torch.Tensor, targets: List[BoxTarget], scores: torch.Tensor
 ) -> List[Detection]:
-    """One image's detections with their maps: one batched CAM call, one target per box."""
-    if boxes.shape[0] == 0:
+    """One image's detections with their maps: the CAM's maps of the image for its targets."""
+    if not targets:
         return []
-    targets = [BoxTarget(box, int(label)) for box, label in zip(boxes.cpu(), labels.tolist())]
-    maps = cam(image.unsqueeze(0).expand(len(targets), *image.shape).contiguous(), targets)
+    maps = cam.explain_targets(image, targets)
     return [
         Detection(
-            box=box.numpy().astype(np.float32), label=int(label), score=float(score), cam=np.asarray(heat, np.float32)
+            box=target.box.numpy().astype(np.float32),
+            label=target.label,
+            score=float(score),
+            cam=np.asarray(heat, np.float32),
         )
-        for box, label, score, heat in zip(boxes.cpu(), labels.tolist(), scores.tolist(), maps)
+        for target, score, heat in zip(targets, scores.tolist(), maps)
     ]
 
 

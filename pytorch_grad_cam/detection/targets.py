@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -27,6 +27,11 @@ class BoxTarget:
         box: (x1, y1, x2, y2) in the pixels of the model's input.
         label: the class index, as the model numbers its classes.
         iou_threshold: the least IoU a candidate's box must have with ``box``.
+        indices: the candidates to score, by their position in the model's candidates,
+            as matched once on the image's own detection pass (``explain_detections``
+            does this): then every call scores exactly those, on any input, perturbed
+            copies included, and a class that barely wins on one pass and loses on
+            another by float rounding cannot unmatch the box. None: matched on each call.
 
     Raises (on a call):
         TypeError: if the output is not a ``Candidates`` (wrap the model with as_detector).
@@ -37,7 +42,14 @@ class BoxTarget:
             the object may vanish: its score there is 0.
     """
 
-    def __init__(self, box: Union[Sequence[float], torch.Tensor], label: int, iou_threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        box: Union[Sequence[float], torch.Tensor],
+        label: int,
+        iou_threshold: float = 0.5,
+        *,
+        indices: Optional[Union[Sequence[int], torch.Tensor]] = None,
+    ) -> None:
         box = torch.as_tensor(box, dtype=torch.float32).reshape(-1)
         if box.numel() != 4 or not bool((box[2:] > box[:2]).all()):
             raise ValueError(f"box must be (x1, y1, x2, y2) with x2 > x1 and y2 > y1, got {box.tolist()}")
@@ -46,11 +58,27 @@ class BoxTarget:
         self.box = box
         self.label = int(label)
         self.iou_threshold = float(iou_threshold)
+        self.indices = None if indices is None else torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+        if self.indices is not None and self.indices.numel() == 0:
+            raise ValueError("indices is empty; pass the matched candidates' positions, or None to match on each call")
 
     def matches(self, candidates: Candidates) -> torch.Tensor:
-        """(N,) bool: the candidates this target scores."""
-        if not 0 <= self.label < candidates.scores.shape[1]:
-            raise IndexError(f"label {self.label} is outside the model's {candidates.scores.shape[1]} classes")
+        """(N,) bool: the candidates this target scores.
+
+        Raises:
+            IndexError: if ``label`` or one of ``indices`` is outside the candidates.
+        """
+        count, classes = candidates.scores.shape
+        if not 0 <= self.label < classes:
+            raise IndexError(f"label {self.label} is outside the model's {classes} classes")
+        if self.indices is not None:
+            if int(self.indices.min()) < 0 or int(self.indices.max()) >= count:
+                raise IndexError(
+                    f"indices go up to {int(self.indices.max())} but the model gives {count} candidates; "
+                    "indices hold only for the input size they were matched at"
+                )
+            matched = torch.zeros(count, dtype=torch.bool, device=candidates.scores.device)
+            return matched.index_fill_(0, self.indices.to(matched.device), True)
         iou = box_iou(candidates.boxes_of(self.label).detach(), self.box)
         return (iou >= self.iou_threshold) & (candidates.scores.detach().argmax(dim=1) == self.label)
 
@@ -74,4 +102,5 @@ class BoxTarget:
         return output.scores[matched, self.label].mean()
 
     def __repr__(self) -> str:
-        return f"BoxTarget(box={self.box.tolist()}, label={self.label}, iou_threshold={self.iou_threshold})"
+        fixed = "" if self.indices is None else f", indices={self.indices.tolist()}"
+        return f"BoxTarget(box={self.box.tolist()}, label={self.label}, iou_threshold={self.iou_threshold}{fixed})"

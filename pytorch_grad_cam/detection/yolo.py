@@ -71,8 +71,24 @@ def yolov8_candidates(output: object, classes: int, xyxy: bool = False) -> List[
         )
     boxes = prediction[:, :4].transpose(1, 2)
     boxes = boxes if xyxy else cxcywh_to_xyxy(boxes)
-    scores = prediction[:, 4 : 4 + classes].transpose(1, 2)
+    scores = _class_logits(output, prediction, classes)
+    scores = prediction[:, 4 : 4 + classes] if scores is None else scores.sigmoid()
+    scores = scores.transpose(1, 2)
     return [Candidates(image_boxes, image_scores) for image_boxes, image_scores in zip(boxes, scores)]
+
+
+def _class_logits(output: object, prediction: torch.Tensor, classes: int) -> Optional[torch.Tensor]:
+    """The head's raw class logits (B, classes, N) where its output carries them (the
+    ``{"scores": ...}`` of an eval output's second element), else None.
+
+    The prediction's class rows are these logits sigmoided, but concatenated after the
+    decoded boxes: a score taken from there would send a zero gradient back through the
+    whole box branch. Taken from the logits, the backward pass runs the class branch only.
+    """
+    raw = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+    logits = raw.get("scores") if isinstance(raw, dict) else None
+    fits = torch.is_tensor(logits) and logits.shape == (prediction.shape[0], classes, prediction.shape[2])
+    return logits if fits else None
 
 
 def yolov5_candidates(output: object) -> List[Candidates]:
@@ -148,7 +164,8 @@ class YOLODetector(_YOLOWrapper):
         if end_to_end and isinstance(output, (tuple, list)):
             # The first output is already top-k selected; decode the raw one-to-one head
             # instead so that every candidate (before selection) is scored.
-            output = head._inference(output[1]["one2one"])  # noqa: SLF001 (ultralytics' own decoder)
+            raw = output[1]["one2one"]
+            output = (head._inference(raw), raw)  # noqa: SLF001 (ultralytics' own decoder)
         # The head decodes xyxy when end-to-end or asked to, else cxcywh.
         xyxy = end_to_end or bool(getattr(head, "xyxy", False))
         return yolov8_candidates(output, int(head.nc), xyxy=xyxy)
