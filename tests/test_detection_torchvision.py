@@ -14,11 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import MultiScaleRoIAlign, box_iou
 
-from pytorch_grad_cam import METHODS, GradCAM
-from pytorch_grad_cam.detection import BoxTarget, as_detector
+from pytorch_grad_cam import METHODS, GradCAM, HiResCAM
+from pytorch_grad_cam.detection import BoxTarget, MaskTarget, as_detector, explain_detections
 from pytorch_grad_cam.detection.torchvision_models import TorchvisionDetector
 
 NUM_CLASSES = 5
@@ -208,7 +210,7 @@ def _anchors():
 
 @pytest.fixture(scope="module")
 def tiny():
-    """A RetinaNet and a Faster R-CNN on an 8-channel two-conv backbone (64 px): cheap
+    """A RetinaNet, a Faster R-CNN and a Mask R-CNN on an 8-channel two-conv backbone (64 px): cheap
     enough for the perturbation methods (8 channels to mask)."""
     torch.manual_seed(0)
     retina = detection.RetinaNet(
@@ -225,10 +227,23 @@ def tiny():
         min_size=64,
         max_size=64,
     )
+    masks = detection.MaskRCNN(
+        _tiny_backbone(),
+        rpn_anchor_generator=_anchors(),
+        box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2),
+        box_predictor=FastRCNNPredictor(1024, 3),  # after torchvision's default box head (1024 wide)
+        mask_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
+        mask_head=MaskRCNNHeads(8, (8, 8), 1),
+        mask_predictor=MaskRCNNPredictor(8, 8, 3),
+        rpn_post_nms_top_n_test=30,
+        box_score_thresh=0.0,
+        min_size=64,
+        max_size=64,
+    )
     # RetinaNet's classifier starts at its prior (0.01 everywhere): spread it so that
     # classes differ between anchors.
     nn.init.normal_(retina.head.classification_head.cls_logits.weight, std=0.3)
-    return {"retinanet": retina.eval(), "fasterrcnn": faster.eval()}
+    return {"retinanet": retina.eval(), "fasterrcnn": faster.eval(), "maskrcnn": masks.eval()}
 
 
 @pytest.fixture(scope="module")
@@ -382,3 +397,74 @@ def test_several_boxes_of_one_image_equal_one_box_calls(family, tiny, tiny_image
     alone = np.concatenate([cam(tiny_images[:1], [target]) for target in targets])
     assert np.abs(several[0] - several[1]).max() > 0.01  # boxes of their own
     np.testing.assert_allclose(several, alone, atol=1e-6, rtol=0)  # measured: equal
+
+
+# ---------------------------------------------------------------- Mask R-CNN: a map per instance mask
+def _top_mask_target(candidates, **kwargs):
+    best, labels = candidates.scores.max(dim=1)
+    i = int(best.argmax())
+    return MaskTarget(candidates.boxes_of(int(labels[i]))[i], int(labels[i]), **kwargs), int(labels[i])
+
+
+def test_mask_target_is_the_matched_candidates_mean_mask_probability_over_their_region(tiny, tiny_images):
+    (found,) = as_detector(tiny["maskrcnn"])(tiny_images[:1])
+    target, label = _top_mask_target(found)
+    matched = target.matches(found)
+    assert int(matched.sum()) >= 1
+    probability = torch.sigmoid(found.masks[matched, label])
+    own = (probability * (probability >= 0.5)).mean(dim=(1, 2)).mean()  # each candidate's own mask
+    assert target(found).item() == own.item()
+    everything = MaskTarget(target.box, label, mask=torch.ones(64, 64, dtype=torch.bool))
+    assert everything(found).item() == pytest.approx(probability.mean().item(), abs=1e-6)  # region: all cells
+    assert MaskTarget(target.box, label, mask=torch.zeros(64, 64))(found).item() == 0.0
+    (grad,) = torch.autograd.grad(target(found), found.masks)
+    assert bool((grad[~matched] == 0).all()) and float(grad[matched, label].abs().max()) > 0
+
+
+def test_mask_target_map_equals_autograd_and_explain_detections_gives_the_instances_masks(tiny, tiny_images):
+    model, image = tiny["maskrcnn"], tiny_images[:1]
+    detector = as_detector(model)
+    with torch.no_grad():
+        own = model(list(image))[0]
+    (detections,) = explain_detections(
+        model, image, method="hirescam", confidence=0.0, max_detections=2, explain="mask"
+    )
+    assert len(detections) == 2
+    layer = model.backbone[2]
+    for kept in detections:
+        # the model's own mask of this detection (same box and label), thresholded as it pastes
+        same = [
+            k
+            for k, (box, label) in enumerate(zip(own["boxes"], own["labels"]))
+            if int(label) == kept.label and float((box - torch.as_tensor(kept.box)).abs().max()) < 1e-4
+        ]
+        assert same and np.array_equal(kept.mask, (own["masks"][same[0], 0] >= 0.5).numpy())
+        target = MaskTarget(kept.box, kept.label)
+        captured = []
+        handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        try:
+            (found,) = detector(image)
+        finally:
+            handle.remove()
+        (grads,) = torch.autograd.grad(target(found), captured[0])
+        raw = torch.relu((grads * captured[0]).sum(dim=1))[0].detach()
+        raw = (raw - raw.min()) / (raw.max() - raw.min() + 1e-7)
+        expected = F.interpolate(raw[None, None], size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
+        expected = (expected - expected.min()) / (expected.max() - expected.min() + 1e-7)
+        direct = HiResCAM(detector, [layer])(image, [target])[0]
+        np.testing.assert_allclose(direct, expected.numpy(), atol=1e-5, rtol=0)
+        assert float(expected.max()) > 0.99  # a map, not zeros
+        np.testing.assert_allclose(kept.cam, direct, atol=1e-6, rtol=0)  # explain_detections' map: the same
+
+
+def test_mask_targets_need_a_model_with_masks(tiny, tiny_images):
+    model = tiny["retinanet"]
+    (found,) = as_detector(model)(tiny_images[:1])
+    with pytest.raises(ValueError, match="MaskTarget needs candidates with masks"):
+        MaskTarget([0, 0, 10, 10], 0)(found)
+    with pytest.raises(ValueError, match='explain="mask" needs a model that predicts instance masks'):
+        explain_detections(model, tiny_images[:1], explain="mask")
+    with pytest.raises(ValueError, match='explain must be "box" or "mask"'):
+        explain_detections(model, tiny_images[:1], explain="segment")
+    with pytest.raises(ValueError, match="threshold must be in"):
+        MaskTarget([0, 0, 10, 10], 0, threshold=1.0)

@@ -42,6 +42,12 @@ class Candidates:
                 f"got shape {tuple(self.boxes.shape)}"
             )
 
+    def boxes_of_best(self, indices: torch.Tensor) -> torch.Tensor:
+        """(K, 4): the boxes of the candidates at ``indices``, each for its best class."""
+        if self.boxes.ndim == 2:
+            return self.boxes[indices]
+        return self.boxes[indices, self.scores.detach()[indices].argmax(dim=1)]
+
     def boxes_of(self, label: int) -> torch.Tensor:
         """(N, 4): each candidate's box for class ``label`` (its only box, or the class's)."""
         return self.boxes if self.boxes.ndim == 2 else self.boxes[:, label]

@@ -17,13 +17,14 @@ import cv2
 import numpy as np
 import torch
 from torch import nn
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import batched_nms
 from tqdm import tqdm
 
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.detection.adapters import as_detector
 from pytorch_grad_cam.detection.candidates import Candidates
-from pytorch_grad_cam.detection.targets import BoxTarget
+from pytorch_grad_cam.detection.targets import BoxTarget, MaskTarget
 from pytorch_grad_cam.model_state import evaluation_mode, prepare_input
 from pytorch_grad_cam.registry import get_method
 
@@ -38,13 +39,16 @@ class Detection:
         box: (4,) x1, y1, x2, y2 in the pixels of the model's input.
         label: the class index, as the model numbers its classes.
         score: the kept candidate's confidence for ``label``.
-        cam: (H, W) float32 map of :class:`BoxTarget` (box, label), in [0, 1].
+        cam: (H, W) float32 map of :class:`BoxTarget` (box, label), in [0, 1] (of
+            :class:`MaskTarget` with ``explain="mask"``).
+        mask: (H, W) bool, the instance's predicted mask (Mask R-CNN), else None.
     """
 
     box: np.ndarray
     label: int
     score: float
     cam: np.ndarray
+    mask: Optional[np.ndarray] = None
 
 
 def select_detections(
@@ -57,14 +61,19 @@ def select_detections(
     Returns:
         (boxes (K, 4) xyxy, labels (K,) int64, scores (K,)), detached, best score first.
     """
+    kept = kept_candidates(candidates, confidence, iou_threshold, max_detections)
+    scores, labels = candidates.scores.detach()[kept].max(dim=1)
+    return candidates.boxes_of_best(kept).detach().float(), labels, scores.float()
+
+
+def kept_candidates(
+    candidates: Candidates, confidence: float = 0.25, iou_threshold: float = 0.45, max_detections: int = 20
+) -> torch.Tensor:
+    """The positions (K,) among ``candidates`` of the detections :func:`select_detections` keeps, best first."""
     scores, labels = candidates.scores.detach().max(dim=1)
-    boxes = candidates.boxes.detach()
-    if boxes.ndim == 3:  # one box per class: the best class's
-        boxes = boxes[torch.arange(boxes.shape[0], device=boxes.device), labels]
     keep = torch.nonzero(scores >= confidence).flatten()
-    boxes, labels, scores = boxes[keep].float(), labels[keep], scores[keep].float()
-    kept = batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
-    return boxes[kept], labels[kept], scores[kept]
+    boxes = candidates.boxes_of_best(keep).detach().float()
+    return keep[batched_nms(boxes, scores[keep].float(), labels[keep], iou_threshold)[:max_detections]]
 
 
 def _method_class(method: Union[str, Type[BaseCAM]]) -> Type[BaseCAM]:
@@ -84,6 +93,7 @@ def explain_detections(
     iou_threshold: float = 0.45,
     max_detections: int = 20,
     progress: bool = False,
+    explain: str = "box",
     **method_options: object,
 ) -> List[List[Detection]]:
     """Detect objects in ``images`` and compute one map per detected box.
@@ -97,6 +107,9 @@ def explain_detections(
         iou_threshold: NMS's IoU threshold (class-wise).
         max_detections: the most boxes kept per image.
         progress: show a progress bar over the images.
+        explain: "box": each map explains the object's confidence (:class:`BoxTarget`);
+            "mask": the mask an instance-segmentation model predicts for it
+            (:class:`~pytorch_grad_cam.detection.MaskTarget`, Mask R-CNN).
         **method_options: passed to the CAM class's constructor (e.g. ``batch_size``).
 
     Returns:
@@ -105,8 +118,11 @@ def explain_detections(
     Raises:
         TypeError: if ``images`` is not a (B, 3, H, W) tensor, ``model`` is no supported
             detector, or ``method`` is neither a method name nor a CAM class.
-        ValueError: for an unknown method name.
+        ValueError: for an unknown method name, an ``explain`` other than "box"/"mask",
+            or "mask" for a model that predicts no masks.
     """
+    if explain not in ("box", "mask"):
+        raise ValueError(f'explain must be "box" or "mask", got {explain!r}')
     if not torch.is_tensor(images) or images.ndim != 4:
         raise TypeError(
             f"images must be a (B, 3, H, W) tensor, got {type(images).__name__} {tuple(getattr(images, 'shape', ()))}"
@@ -118,53 +134,76 @@ def explain_detections(
     # own mode given back afterwards.
     with torch.no_grad(), evaluation_mode(detector):
         candidates = detector(images)
-    kept = [select_detections(found, confidence, iou_threshold, max_detections) for found in candidates]
+    if explain == "mask" and any(found.masks is None for found in candidates):
+        raise ValueError('explain="mask" needs a model that predicts instance masks (Mask R-CNN); use explain="box"')
     layers = list(target_layers) if target_layers is not None else detector.default_target_layers()
     results: List[List[Detection]] = []
     with cam_class(detector, layers, **method_options) as cam:
-        for index, (boxes, labels, scores) in enumerate(tqdm(kept, disable=not progress, desc="detections")):
-            targets = detection_targets(candidates[index], boxes, labels)
-            results.append(_explain_image(cam, images[index : index + 1], targets, scores))
+        for index, found in enumerate(tqdm(candidates, disable=not progress, desc="detections")):
+            kept = kept_candidates(found, confidence, iou_threshold, max_detections)
+            results.append(_explain_image(cam, images[index : index + 1], found, kept, explain))
     return results
 
 
-def detection_targets(candidates: Candidates, boxes: torch.Tensor, labels: torch.Tensor) -> List[BoxTarget]:
-    """A :class:`BoxTarget` per detected box, its candidates matched once, here, on the
-    detection pass's ``candidates`` (so the map pass scores exactly those).
+def detection_targets(
+    candidates: Candidates, boxes: torch.Tensor, labels: torch.Tensor, explain: str = "box"
+) -> List[BoxTarget]:
+    """A target per detected box (:class:`BoxTarget`, or :class:`MaskTarget` for
+    ``explain="mask"``), its candidates matched once, here, on the detection pass's
+    ``candidates`` (so the map pass scores exactly those).
 
     Returns:
-        One BoxTarget per box, in order.
+        One target per box, in order.
     """
+    kind = MaskTarget if explain == "mask" else BoxTarget
     targets = []
     for box, label in zip(boxes.detach().cpu(), labels.tolist()):
         matched = BoxTarget(box, int(label)).matches(candidates).nonzero().flatten().cpu()
-        targets.append(BoxTarget(box, int(label), indices=matched))
+        targets.append(kind(box, int(label), indices=matched))
     return targets
 
 
 def _explain_image(
-    cam: BaseCAM, image: torch.Tensor, targets: List[BoxTarget], scores: torch.Tensor
+    cam: BaseCAM, image: torch.Tensor, candidates: Candidates, kept: torch.Tensor, explain: str
 ) -> List[Detection]:
     """One image's detections with their maps: the CAM's maps of the image for its targets."""
-    if not targets:
+    if kept.numel() == 0:
         return []
+    scores, labels = candidates.scores.detach()[kept].max(dim=1)
+    boxes = candidates.boxes_of_best(kept).detach().float()
+    targets = detection_targets(candidates, boxes, labels, explain)
     maps = cam.explain_targets(image, targets)
+    masks = _pasted_masks(candidates, kept, labels, boxes, tuple(image.shape[-2:]))
     return [
         Detection(
             box=target.box.numpy().astype(np.float32),
             label=target.label,
             score=float(score),
             cam=np.asarray(heat, np.float32),
+            mask=None if masks is None else masks[k],
         )
-        for target, score, heat in zip(targets, scores.tolist(), maps)
+        for k, (target, score, heat) in enumerate(zip(targets, scores.tolist(), maps))
     ]
+
+
+def _pasted_masks(
+    candidates: Candidates, kept: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, size: Tuple[int, int]
+) -> Optional[np.ndarray]:
+    """(K, H, W) bool: each kept candidate's mask for its label, pasted into its box at
+    the input's size as the model pastes it (probability >= 0.5); None without masks."""
+    if candidates.masks is None:
+        return None
+    logits = candidates.masks.detach()[kept]
+    logits = logits[torch.arange(len(kept), device=logits.device), labels] if logits.shape[1] > 1 else logits[:, 0]
+    pasted = paste_masks_in_image(torch.sigmoid(logits)[:, None].float(), boxes, size)[:, 0]
+    return (pasted >= 0.5).cpu().numpy()
 
 
 def draw_detections(
     image: np.ndarray, detections: Sequence[Detection], class_names: Optional[Sequence[str]] = None, alpha: float = 0.5
 ) -> np.ndarray:
-    """The image with each detection's box, its "label score" caption, and its map
-    (JET colours) blended inside its box.
+    """The image with each detection's box, its "label score" caption, its map (JET
+    colours) blended inside its box, and its mask's outline where it has one.
 
     Args:
         image: (H, W, 3) RGB float in [0, 1], the image the detections were made on.
@@ -192,6 +231,11 @@ def draw_detections(
             colours = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
             region = canvas[y1:y2, x1:x2].astype(np.float32)
             canvas[y1:y2, x1:x2] = np.uint8(np.round((1 - alpha) * region + alpha * colours))
+        if detection.mask is not None:  # the instance's mask, outlined
+            outline, _ = cv2.findContours(
+                np.asarray(detection.mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+            )
+            cv2.drawContours(canvas, outline, -1, (255, 255, 255), 1)
         name = class_names[detection.label] if class_names is not None else str(detection.label)
         cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), (255, 255, 0), 1)
         cv2.putText(

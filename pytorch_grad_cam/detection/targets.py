@@ -1,15 +1,17 @@
-"""BoxTarget: the score of one detected object, for any detector family."""
+"""BoxTarget: the score of one detected object, for any detector family; MaskTarget: the
+mask an instance-segmentation model predicts for it."""
 
 from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
 import torch
+from torchvision.ops import roi_align
 
 from pytorch_grad_cam.detection.candidates import Candidates, box_iou
 from pytorch_grad_cam.scoring import scoring_perturbed
 
-__all__ = ["BoxTarget"]
+__all__ = ["BoxTarget", "MaskTarget"]
 
 
 class BoxTarget:
@@ -104,3 +106,72 @@ class BoxTarget:
     def __repr__(self) -> str:
         fixed = "" if self.indices is None else f", indices={self.indices.tolist()}"
         return f"BoxTarget(box={self.box.tolist()}, label={self.label}, iou_threshold={self.iou_threshold}{fixed})"
+
+
+class MaskTarget(BoxTarget):
+    """The mask an instance-segmentation model (Mask R-CNN) predicts for one object: over
+    the candidates :class:`BoxTarget` matches, the mean of the class-``label`` mask
+    probability summed over the instance's region, divided by the cells of the mask grid.
+
+    The region, per candidate and in its mask grid: ``mask`` (a (H, W) boolean mask in
+    input pixels, for "why is this part of the object segmented") resampled into the
+    candidate's box, or by default the cells the candidate itself gives a probability of
+    at least ``threshold`` (its predicted mask). The score is in [0, 1]; its gradient
+    flows through the mask head only where the region is.
+
+    Args:
+        box, label, iou_threshold, indices: as :class:`BoxTarget`.
+        mask: None, or (H, W) bool (or 0/1) in the pixels of the model's input.
+        threshold: the probability from which a cell is in the predicted mask.
+
+    Raises (on a call):
+        TypeError/ValueError: as BoxTarget; ValueError if the candidates carry no masks
+            (the model is not an instance-segmentation model: use BoxTarget).
+    """
+
+    def __init__(
+        self,
+        box: Union[Sequence[float], torch.Tensor],
+        label: int,
+        iou_threshold: float = 0.5,
+        *,
+        mask: Optional[torch.Tensor] = None,
+        threshold: float = 0.5,
+        indices: Optional[Union[Sequence[int], torch.Tensor]] = None,
+    ) -> None:
+        super().__init__(box, label, iou_threshold, indices=indices)
+        if mask is not None:
+            mask = torch.as_tensor(mask)
+            if mask.ndim != 2:
+                raise ValueError(f"mask must be (H, W) in input pixels, got shape {tuple(mask.shape)}")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+        self.mask = None if mask is None else mask.to(torch.float32)
+        self.threshold = float(threshold)
+
+    def __call__(self, output: object) -> torch.Tensor:
+        if isinstance(output, Candidates) and output.masks is None:
+            raise ValueError(
+                "MaskTarget needs candidates with masks (Mask R-CNN); this model gives none: use BoxTarget"
+            )
+        confidence = super().__call__(output)  # checks, and the no-match rules
+        matched = self.matches(output)
+        if not bool(matched.any()):
+            return confidence  # a perturbed copy where the object vanished: 0
+        logits = output.masks[matched]
+        logits = logits[:, self.label] if logits.shape[1] > 1 else logits[:, 0]
+        probability = torch.sigmoid(logits)
+        region = self._region(output.boxes_of(self.label)[matched].detach(), probability.detach())
+        return (probability * region).mean(dim=(1, 2)).mean()
+
+    def _region(self, boxes: torch.Tensor, probability: torch.Tensor) -> torch.Tensor:
+        """(M, h, w) 0/1: the region in each matched candidate's mask grid."""
+        if self.mask is None:
+            return (probability >= self.threshold).to(probability.dtype)
+        mask = self.mask.to(boxes.device)[None, None]
+        rois = torch.cat([torch.zeros(len(boxes), 1, device=boxes.device), boxes.float()], dim=1)
+        resampled = roi_align(mask, rois, output_size=tuple(probability.shape[1:]), aligned=True)
+        return (resampled[:, 0] >= 0.5).to(probability.dtype)
+
+    def __repr__(self) -> str:
+        return "Mask" + super().__repr__() + ("" if self.mask is None else " (with a given mask)")
