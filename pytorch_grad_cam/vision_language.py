@@ -218,20 +218,22 @@ def _caption(panel: np.ndarray, text: str, colour: Tuple[int, int, int] = (255, 
     return np.concatenate([strip, panel])
 
 
-def _legend(prompts: Sequence[str], height: int) -> np.ndarray:
-    width = max(120, 16 + 8 * max(len(prompt) for prompt in prompts))
-    legend = np.zeros((height, width, 3), np.uint8)
-    for index, prompt in enumerate(prompts):
+def _legend(lines: Sequence[str], height: int) -> np.ndarray:
+    """Each line after a swatch of its prompt's colour, on black, ``height`` pixels high
+    (taller if the lines need it)."""
+    width = max(120, 30 + 7 * max(len(line) for line in lines))
+    legend = np.zeros((max(height, 30 + 18 * len(lines)), width, 3), np.uint8)
+    for index, line in enumerate(lines):
         top = 24 + 18 * index
         cv2.rectangle(legend, (4, top), (16, top + 12), PALETTE[index % len(PALETTE)], -1)
-        cv2.putText(legend, prompt, (22, top + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(legend, line, (22, top + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
     return legend
 
 
 def draw_prompt_maps(image: np.ndarray, result: PromptMaps, index: int = 0, alpha: float = 0.5) -> np.ndarray:
     """One picture of image ``index`` of ``result``: the photo, each prompt's map over it
-    (captioned with the prompt and its cosine), and the winners (each pixel in its
-    prompt's colour, grey where none wins) with a legend.
+    (captioned with the prompt in its colour), the winners (each pixel in its prompt's
+    colour, grey where none wins), and a legend of the prompts with their cosines.
 
     Args:
         image: (H, W, 3) RGB float in [0, 1], at the maps' size.
@@ -240,7 +242,8 @@ def draw_prompt_maps(image: np.ndarray, result: PromptMaps, index: int = 0, alph
         alpha: the colours' share of the winners panel.
 
     Returns:
-        (H + 20, (P + 2) x W + legend width, 3) uint8 RGB.
+        uint8 RGB (H + 20 (or the legend's height, if taller), (P + 2) x W + the
+        legend's width, 3), the legend at least 120 pixels wide.
 
     Raises:
         ValueError: if ``image`` is not (H, W, 3) in [0, 1] at the maps' size.
@@ -252,12 +255,16 @@ def draw_prompt_maps(image: np.ndarray, result: PromptMaps, index: int = 0, alph
             "resize the photo to the model's input"
         )
     panels = [_caption(np.uint8(np.round(image * 255)), "image")]
-    for prompt, heat, cosine in zip(result.prompts, result.maps[index], result.scores[index]):
-        panels.append(_caption(show_cam_on_image(image, heat, use_rgb=True), f"{prompt} ({cosine:.3f})"))
+    for number, (prompt, heat) in enumerate(zip(result.prompts, result.maps[index])):
+        overlay = show_cam_on_image(image, heat, use_rgb=True)
+        panels.append(_caption(overlay, prompt, PALETTE[number % len(PALETTE)]))
     winners = result.winners[index]
     colours = np.array(PALETTE, np.float32)[np.maximum(winners, 0) % len(PALETTE)]
     grey = np.repeat(image.mean(axis=2, keepdims=True), 3, axis=2) * 255
     blend = np.where((winners >= 0)[..., None], (1 - alpha) * image * 255 + alpha * colours, grey)
-    panels.append(_caption(np.uint8(np.round(blend)), "which prompt wins"))
-    panels.append(_legend(result.prompts, panels[0].shape[0]))
-    return np.concatenate(panels, axis=1)
+    panels.append(_caption(np.uint8(np.round(blend)), "winners"))
+    lines = [f"{prompt}  cos {cosine:.3f}" for prompt, cosine in zip(result.prompts, result.scores[index])]
+    legend = _legend(lines, panels[0].shape[0])
+    height = legend.shape[0]
+    panels = [np.pad(panel, ((0, height - panel.shape[0]), (0, 0), (0, 0))) for panel in panels]
+    return np.concatenate([*panels, legend], axis=1)

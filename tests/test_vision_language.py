@@ -348,9 +348,14 @@ def test_the_picture(clip_vit, tokenizer):
     result = explain_prompts(clip_vit, x, PROMPTS, tokenizer=tokenizer)
     photo = x[0].permute(1, 2, 0).numpy()
     picture = draw_prompt_maps(photo, result)
-    assert picture.dtype == np.uint8 and picture.shape[0] == 32 + 20
+    # A 20-pixel caption above each panel; the legend (3 lines of 18 pixels below a
+    # 24-pixel margin, 6 below) is taller than these 32-pixel panels, which are padded.
+    assert picture.dtype == np.uint8 and picture.shape[0] == 30 + 18 * len(PROMPTS)
     assert picture.shape[1] >= (len(PROMPTS) + 2) * 32 + 120  # photo, 3 overlays, winners, legend
-    np.testing.assert_array_equal(picture[20:, :32], np.uint8(np.round(photo * 255)))
+    np.testing.assert_array_equal(picture[20:52, :32], np.uint8(np.round(photo * 255)))
+    assert (picture[52:, : 5 * 32] == 0).all()
+    overlay = picture[20:52, 32:64].astype(np.float32)
+    assert np.abs(overlay - np.round(photo * 255)).mean() > 20  # a map over the photo (measured 55)
     with pytest.raises(ValueError, match=r"\(32, 32\)"):
         draw_prompt_maps(photo[:16], result)
 
