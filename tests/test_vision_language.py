@@ -160,7 +160,7 @@ def test_open_clip_target_is_the_cosine(clip_vit, clip_rn, tokenizer):
             )
         np.testing.assert_allclose(scores, expected, atol=COSINE_ATOL, rtol=0)
         np.testing.assert_allclose(scores, (logits[:, 0] / logit_scale).numpy(), atol=COSINE_ATOL, rtol=0)
-        assert np.ptp(scores) > 1e-6  # the two images score differently (measured 1e-5 to 0.03)
+        assert np.ptp(scores) > 1e-6  # the two images score differently (measured 1.4e-5 RN, 0.011 ViT)
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip"])
@@ -284,8 +284,8 @@ def test_huggingface_prompt_maps(family, hf_clip, hf_siglip, hf_tokenizer):
 def test_two_prompts_give_different_maps_and_the_winners_are_the_argmax(clip_vit, tokenizer):
     x = images(2, 32, seed=6)
     result = explain_prompts(clip_vit, x, PROMPTS, tokenizer=tokenizer)
-    # Different prompts, different maps: measured mean |difference| 0.05-0.3 between the
-    # normalised maps of one image (identical maps would give 0).
+    # Different prompts, different maps: measured mean |difference| 0.17 and 0.22 between
+    # the normalised maps of the two images (identical maps would give 0); cosines 0.09, 0.11 apart.
     for image in range(2):
         assert np.abs(result.maps[image, 0] - result.maps[image, 1]).mean() > 0.02
         assert abs(result.scores[image, 0] - result.scores[image, 1]) > 1e-3
@@ -297,7 +297,7 @@ def test_two_prompts_give_different_maps_and_the_winners_are_the_argmax(clip_vit
     np.testing.assert_array_equal(picked[some], raw.max(axis=1)[some])
     np.testing.assert_array_equal(winners[~some], -1)
     assert (winners[some] >= 0).all() and (winners < len(PROMPTS)).all()
-    assert len(np.unique(winners[winners >= 0])) >= 2  # more than one prompt wins somewhere (measured 2-3)
+    assert len(np.unique(winners[winners >= 0])) >= 2  # more than one prompt wins somewhere (measured 3 and 2)
 
 
 def test_prompt_winners_by_hand():
@@ -333,15 +333,18 @@ def state_of(model: torch.nn.Module) -> tuple:
 
 def test_the_model_is_left_as_found(clip_vit, hf_siglip, tokenizer, hf_tokenizer):
     for model, tok in ((clip_vit, tokenizer), (hf_siglip, hf_tokenizer)):
+        # A mix of modes: train mode with one submodule in eval mode.
         model.train()
         model.visual.transformer.resblocks[0].eval() if model is clip_vit else model.vision_model.head.eval()
-        before = state_of(model)
-        ImageTextSimilarityTarget("a cat", model=model, tokenizer=tok)
-        explain_prompts(model, images(1, 32), ["a cat", "a dog"], tokenizer=tok)
-        after = state_of(model)
+        try:
+            before = state_of(model)
+            ImageTextSimilarityTarget("a cat", model=model, tokenizer=tok)
+            explain_prompts(model, images(1, 32), ["a cat", "a dog"], tokenizer=tok)
+            after = state_of(model)
+        finally:
+            model.eval()  # the module's fixture, as the other tests expect it
         assert after[:3] == before[:3] and after[4] == before[4]
         assert all(torch.equal(before[3][name], value) for name, value in after[3].items())
-        model.eval()
 
 
 def test_the_picture(clip_vit, tokenizer):
