@@ -391,18 +391,27 @@ def test_clear_errors(clip_vit, hf_siglip, tokenizer):
         ImageTextSimilarityTarget(torch.tensor([3, 6, 2]), model=vision_tower)
 
 
-def test_a_vision_tower_alone_is_explained_with_text_embeddings(hf_siglip, hf_tokenizer):
-    """SiglipVisionModel (the tower without the text side) sharing the full model's
-    weights gives the full model's image embeddings and maps."""
-    tower = transformers.SiglipVisionModel(hf_siglip.config.vision_config)
-    tower.load_state_dict(hf_siglip.vision_model.state_dict())
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_a_vision_tower_alone_is_explained_with_text_embeddings(family, hf_clip, hf_siglip, hf_tokenizer):
+    """CLIPVisionModelWithProjection and SiglipVisionModel (the towers without the text
+    side) sharing the full model's weights give its image embeddings and maps."""
+    full_model = hf_clip if family == "clip" else hf_siglip
+    if family == "clip":
+        config = dict(full_model.config.vision_config.to_dict(), projection_dim=24)
+        tower = transformers.CLIPVisionModelWithProjection(transformers.CLIPVisionConfig(**config))
+        weights = {k: v for k, v in full_model.state_dict().items() if k.startswith(("vision_model.", "visual_"))}
+    else:
+        tower = transformers.SiglipVisionModel(full_model.config.vision_config)
+        weights = full_model.vision_model.state_dict()
+    tower.load_state_dict(weights)
+    tower.eval()
     x = images(1, 32, seed=9)
-    texts = ImageEncoder(hf_siglip, hf_tokenizer).encode_text(["a photo of a cat", "a car"])
+    texts = ImageEncoder(full_model, hf_tokenizer).encode_text(["a photo of a cat", "a car"])
     with torch.no_grad():
-        np.testing.assert_allclose(ImageEncoder(tower)(x), ImageEncoder(hf_siglip)(x), atol=1e-6, rtol=0)
-    alone, full = explain_prompts(tower, x, texts), explain_prompts(hf_siglip, x, texts)
+        np.testing.assert_allclose(ImageEncoder(tower)(x), ImageEncoder(full_model)(x), atol=1e-6, rtol=0)
+    alone, full = explain_prompts(tower, x, texts), explain_prompts(full_model, x, texts)
     np.testing.assert_allclose(alone.maps, full.maps, atol=1e-6, rtol=0)
-    assert alone.prompts == ["prompt 0", "prompt 1"]
+    assert alone.prompts == ["prompt 0", "prompt 1"] and full.maps.max() > 0.99
 
 
 @pytest.mark.parametrize("trunk", ["test_vit", "test_convnext"])
