@@ -20,6 +20,7 @@ from pytorch_grad_cam.utils.model_targets import (
     BinaryClassifierOutputTarget,
     ClassifierOutputSoftmaxTarget,
     ClassifierOutputTarget,
+    ImageTextSimilarityTarget,
     RawScoresOutputTarget,
     SemanticSegmentationTarget,
     SimilarityToConceptTarget,
@@ -41,7 +42,7 @@ __all__ = [
 Target = Callable[[torch.Tensor], torch.Tensor]
 
 #: Targets (exact types) whose call on (N, classes) outputs gives the N row scores.
-ROW_WISE_TARGETS = (ClassifierOutputTarget, ClassifierOutputSoftmaxTarget)
+ROW_WISE_TARGETS = (ClassifierOutputTarget, ClassifierOutputSoftmaxTarget, ImageTextSimilarityTarget)
 
 #: The library's targets that index a tensor of scores (a dict output breaks them).
 _TENSOR_TARGETS = (
@@ -51,6 +52,7 @@ _TENSOR_TARGETS = (
     RawScoresOutputTarget,
     SemanticSegmentationTarget,
     SimilarityToConceptTarget,
+    ImageTextSimilarityTarget,
 )
 
 SELECT_HINT = (

@@ -192,6 +192,11 @@ def test_our_readme_blocks_run(deit_tiny, swin_tiny, cat_128):
         if index == 1:  # the original spelling gives the same maps
             np.testing.assert_allclose(namespace["grayscale_cam"], first, atol=1e-6)
     detections, box_maps = namespace["detections"], namespace["box_maps"]  # the detectors' block
+    result = namespace["result"]  # the CLIP block: one random ViT-B-32, three prompts
+    assert result.maps.shape == (1, 3, 224, 224) and result.winners.shape == (1, 224, 224)
+    # By hand, the first prompt's map is explain_prompts' first: one image against three
+    # copies of it, whose float32 kernels sum in another order (measured <= 2.4e-6).
+    np.testing.assert_allclose(namespace["cat_map"], result.maps[:, 0], atol=1e-5, rtol=0)
     assert len(detections) == 2 and detections[0].cam.shape == (128, 128) and box_maps.shape == (1, 128, 128)
     assert np.isfinite(box_maps).all() and box_maps.max() > 0.99
     cam = namespace["cam"]  # the last block's Swin CAM

@@ -3,10 +3,12 @@ explanation is wanted. A list of them, one per image, is the ``targets`` argumen
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
+
+from pytorch_grad_cam.utils.clip_models import Text, text_embeddings
 
 
 def _check_class(category: int, model_output: torch.Tensor) -> None:
@@ -136,6 +138,60 @@ class SimilarityToConceptTarget:
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
         concept = self.concept_features.to(device=model_output.device, dtype=model_output.dtype)
         return torch.nn.functional.cosine_similarity(model_output.reshape(-1), concept.reshape(-1), dim=0)
+
+
+class ImageTextSimilarityTarget:
+    """Image–text models (CLIP, SigLIP): the cosine similarity between one image's
+    embedding and a text's, for a model returning image embeddings, such as
+    ``pytorch_grad_cam.vision_language.ImageEncoder(clip)``.
+
+    The score is the plain cosine: CLIP's logit scale, and SigLIP's bias and sigmoid,
+    are not applied. For one image the logit (scale·cos + bias) is an increasing affine
+    function of the cosine, so a gradient map differs only by a positive factor, which
+    the per-image normalisation removes; SigLIP's sigmoid would in addition flatten the
+    gradient of every confident (or clearly mismatched) pair towards zero, and so the
+    maps towards noise. The cosine is also comparable across prompts and models.
+
+    Args:
+        text: a text embedding (D,) from the same model; or a string, token ids
+            ((L,) integer tensor) or a tokenizer's output, encoded once here by
+            ``model``'s text tower. Several texts (a list of strings, (P, D) embeddings,
+            (P, L) ids) are one concept's templates ("a photo of a cat", "a drawing of
+            a cat"): their unit embeddings are averaged, as CLIP's prompt ensembles, and
+            the mean is the text.
+        model: for strings and ids: the open_clip / HuggingFace CLIP or SigLIP model, or
+            its ``ImageEncoder`` (whose tokenizer is used when ``tokenizer`` is None).
+        tokenizer: for strings: the model's own tokenizer.
+
+    Called on one image's embedding (D,) it returns the scalar cosine; on (N, D) rows
+    the N cosines.
+
+    Raises:
+        ValueError: at construction, for a string without a tokenizer, a string or ids
+            without a model, or an embedding that is not (D,) or (P, D); when called, for
+            an image embedding whose size is not the text's (both sizes named).
+    """
+
+    def __init__(self, text: Text, model: Optional[torch.nn.Module] = None, tokenizer: Any = None) -> None:
+        self.text = text if isinstance(text, str) else None
+        embeddings = text_embeddings(model, text, tokenizer)
+        self.text_embedding = torch.nn.functional.normalize(embeddings.mean(dim=0), dim=0)
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        size = self.text_embedding.shape[0]
+        if model_output.shape[-1] != size:
+            raise ValueError(
+                f"the image embedding has {model_output.shape[-1]} numbers (shape {tuple(model_output.shape)}) "
+                f"but the text embedding has {size}; encode the text with the same model as the images "
+                "(ImageEncoder.encode_text), and explain a model that returns the image embedding "
+                "(pytorch_grad_cam.vision_language.ImageEncoder)"
+            )
+        text = self.text_embedding.to(device=model_output.device, dtype=model_output.dtype)
+        return torch.nn.functional.cosine_similarity(model_output, text.expand_as(model_output), dim=-1)
+
+    def __repr__(self) -> str:
+        described = repr(self.text) if self.text is not None else f"embedding of {self.text_embedding.shape[0]}"
+        return f"ImageTextSimilarityTarget({described})"
 
 
 class FasterRCNNBoxScoreTarget:
