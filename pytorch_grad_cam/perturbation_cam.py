@@ -5,7 +5,7 @@ copies of each image (ScoreCAM, AblationCAM): the copies run in chunks of
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.layers import LayerSpec
 from pytorch_grad_cam.scoring import Target, perturbed, score
 
-__all__ = ["PerturbationCAM"]
+__all__ = ["PerturbationCAM", "same_rows"]
 
 
 class PerturbationCAM(BaseCAM):
@@ -68,18 +68,38 @@ class PerturbationCAM(BaseCAM):
         self,
         count: int,
         run_chunk: Callable[[int, int], object],
-        target: Target,
+        target: Union[Target, Sequence[Target]],
         bar: object,
         chunk: Optional[int] = None,
     ) -> torch.Tensor:
         """Scores (count,) of ``target`` on ``run_chunk(start, stop)``'s outputs, computed
         ``chunk`` (default ``batch_size``) copies at a time under ``no_grad`` and
-        :func:`~pytorch_grad_cam.scoring.perturbed`; they stay on the device."""
+        :func:`~pytorch_grad_cam.scoring.perturbed`; they stay on the device. A list of
+        T targets (of the same image) scores every output once per target: (T, count)."""
+        several = isinstance(target, (list, tuple))
+        targets = list(target) if several else [target]
         chunk = chunk or self.batch_size
         chunks = []
         with torch.no_grad(), perturbed():
             for start in range(0, count, chunk):
                 stop = min(start + chunk, count)
-                chunks.append(score([target] * (stop - start), run_chunk(start, stop)))
+                outputs = run_chunk(start, stop)
+                chunks.append(torch.stack([score([each] * (stop - start), outputs) for each in targets]))
                 bar.update(stop - start)
-        return torch.cat(chunks)
+        scores = torch.cat(chunks, dim=1)
+        return scores if several else scores[0]
+
+
+def same_rows(*tensors: torch.Tensor) -> List[List[int]]:
+    """The rows of a batch grouped by equality (every tensor's row bit for bit equal):
+    an image repeated once per target (``explain_targets``) is perturbed once, and its
+    targets score the same copies."""
+    groups: List[List[int]] = []
+    for row in range(tensors[0].shape[0]):
+        for group in groups:
+            if all(torch.equal(tensor[group[0]], tensor[row]) for tensor in tensors):
+                group.append(row)
+                break
+        else:
+            groups.append([row])
+    return groups

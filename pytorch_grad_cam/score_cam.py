@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.base_cam import Target
-from pytorch_grad_cam.perturbation_cam import PerturbationCAM
+from pytorch_grad_cam.perturbation_cam import PerturbationCAM, same_rows
 from pytorch_grad_cam.utils.image import ChannelsLastCalls, resize_maps
 
 #: Bytes of masked input images per forward pass at most (``batch_size`` stays the upper
@@ -77,7 +77,9 @@ class ScoreCAM(PerturbationCAM):
 
     Each distinct mask is scored once: channels with equal activation maps, and the
     constant channels (whose masks are all zero), share one score, exactly as if each
-    were scored. Masks are built per chunk of at most ``batch_size`` channels (fewer
+    were scored; a batch that holds one image several times (one per target:
+    ``explain_targets``) masks it once and scores each target on the same copies. Masks
+    are built per chunk of at most ``batch_size`` channels (fewer
     where the masked images would exceed :data:`MASKED_BATCH_BYTES`), so memory is
     one forward pass of that chunk plus the activations, never all K masked inputs.
     On the CPU the masked images go to the model in ``channels_last`` memory format
@@ -101,15 +103,17 @@ class ScoreCAM(PerturbationCAM):
         activations: torch.Tensor,
         grads: torch.Tensor,
     ) -> torch.Tensor:
-        batch, channels = activations.shape[:2]
         size = tuple(input_tensor.shape[2:])
-        plans = [distinct_masks(activations[index], size) for index in range(batch)]
-        total = sum(len(kept) + int(has_zero) for kept, _, has_zero in plans)
+        groups = same_rows(input_tensor, activations)  # an image repeated per target: masked once
+        plans = {group[0]: distinct_masks(activations[group[0]], size) for group in groups}
+        total = sum(len(kept) + int(has_zero) for kept, _, has_zero in plans.values())
         chunk = masked_chunk_size(self.batch_size, input_tensor)
         run_model = ChannelsLastCalls(self.channels_last)  # a fallback lasts for this call
-        weights = []
+        weights: List[torch.Tensor] = [activations.new_empty(0)] * activations.shape[0]
         with self.progress_bar(total, "ScoreCAM") as bar:
-            for index, (kept, group, has_zero) in enumerate(plans):
+            for group in groups:
+                index = group[0]
+                kept, channel_group, has_zero = plans[index]
                 image = input_tensor[index : index + 1]
                 count = len(kept) + int(has_zero)
 
@@ -128,6 +132,7 @@ class ScoreCAM(PerturbationCAM):
                     masks = torch.cat(parts) if len(parts) > 1 else parts[0]
                     return run_model(self.model, image * masks.unsqueeze(1).to(image.dtype))
 
-                scores = self.batched_scores(count, run_chunk, targets[index], bar, chunk)
-                weights.append(torch.softmax(scores[group], dim=0))
+                scores = self.batched_scores(count, run_chunk, [targets[row] for row in group], bar, chunk)
+                for row, row_scores in zip(group, scores):
+                    weights[row] = torch.softmax(row_scores[channel_group], dim=0)
         return torch.stack(weights)

@@ -16,7 +16,8 @@ gradients at the target layers, its own map from them (:meth:`BaseCAM.get_cam_we
 :meth:`BaseCAM.backward`, :meth:`BaseCAM.reduce_gradient` or
 :meth:`BaseCAM.forward_context`, or needs the input's gradient (FullGrad, ShapleyCAM,
 FinerCAM, RefineCAM), and the perturbation methods, are given the repeated image in one
-batched call; a method that needs no target (EigenCAM) computes the image's map once.
+batched call (ScoreCAM then masks the image once and scores every target on the same
+masked copies); a method that needs no target (EigenCAM) computes the image's map once.
 """
 
 from __future__ import annotations

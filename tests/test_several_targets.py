@@ -154,3 +154,19 @@ def test_errors_name_the_fix(net):
         cam.explain_targets(image(), [ClassifierOutputTarget(1), ClassifierOutputTarget(9)])
     frozen = GradCAM(net, [net.features[0]])  # a layer the head reads: fine
     assert frozen.explain_targets(image(), targets()).shape == (3, 12, 12)
+
+
+def test_scorecam_masks_a_repeated_image_once_and_scores_each_target_on_the_copies(net):
+    rows = []
+    handle = net.register_forward_pre_hook(lambda module, inputs: rows.append(inputs[0].shape[0]))
+    cam = METHODS["scorecam"](net, [net.features[2]], progress=False)
+    try:
+        alone = np.concatenate([cam(image(), [target]) for target in targets()])
+        one_target = sum(rows) // len(CLASSES)
+        rows.clear()
+        several = cam.explain_targets(image(), targets())
+    finally:
+        handle.remove()
+    np.testing.assert_allclose(several, alone, atol=1e-6, rtol=0)
+    # the record pass holds the 3 copies; the masked copies run once, not once per target
+    assert sum(rows) == one_target + len(CLASSES) - 1
