@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pytorch_grad_cam import several_targets
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.checks import check_input
 from pytorch_grad_cam.model_state import evaluation_mode, prepare_input
@@ -128,9 +129,9 @@ def explain_prompts(
 ) -> PromptMaps:
     """One map per text prompt for each image, and which prompt wins where.
 
-    Each image is explained for all P prompts in one batched call: the image repeated P
-    times, prompt p's :class:`ImageTextSimilarityTarget` on copy p, so one forward and
-    one backward pass over the P copies.
+    Each image is explained for all P prompts at once, as ``cam.explain_targets`` does
+    (prompt p's :class:`ImageTextSimilarityTarget` for map p): for the gradient methods
+    one forward pass of the image and the P scores' gradients at the target layers.
 
     Args:
         model: an open_clip or HuggingFace CLIP/SigLIP model, or its :class:`ImageEncoder`.
@@ -181,19 +182,24 @@ def explain_prompts(
 def _explain_image(
     cam: BaseCAM, image: torch.Tensor, targets: List[ImageTextSimilarityTarget]
 ) -> Tuple[np.ndarray, Optional[np.ndarray], np.ndarray]:
-    """One image's (P, H, W) maps, raw maps and (P,) cosines, from one record of the P
-    copies (forward, then the backward of the P scores): what ``cam(copies, targets)``
-    computes, with the raw maps kept. A call of the engine for one image and K targets
-    (one forward, K backward passes) would replace this function."""
-    copies = image.unsqueeze(0).repeat(len(targets), *[1] * image.ndim)
+    """One image's (P, H, W) maps, raw maps and (P,) cosines, from one record: for the
+    gradient methods that share it, one forward pass of the image and the P scores'
+    gradients (as ``cam.explain_targets``); for the others, the image repeated P times.
+    What ``cam.explain_targets(image, targets)`` computes, with the raw maps kept."""
     with torch.inference_mode(False), evaluation_mode(cam.model):
-        prepared = prepare_input(copies, cam.model)
-        with cam.forward_context():
-            record = cam.record(prepared, targets)
+        if several_targets.shares_one_forward(cam, BaseCAM):
+            prepared = prepare_input(image.unsqueeze(0), cam.model)
+            record = several_targets.record_several_targets(cam, prepared, targets)
+        else:
+            copies = image.unsqueeze(0).repeat(len(targets), *[1] * image.ndim)
+            prepared = prepare_input(copies, cam.model)
+            with cam.forward_context():
+                record = cam.record(prepared, targets)
         with torch.no_grad():
             maps = cam.aggregate_multi_layers(cam.compute_cam_per_layer(record, False))
             raw = _raw_maps(cam, record, tuple(prepared.shape[2:]))
-            scores = cam.score(targets, record.outputs)
+            embedding = record.outputs[:1]  # the image's (the copies' are the same)
+            scores = torch.cat([cam.score([target], embedding) for target in targets])
     raw = None if raw is None else raw.cpu().numpy().astype(np.float32)
     return maps.cpu().numpy().astype(np.float32), raw, scores.cpu().numpy().astype(np.float32)
 
