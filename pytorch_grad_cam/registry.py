@@ -1,7 +1,7 @@
 """The one registry of CAM methods by command-line name, shared by cam.py, the
 examples, the benchmark and the tests. Adding a method: one file, one line here."""
 
-from typing import Dict, Type
+from typing import Dict, Type, Union
 
 from pytorch_grad_cam.ablation_cam import AblationCAM
 from pytorch_grad_cam.base_cam import BaseCAM
@@ -57,3 +57,17 @@ def get_method(name: str) -> Type[BaseCAM]:
         return METHODS[name.lower()]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+
+
+def method_class(method: Union[str, Type[BaseCAM]]) -> Type[BaseCAM]:
+    """``method`` as a CAM class: a registered name (:func:`get_method`) or a BaseCAM subclass.
+
+    Raises:
+        ValueError: for an unknown name.
+        TypeError: for anything else.
+    """
+    if isinstance(method, str):
+        return get_method(method)
+    if isinstance(method, type) and issubclass(method, BaseCAM):
+        return method
+    raise TypeError(f"method must be a name in pytorch_grad_cam.METHODS or a BaseCAM subclass, got {method!r}")

@@ -27,7 +27,7 @@ from pytorch_grad_cam import several_targets
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.checks import check_input
 from pytorch_grad_cam.model_state import evaluation_mode, prepare_input
-from pytorch_grad_cam.registry import get_method
+from pytorch_grad_cam.registry import method_class
 from pytorch_grad_cam.utils.clip_models import ImageEncoder, Text, text_embeddings
 from pytorch_grad_cam.utils.image import resize_maps, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ImageTextSimilarityTarget
@@ -98,9 +98,7 @@ def prompt_winners(maps: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
 
 
 def _method_class(method: Union[str, Type[BaseCAM]]) -> Type[BaseCAM]:
-    cam_class = get_method(method) if isinstance(method, str) else method
-    if not (isinstance(cam_class, type) and issubclass(cam_class, BaseCAM)):
-        raise TypeError(f"method must be a name in pytorch_grad_cam.METHODS or a BaseCAM subclass, got {method!r}")
+    cam_class = method_class(method)
     if not cam_class.needs_targets:
         raise ValueError(
             f"{cam_class.__name__} does not depend on the target, so every prompt would get the same map; "

@@ -26,7 +26,7 @@ from pytorch_grad_cam.detection.adapters import as_detector
 from pytorch_grad_cam.detection.candidates import Candidates
 from pytorch_grad_cam.detection.targets import BoxTarget, MaskTarget
 from pytorch_grad_cam.model_state import evaluation_mode, prepare_input
-from pytorch_grad_cam.registry import get_method
+from pytorch_grad_cam.registry import method_class
 
 __all__ = ["Detection", "detection_targets", "draw_detections", "explain_detections", "select_detections"]
 
@@ -76,14 +76,6 @@ def kept_candidates(
     return keep[batched_nms(boxes, scores[keep].float(), labels[keep], iou_threshold)[:max_detections]]
 
 
-def _method_class(method: Union[str, Type[BaseCAM]]) -> Type[BaseCAM]:
-    if isinstance(method, str):
-        return get_method(method)
-    if isinstance(method, type) and issubclass(method, BaseCAM):
-        return method
-    raise TypeError(f"method must be a name in pytorch_grad_cam.METHODS or a BaseCAM subclass, got {method!r}")
-
-
 def explain_detections(
     model: object,
     images: torch.Tensor,
@@ -128,7 +120,7 @@ def explain_detections(
             f"images must be a (B, 3, H, W) tensor, got {type(images).__name__} {tuple(getattr(images, 'shape', ()))}"
         )
     detector = as_detector(model)
-    cam_class = _method_class(method)
+    cam_class = method_class(method)
     images = prepare_input(images, detector)  # the model's device and float dtype
     # Detected as the maps will be computed: in eval mode (dropout off), every submodule's
     # own mode given back afterwards.
