@@ -37,7 +37,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from pytorch_grad_cam.token_grid import Entry, grid_sizes, last_block_norms, patch_grid, token_layout
+from pytorch_grad_cam.token_grid import Entry, grid_sizes, is_patchify, last_block_norms, patch_grid, token_layout
 from pytorch_grad_cam.utils.hooks import Hooks
 from pytorch_grad_cam.utils.reshape_transforms import TokenGridTransform
 
@@ -121,10 +121,18 @@ def find_target_layer(
 
 def token_transform(model: nn.Module, input_tensor: torch.Tensor, layers: Sequence[nn.Module]) -> Optional[Callable]:
     """The :class:`~pytorch_grad_cam.utils.reshape_transforms.TokenGridTransform` for
-    explicitly given ``layers`` whose outputs (on one dry forward of the first image)
-    are all tokens of the model's patch grid in the same layout; None when they are
-    not (a CNN's layers need no transform), or the model has no patch grid."""
-    entries, _ = _dry_forward(model, input_tensor[:1], False)
+    explicitly given ``layers`` whose outputs (on one dry forward of the first image,
+    without gradients) are all tokens of the model's patch grid in the same layout.
+
+    Returns:
+        The transform, or None when the layers' outputs are not such tokens (a CNN's
+        layers need no transform) or the model has no patchify convolution; then no
+        forward pass is run at all.
+    """
+    if not any(is_patchify(module) for module in model.modules()):
+        return None
+    watched = [module for module in model.modules() if is_patchify(module)] + list(layers)
+    entries, _ = _dry_forward(model, input_tensor[:1], False, watched)
     grid = patch_grid(entries, input_tensor)
     if grid is None:
         return None
@@ -141,10 +149,15 @@ def token_transform(model: nn.Module, input_tensor: torch.Tensor, layers: Sequen
     return TokenGridTransform(layout.kind, layout.prefix, layout.height, layout.width)
 
 
-def _dry_forward(model: nn.Module, input_tensor: torch.Tensor, with_grad: bool) -> Tuple[List[Entry], object]:
-    """Every module call of one forward pass (in the order they finish) and the output."""
+def _dry_forward(
+    model: nn.Module, input_tensor: torch.Tensor, with_grad: bool, watched: Optional[Sequence[nn.Module]] = None
+) -> Tuple[List[Entry], object]:
+    """Every call of the ``watched`` modules (None: of every module) in one forward
+    pass, in the order they finish, and the model's output."""
     entries: List[Entry] = []
     names = {module: name for name, module in model.named_modules()}
+    if watched is not None:
+        names = {module: name for module, name in names.items() if any(module is other for other in watched)}
 
     def hook(module: nn.Module, inputs: tuple, output: object) -> None:
         first = inputs[0] if inputs and torch.is_tensor(inputs[0]) else None

@@ -32,7 +32,16 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 import torch
 from torch import nn
 
-__all__ = ["Entry", "TokenLayout", "leading_tensor", "patch_grid", "token_layout", "last_block_norms"]
+__all__ = [
+    "Entry",
+    "TokenLayout",
+    "leading_tensor",
+    "is_patchify",
+    "patch_grid",
+    "grid_sizes",
+    "token_layout",
+    "last_block_norms",
+]
 
 #: The most leading non-patch tokens a sequence may have (class + distillation +
 #: registers); more is read as "not a token sequence of this grid".
@@ -81,17 +90,22 @@ def leading_tensor(output: object) -> Optional[torch.Tensor]:
     return output if torch.is_tensor(output) else None
 
 
+def is_patchify(module: nn.Module) -> bool:
+    """Whether ``module`` is a patchify convolution: a Conv2d whose kernel equals its
+    stride, larger than 1 (each output position sees one patch)."""
+    return (
+        isinstance(module, nn.Conv2d) and tuple(module.stride) == tuple(module.kernel_size) and max(module.stride) > 1
+    )
+
+
 def patch_grid(entries: Sequence[Entry], input_tensor: torch.Tensor) -> Optional[Tuple[int, int]]:
     """The (h, w) output grid of the first patchify convolution run on the input image
     (same spatial size), or None when the model has none (a CNN)."""
     for entry in entries:
-        module = entry.module
-        if not isinstance(module, nn.Conv2d) or entry.input_shape is None:
-            continue
-        patchify = tuple(module.stride) == tuple(module.kernel_size) and max(module.stride) > 1
         output = entry.output
         if (
-            patchify
+            is_patchify(entry.module)
+            and entry.input_shape is not None
             and tuple(entry.input_shape[-2:]) == tuple(input_tensor.shape[-2:])
             and torch.is_tensor(output)
             and output.ndim == 4

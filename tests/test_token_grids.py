@@ -335,7 +335,11 @@ def test_token_transform_for_explicit_layers(built):
     maxvit, maxvit_x = built("torchvision_maxvit")
     assert token_transform(maxvit, maxvit_x, [maxvit.blocks[-1]]) is None
     cnn = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+    runs = []
+    handle = cnn.register_forward_pre_hook(lambda module, inputs: runs.append(1))
     assert token_transform(cnn, torch.rand(1, 3, 8, 8), [cnn[2]]) is None
+    handle.remove()
+    assert runs == []  # no patchify convolution: not even a dry forward
 
 
 def test_a_cnn_keeps_the_last_grid_rule():
