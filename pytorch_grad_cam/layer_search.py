@@ -37,7 +37,15 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from pytorch_grad_cam.token_grid import Entry, grid_sizes, is_patchify, last_block_norms, patch_grid, token_layout
+from pytorch_grad_cam.token_grid import (
+    Entry,
+    grid_sizes,
+    is_norm,
+    is_patchify,
+    last_block_norms,
+    patch_grid,
+    token_layout,
+)
 from pytorch_grad_cam.utils.hooks import Hooks
 from pytorch_grad_cam.utils.reshape_transforms import TokenGridTransform
 
@@ -193,8 +201,21 @@ def _transformer_choice(
         layout = token_layout(entry.output, grids, batch)
         if layout is not None:
             layouts[index] = layout
+    pairs = last_block_norms(entries, layouts, model)
+    reason = "the first normalization of the last transformer block"
+    if not pairs:
+        # Blocks that are not elements of a Sequential/ModuleList (a hand-written ViT's
+        # attributes): the norms over token sequences, last first; the gradient check
+        # then skips those after the last attention. Channels-last norms are left out: a
+        # ConvNeXt's blocks normalise channels-last inside and keep the CNN rule.
+        pairs = [
+            (entries[index], layouts[index])
+            for index in sorted(layouts, reverse=True)
+            if is_norm(entries[index].module) and layouts[index].kind != "channels_last"
+        ]
+        reason = "the last normalization of the token sequence"
     candidates, transforms = [], []
-    for entry, layout in last_block_norms(entries, layouts, model):
+    for entry, layout in pairs:
         transform = reshape_transform or TokenGridTransform(layout.kind, layout.prefix, layout.height, layout.width)
         if _grid_shape(entry.output, transform):
             candidates.append((entry.name, entry.module, entry.output))
@@ -206,7 +227,7 @@ def _transformer_choice(
         if reached is None or reached[index]:
             transform = transforms[index]
             text = "the one given" if reshape_transform is not None else transform.describe()
-            return LayerChoice(name, module, transform, "the first normalization of the last transformer block", text)
+            return LayerChoice(name, module, transform, reason, text)
     return None
 
 

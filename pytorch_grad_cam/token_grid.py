@@ -36,6 +36,7 @@ __all__ = [
     "Entry",
     "TokenLayout",
     "leading_tensor",
+    "is_norm",
     "is_patchify",
     "patch_grid",
     "grid_sizes",
@@ -152,7 +153,7 @@ def token_layout(output: object, grids: Set[Tuple[int, int]], batch: int) -> Opt
     return TokenLayout(kind, prefix, height, width)
 
 
-def _is_norm(module: nn.Module) -> bool:
+def is_norm(module: nn.Module) -> bool:
     """A normalization layer, by type or by name (LayerNorm, RMSNorm, their subclasses
     and look-alikes in timm, HuggingFace and open_clip); never an Identity placeholder."""
     if isinstance(module, nn.Identity):
@@ -173,7 +174,7 @@ def last_block_norms(
     for index, entry in enumerate(entries):
         if index in layouts:
             last_finish[entry.name] = index
-            if _is_norm(entry.module) and entry.name not in first_norm:
+            if is_norm(entry.module) and entry.name not in first_norm:
                 first_norm[entry.name] = index
 
     def norms_in(name: str) -> List[int]:

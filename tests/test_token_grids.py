@@ -297,6 +297,15 @@ def test_another_input_size_on_a_dynamic_model_folds_into_its_grid(built):
     np.testing.assert_allclose(result, explicit, atol=1e-6, rtol=0)
 
 
+def test_aug_smooth_on_a_dynamic_model_refolds_each_rescaled_copy(built):
+    model, x = built("timm_vit_dynamic_size")  # 48x64; the copies at 0.9x and 1.1x hold 2x3 and 3x4 patches
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = GradCAM(model)(x, [ClassifierOutputTarget(TARGET)], aug_smooth=True)
+    assert result.shape == (1, 48, 64) and np.isfinite(result).all()
+    assert result.max() - result.min() > 0.5
+
+
 def test_token_grid_transform_matches_the_hand_written_ones():
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randn(2, 5 + 12, 7, generator=generator)
@@ -340,6 +349,49 @@ def test_token_transform_for_explicit_layers(built):
     assert token_transform(cnn, torch.rand(1, 3, 8, 8), [cnn[2]]) is None
     handle.remove()
     assert runs == []  # no patchify convolution: not even a dry forward
+
+
+class HandBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, 2, batch_first=True)
+        self.mlp = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.norm2(x))
+
+
+class HandViT(nn.Module):
+    """A hand-written ViT whose blocks are attributes, not elements of a container."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, width, 8, stride=8)
+        self.cls = nn.Parameter(torch.randn(1, 1, width))
+        self.first, self.second = HandBlock(width), HandBlock(width)
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1)
+        return self.head(self.norm(self.second(self.first(tokens)))[:, 0])
+
+
+def test_blocks_outside_a_container_get_the_last_norm_a_gradient_reaches():
+    torch.manual_seed(0)
+    model = HandViT().eval()
+    x = torch.rand(1, 3, 32, 24, generator=torch.Generator().manual_seed(1))
+    # The final norm's and second.norm2's patch tokens reach the head through no attention.
+    result, message = automatic(GradCAM, model, x)
+    assert "using 'second.norm1'" in message and "the last normalization of the token sequence" in message
+    hand = functools.partial(vit_reshape_transform, height=4, width=3)
+    np.testing.assert_allclose(result, GradCAM(model, [model.second.norm1], reshape_transform=hand)(x), atol=1e-6)
+    # Without gradients nothing tells the final norm's patch tokens from the others.
+    _, message = automatic(EigenCAM, model, x)
+    assert "using 'norm'" in message
 
 
 def test_a_cnn_keeps_the_last_grid_rule():
