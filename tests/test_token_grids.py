@@ -297,6 +297,32 @@ def test_another_input_size_on_a_dynamic_model_folds_into_its_grid(built):
     np.testing.assert_allclose(result, explicit, atol=1e-6, rtol=0)
 
 
+class InterpolatedPositions(nn.Module):
+    """A HuggingFace vision model called with ``interpolate_pos_encoding=True`` (any
+    input size), returning one field of its output."""
+
+    def __init__(self, model: nn.Module, field: str) -> None:
+        super().__init__()
+        self.model, self.field = model, field
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model(pixel_values=x, interpolate_pos_encoding=True), self.field)
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "prefix"), [("hf_clip_vision", "pooler_output", 1), ("hf_siglip_vision", "pooler_output", 0)]
+)
+def test_interpolated_position_embeddings_at_another_size(built, name, field, prefix):
+    model = InterpolatedPositions(built(name)[0].model, field).eval()
+    x = torch.rand(1, 3, 48, 32, generator=torch.Generator().manual_seed(1))  # 6x4 patches
+    result, message = automatic(GradCAM, model, x)
+    layer = VARIANTS[name].layer
+    assert f"using '{layer}'" in message and "folded into 6x4" in message
+    hand = functools.partial(vit_reshape_transform, num_prefix_tokens=prefix, height=6, width=4)
+    np.testing.assert_allclose(result, GradCAM(model, [layer], reshape_transform=hand)(x), atol=1e-6)
+    assert result.shape == (1, 48, 32) and result.max() - result.min() > 0.5
+
+
 def test_aug_smooth_on_a_dynamic_model_refolds_each_rescaled_copy(built):
     model, x = built("timm_vit_dynamic_size")  # 48x64; the copies at 0.9x and 1.1x hold 2x3 and 3x4 patches
     with warnings.catch_warnings():
