@@ -6,9 +6,12 @@ model as :mod:`pytorch_grad_cam.token_grid` describes, whatever library built it
 its last block's first normalization, with a reshape transform read from the model too
 (:class:`~pytorch_grad_cam.utils.reshape_transforms.TokenGridTransform`) unless one is
 given; for gradient methods, the last block whose normalization a non-zero gradient of
-the target's score reaches.
+the target's score reaches. A transformer whose blocks are not elements of a
+``Sequential``/``ModuleList`` (a hand-written one) gets the last normalization over the
+token sequence (for gradient methods, the last one a gradient reaches: the last block's
+first one in a class-token ViT).
 
-Any other model (a CNN, or a transformer whose blocks are not found) gets the last
+Any other model (a CNN; MaxViT, whose blocks are already channels-first) gets the last
 module whose output is a spatial grid; the rule, in order:
 
 1. Candidates are the modules (never the model itself) whose output is a 4D/5D tensor
@@ -89,7 +92,8 @@ def choose_target_layer(
     (the last block whose one a gradient of ``score`` reaches, for gradient methods),
     with ``reshape_transform`` if given and fitting, else a
     :class:`~pytorch_grad_cam.utils.reshape_transforms.TokenGridTransform` read from
-    the model. Any other model gets the last module with a spatial-grid output (the
+    the model; blocks outside a container, the last normalization over the token
+    sequence. Any other model gets the last module with a spatial-grid output (the
     rule of the module docstring) and ``reshape_transform`` as given.
 
     Returns:
