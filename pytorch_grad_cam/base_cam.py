@@ -31,7 +31,7 @@ from pytorch_grad_cam import several_targets
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
 from pytorch_grad_cam.augmentation import augmented_maps
 from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs, grid_activations
-from pytorch_grad_cam.layer_search import find_target_layer
+from pytorch_grad_cam.layer_search import choose_target_layer
 from pytorch_grad_cam.layers import LayerSpec, resolve_target_layers, unwrap_parallel
 from pytorch_grad_cam.model_state import autograd_from, compute_dtype, evaluation_mode, prepare_input
 from pytorch_grad_cam.recording import Record, disconnected_error, gradient_to_layers
@@ -405,12 +405,13 @@ class BaseCAM:
                 chosen = targets[:1] if targets is not None else self.default_targets(outputs, 1)
                 return self.score(chosen, outputs).sum()
 
-        name, layer = find_target_layer(self.model, input_tensor[:1], self.reshape_transform, score_of)
-        self.target_layers = [layer]
+        choice = choose_target_layer(self.model, input_tensor[:1], self.reshape_transform, score_of)
+        self.target_layers = [choice.layer]
+        self.reshape_transform = choice.reshape_transform
+        transform = f"; reshape_transform: {choice.transform_text}" if choice.transform_text else ""
         warn_user(
-            f"{type(self).__name__}: target_layers not given; using {name!r} ({type(layer).__name__}), "
-            f"the last module whose output is a spatial grid; pass target_layers=['{name}'] (or another "
-            "layer) to choose"
+            f"{type(self).__name__}: target_layers not given; using {choice.name!r} ({type(choice.layer).__name__}), "
+            f"{choice.reason}{transform}; pass target_layers=['{choice.name}'] (or another layer) to choose"
         )
 
     # ------------------------------------------------------------------ lifetime

@@ -188,11 +188,13 @@ def test_omitted_layers_small_cnn(small_cnn):
 def test_omitted_layers_deit_with_reshape_transform(deit_tiny):
     x = torch.rand(1, 3, 224, 224)
     cam, result, message = found_layer(GradCAM, deit_tiny, x, reshape_transform=vit_reshape_transform)
-    # The final norm's patch tokens get no gradient (only the class token reaches the
-    # head), so a gradient method's layer is inside the last block.
-    assert "blocks.11." in message and result.std() > 0.01
+    # A transformer gets its last block's first norm (pytorch_grad_cam.token_grid), the
+    # given transform kept: gradient and gradient-free methods alike (the final norm's
+    # patch tokens get no gradient: only the class token reaches the head).
+    assert "'blocks.11.norm1'" in message and "reshape_transform: the one given" in message
+    assert result.std() > 0.01
     eigen, _, message = found_layer(EigenCAM, deit_tiny, x, reshape_transform=vit_reshape_transform)
-    assert "'norm'" in message
+    assert "'blocks.11.norm1'" in message
 
 
 # ------------------------------------------------------------ FullGrad

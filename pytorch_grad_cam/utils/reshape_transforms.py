@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Mapping
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -194,3 +195,101 @@ def swinT_reshape_transform(tensor: torch.Tensor, height: int = 7, width: int = 
     tokens (B, 49, C) -> (B, C, 7, 7) (a 224x224 Swin's last stage). Other grids:
     pass ``height``/``width``; a (B, h, w, C) activation is permuted as it is."""
     return swin_reshape_transform(tensor, height=height, width=width)
+
+
+class TokenGridTransform:
+    """A ``reshape_transform`` read from the model (what the automatic choice of a
+    transformer's layer passes): tokens (B, prefix + h·w, D) -> (B, D, h, w) dropping
+    the prefix tokens, sequence-first tokens (prefix + h·w, B, D) likewise, or a
+    channels-last grid (B, h, w, C) -> (B, C, h, w). A tuple/list or mapping output (a
+    HuggingFace layer's) is read through its first element.
+
+    On the grid it was read from it is exactly ``vit_reshape_transform`` with
+    ``num_prefix_tokens``, ``height`` and ``width`` bound. A call with another number
+    of tokens (another image size on a model that takes any size, ``aug_smooth``'s
+    rescaled copies) folds them into the factorisation closest to the observed aspect
+    ratio.
+
+    Args:
+        kind: ``"tokens"``, ``"seq_first"`` or ``"channels_last"``.
+        num_prefix_tokens: leading non-patch tokens (class, distillation, registers).
+        height, width: the grid observed.
+
+    Raises:
+        ValueError: on an unknown ``kind``.
+    """
+
+    KINDS = ("tokens", "seq_first", "channels_last")
+
+    def __init__(self, kind: str, num_prefix_tokens: int, height: int, width: int) -> None:
+        if kind not in self.KINDS:
+            raise ValueError(f"kind must be one of {self.KINDS}, not {kind!r}")
+        self.kind = kind
+        self.num_prefix_tokens = num_prefix_tokens
+        self.height = height
+        self.width = width
+
+    def __call__(self, tensor: object) -> torch.Tensor:
+        """The (B, C, h, w) grid of ``tensor`` (see the class docstring).
+
+        Raises:
+            ValueError: if ``tensor`` does not have this layout, or its patch tokens
+                fold into no grid near the observed aspect ratio.
+        """
+        tensor = _leading(tensor)
+        expected = 4 if self.kind == "channels_last" else 3
+        if tensor.ndim != expected:
+            raise ValueError(f"{self!r} expects a {expected}D tensor, got shape {tuple(tensor.shape)}")
+        if self.kind == "channels_last":
+            return tensor.permute(0, 3, 1, 2)
+        if self.kind == "seq_first":
+            tensor = tensor.transpose(0, 1)
+        patches = tensor[:, self.num_prefix_tokens :, :]
+        height, width = self._grid(patches.shape[1])
+        return patches.reshape(tensor.shape[0], height, width, tensor.shape[2]).permute(0, 3, 1, 2)
+
+    def _grid(self, count: int) -> Tuple[int, int]:
+        if count == self.height * self.width:
+            return self.height, self.width
+        ratio = math.log(self.height / self.width)
+        # Distance of each factorisation's aspect ratio from the observed one; rounded so
+        # that a mirrored pair (3x4 and 4x3 around a square) ties, and a tie is an error.
+        pairs = sorted(
+            (round(abs(math.log(rows / (count // rows)) - ratio), 9), rows, count // rows)
+            for rows in range(1, count + 1)
+            if count % rows == 0
+        )
+        unique = len(pairs) == 1 or pairs[0][0] < pairs[1][0]
+        if pairs and unique and pairs[0][0] <= math.log(1.5):
+            return pairs[0][1], pairs[0][2]
+        raise ValueError(
+            f"{count} patch tokens (after {self.num_prefix_tokens} prefix tokens) fold into no single grid "
+            f"near the {self.height}x{self.width} one this transform was read from (another input size); "
+            "create the CAM again for this size, or pass reshape_transform=functools.partial("
+            "vit_reshape_transform, num_prefix_tokens=..., height=..., width=...)"
+        )
+
+    def describe(self) -> str:
+        """In words, what the transform does (for the automatic choice's warning)."""
+        grid = f"{self.height}x{self.width}"
+        if self.kind == "channels_last":
+            return f"channels-last (B, {grid}, C) permuted to (B, C, {grid})"
+        order = "(tokens, B, D) transposed, " if self.kind == "seq_first" else ""
+        return f"{order}{self.num_prefix_tokens} prefix token(s) dropped, the patch tokens folded into {grid}"
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenGridTransform(kind={self.kind!r}, num_prefix_tokens={self.num_prefix_tokens}, "
+            f"height={self.height}, width={self.width})"
+        )
+
+
+def _leading(value: object) -> torch.Tensor:
+    """``value`` or its first element / value (a HuggingFace layer's tuple output)."""
+    if isinstance(value, Mapping):
+        value = next(iter(value.values()), None)
+    elif isinstance(value, (tuple, list)) and value:
+        value = value[0]
+    if not torch.is_tensor(value):
+        raise ValueError(f"expected a tensor (or a tuple whose first element is one), got {type(value).__name__}")
+    return value
