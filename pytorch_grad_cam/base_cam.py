@@ -31,13 +31,12 @@ from pytorch_grad_cam import several_targets
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
 from pytorch_grad_cam.augmentation import augmented_maps
 from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs, grid_activations
-from pytorch_grad_cam.layer_search import choose_target_layer
+from pytorch_grad_cam.layer_search import prepare_layers
 from pytorch_grad_cam.layers import LayerSpec, resolve_target_layers, unwrap_parallel
 from pytorch_grad_cam.model_state import autograd_from, compute_dtype, evaluation_mode, prepare_input
 from pytorch_grad_cam.recording import Record, disconnected_error, gradient_to_layers
 from pytorch_grad_cam.scoring import Target, check_targets, score, top_class_targets
 from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
-from pytorch_grad_cam.utils.messages import warn_user
 from pytorch_grad_cam.utils.structures import detached
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
@@ -55,10 +54,14 @@ class BaseCAM:
             ``torch.compile`` is unwrapped: the CAM runs the module inside
             (``self.model``), eagerly, in the calling process.
         target_layers: a module, a dotted name, or a list of them, inside ``model``;
-            None: the first call picks the last module whose output is a spatial grid
-            (see :mod:`pytorch_grad_cam.layer_search`) and warns which.
+            None: the first call picks one and warns which (the last module whose
+            output is a spatial grid; for a vision transformer, its last block's first
+            norm with the transform read from the model; see
+            :mod:`pytorch_grad_cam.layer_search`).
         reshape_transform: maps a layer's output (and gradient) to (B, C, h, w) (or
-            (B, C, d, h, w)); needed for transformers, see ``utils.reshape_transforms``.
+            (B, C, d, h, w)), see ``utils.reshape_transforms``; None: none, or, for layers
+            that output a vision transformer's patch tokens, the one read from the model
+            on the first call (with a warning).
         compute_input_gradient, uses_gradients: grad-cam's spelling of the class flags
             below, for subclasses written for it (True / False switch the flag on / off).
         tta_transforms: a ``ttach.Compose`` used by ``aug_smooth=True`` (None: flip x
@@ -262,8 +265,7 @@ class BaseCAM:
         # Eval mode covers the whole call: the passes of every method and augmented copy.
         with torch.inference_mode(False), evaluation_mode(self.model):
             prepared = prepare_input(input_tensor, self.model)
-            if not self.target_layers:
-                self._choose_target_layer(prepared, targets)
+            prepare_layers(self, prepared, targets)
             if aug_smooth is not False and aug_smooth is not None:
                 transforms = (
                     self.tta_transforms if aug_smooth is True and self.tta_transforms is not None else aug_smooth
@@ -304,8 +306,7 @@ class BaseCAM:
             return several_targets.maps_one_by_one(self, image, targets, eigen_smooth)
         with torch.inference_mode(False), evaluation_mode(self.model):
             prepared = prepare_input(image, self.model)
-            if not self.target_layers:
-                self._choose_target_layer(prepared, targets[:1])
+            prepare_layers(self, prepared, targets[:1])
             record = several_targets.record_several_targets(self, prepared, targets)
             self.outputs = record.outputs
             with torch.no_grad():
@@ -393,26 +394,6 @@ class BaseCAM:
             for layer, grads in zip(record.layers, recorder.gradients):
                 if grads is None:
                     raise disconnected_error(self.model, layer)
-
-    def _choose_target_layer(self, input_tensor: torch.Tensor, targets: Optional[List[Target]]) -> None:
-        """Find the target layer with one dry forward of the first image (and, for
-        gradient methods, a backward of its target) and warn which was chosen (shown
-        once by default, where a user who omitted the layer looks)."""
-        score_of = None
-        if self.uses_gradients and (targets is not None or self.needs_targets):
-
-            def score_of(outputs: object) -> torch.Tensor:
-                chosen = targets[:1] if targets is not None else self.default_targets(outputs, 1)
-                return self.score(chosen, outputs).sum()
-
-        choice = choose_target_layer(self.model, input_tensor[:1], self.reshape_transform, score_of)
-        self.target_layers = [choice.layer]
-        self.reshape_transform = choice.reshape_transform
-        transform = f"; reshape_transform: {choice.transform_text}" if choice.transform_text else ""
-        warn_user(
-            f"{type(self).__name__}: target_layers not given; using {choice.name!r} ({type(choice.layer).__name__}), "
-            f"{choice.reason}{transform}; pass target_layers=['{choice.name}'] (or another layer) to choose"
-        )
 
     # ------------------------------------------------------------------ lifetime
     def release(self) -> None:

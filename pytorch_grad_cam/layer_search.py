@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -50,6 +50,7 @@ from pytorch_grad_cam.token_grid import (
     token_layout,
 )
 from pytorch_grad_cam.utils.hooks import Hooks
+from pytorch_grad_cam.utils.messages import warn_user
 from pytorch_grad_cam.utils.reshape_transforms import TokenGridTransform
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -298,3 +299,41 @@ def _gradient_reached(
             grad = transform(grad)
         reached.append(grad is not None and bool(grad.abs().max() > 0))
     return reached
+
+
+def prepare_layers(cam: Any, input_tensor: torch.Tensor, targets: Optional[List[object]]) -> None:
+    """Ready ``cam`` (a BaseCAM) for a call on ``input_tensor``, and warn what was chosen
+    (shown once by default, where a user who omitted something looks):
+
+    - no target layers given: :func:`choose_target_layer` on one dry forward of the first
+      image (and, for gradient methods, a backward of its target) sets the layer and,
+      for a transformer, its reshape transform;
+    - layers given without a ``reshape_transform``: if they output tokens of the model's
+      patch grid (:func:`token_transform`, read on the first call only), that transform.
+    """
+    if not cam.target_layers:
+        score_of = None
+        if cam.uses_gradients and (targets is not None or cam.needs_targets):
+
+            def score_of(outputs: object) -> torch.Tensor:
+                chosen = targets[:1] if targets is not None else cam.default_targets(outputs, 1)
+                return cam.score(chosen, outputs).sum()
+
+        choice = choose_target_layer(cam.model, input_tensor[:1], cam.reshape_transform, score_of)
+        cam.target_layers = [choice.layer]
+        cam.reshape_transform = choice.reshape_transform
+        transform = f"; reshape_transform: {choice.transform_text}" if choice.transform_text else ""
+        warn_user(
+            f"{type(cam).__name__}: target_layers not given; using {choice.name!r} ({type(choice.layer).__name__}), "
+            f"{choice.reason}{transform}; pass target_layers=['{choice.name}'] (or another layer) to choose"
+        )
+    elif cam.reshape_transform is None and not getattr(cam, "token_grid_read", False):
+        cam.token_grid_read = True  # once per CAM object: the dry forward is not repeated
+        transform = token_transform(cam.model, input_tensor, cam.target_layers)
+        if transform is not None:
+            cam.reshape_transform = transform
+            warn_user(
+                f"{type(cam).__name__}: the target layers output tokens of the model's patch grid and no "
+                f"reshape_transform was given; using {transform!r} ({transform.describe()}); pass "
+                "reshape_transform=... to choose"
+            )

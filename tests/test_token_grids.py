@@ -434,3 +434,30 @@ def test_a_huggingface_output_without_a_selector_is_a_clear_error(built):
     model, x = built("hf_vit")
     with pytest.raises(ValueError, match=r"ImageClassifierOutput.*OutputSelector\(model, 'logits'\)"):
         GradCAM(model.model)(x)
+
+
+def test_an_explicit_token_layer_without_a_transform_gets_the_models_and_says_so():
+    """A layer given by the user that outputs patch tokens, with no reshape_transform: the
+    transform is read from the model once (a warning says which); the map equals the
+    hand-written transform's. A CNN's layer runs no extra forward pass."""
+    import timm
+
+    from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
+
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=64, depth=2).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    layer = model.blocks[-1].norm1
+    with pytest.warns(UserWarning, match="output tokens of the model's patch grid"):
+        automatic = GradCAM(model, [layer])(x, [ClassifierOutputTarget(3)])
+    by_hand = GradCAM(
+        model, [layer], reshape_transform=lambda t: vit_reshape_transform(t, height=4, width=4, num_prefix_tokens=2)
+    )(x, [ClassifierOutputTarget(3)])
+    np.testing.assert_allclose(automatic, by_hand, atol=1e-6, rtol=0)
+
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    cnn(torch.zeros(1, 3, 8, 8))
+    calls = []
+    cnn.register_forward_pre_hook(lambda module, inputs: calls.append(1))
+    GradCAM(cnn, [cnn[0]])(torch.randn(1, 3, 8, 8), [ClassifierOutputTarget(1)])
+    assert len(calls) == 1  # no dry forward for a model without a patchify convolution
