@@ -46,7 +46,7 @@ FAMILIES = {
 }
 
 
-def _small_transformers() -> Dict[str, DetectorEntry]:
+def _small_transformers(num_queries: int = 10) -> Dict[str, DetectorEntry]:
     """DETR and RT-DETR with a ResNet of 8-32 channels, one encoder and one decoder layer."""
     import transformers
 
@@ -56,7 +56,7 @@ def _small_transformers() -> Dict[str, DetectorEntry]:
             out_features=out_features,
         )  # fmt: skip
 
-    small = dict(d_model=32, decoder_ffn_dim=32, decoder_attention_heads=2, num_queries=10, decoder_layers=1)
+    small = dict(d_model=32, decoder_ffn_dim=32, decoder_attention_heads=2, num_queries=num_queries, decoder_layers=1)
     return {
         "detr": transformers_entry(
             "DetrForObjectDetection", "DetrConfig", COCO_91, 800,
@@ -111,11 +111,11 @@ def skip_without(name: str) -> None:
     pytest.importorskip(package, reason=f"--detector {name} needs {package} (test extra)")
 
 
-def reference(name: str, detectors: Dict[str, DetectorEntry], weights: Path = None) -> tuple:
-    """explain_detections on the model the command builds (seed 0, or ``weights``) and its input."""
+def reference(name: str, detectors: Dict[str, DetectorEntry]) -> tuple:
+    """explain_detections on the model the command builds (seed 0) and its input."""
     entry = detectors[name]
     with contextlib.redirect_stderr(io.StringIO()):
-        model = load_detector(name, entry, weights, SIZE)
+        model = load_detector(name, entry, None, SIZE)
     images = detector_input(read_photo(BUNDLED_PHOTO), entry, SIZE)
     return explain_detections(model, images, method="gradcam", confidence=0.0, max_detections=MAX)[0], images
 
@@ -174,7 +174,8 @@ def test_weights_load_a_state_dict(detectors, runs, tmp_path: Path) -> None:
     entry = detectors["retinanet"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
-        torch.save(entry.architecture(SIZE).state_dict(), tmp_path / "retinanet.pt")
+        model = entry.architecture(SIZE).eval()
+    torch.save(model.state_dict(), tmp_path / "retinanet.pt")
     output = tmp_path / "out"
     code, out, err = cam(
         ["--detector", "retinanet", "--weights", str(tmp_path / "retinanet.pt"), "--confidence", "0", "--image-size",
@@ -183,13 +184,55 @@ def test_weights_load_a_state_dict(detectors, runs, tmp_path: Path) -> None:
     )  # fmt: skip
     assert code == 0, err
     assert "RANDOM" not in err
-    detections, images = reference("retinanet", detectors, tmp_path / "retinanet.pt")
+    images = detector_input(read_photo(BUNDLED_PHOTO), entry, SIZE)
+    detections = explain_detections(model, images, method="gradcam", confidence=0.0, max_detections=MAX)[0]
     seeded = np.load(runs("retinanet")[3] / "gradcam_detections.npz")["maps"]  # seed 0's
     assert not np.allclose(detections[0].cam, seeded[0])  # the weights did change the maps
     assert_npz_is(output / "gradcam_detections.npz", detections, images)
 
     code, _, err = cam(["--detector", "fcos", "--weights", str(tmp_path / "retinanet.pt")], detectors)
     assert code == 1 and err.startswith("cam.py: error: --weights: ") and "does not fit fcos" in err
+
+
+def test_weights_folder_of_save_pretrained(detectors, tmp_path: Path) -> None:
+    """For transformers, --weights FOLDER is a save_pretrained folder: its own config
+    (here five classes with their own names) and weights."""
+    skip_without("detr")
+    import transformers
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        small = load_detector("detr", detectors["detr"], None, SIZE)
+    config = small.config.to_dict()
+    config.update(id2label={str(k): f"thing {k}" for k in range(5)}, label2id=None, num_labels=5)
+    config.pop("label2id", None)
+    torch.manual_seed(3)
+    model = transformers.DetrForObjectDetection(transformers.DetrConfig.from_dict(config)).eval()
+    model.save_pretrained(tmp_path / "detr")
+    output = tmp_path / "out"
+    code, out, err = cam(
+        ["--detector", "detr", "--weights", str(tmp_path / "detr"), "--confidence", "0", "--image-size",
+         str(SIZE), "--max-detections", str(MAX), "--output-dir", str(output)],
+        detectors,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "RANDOM" not in err
+    images = detector_input(read_photo(BUNDLED_PHOTO), detectors["detr"], SIZE)
+    detections = explain_detections(model, images, method="gradcam", confidence=0.0, max_detections=MAX)[0]
+    assert_npz_is(output / "gradcam_detections.npz", detections, images)
+    assert np.load(output / "gradcam_detections.npz")["names"].tolist() == [f"thing {d.label}" for d in detections]
+
+
+def test_an_input_too_small_for_rtdetr_is_one_line(tmp_path: Path) -> None:
+    """RT-DETR chooses its queries among its feature maps' cells: 32 x 32 has 16 + 4 + 1."""
+    skip_without("rtdetr")
+    detectors = _small_transformers(num_queries=22)
+    code, out, err = cam(["--detector", "rtdetr", "--image-size", "16", "--output-dir", str(tmp_path)], detectors)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        "cam.py: error: --image-size: the input 32x32 is too small for rtdetr: its 22 queries are chosen among "
+        "the 21 cells of its feature maps; pass a larger --image-size"
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------- folder mode

@@ -50,6 +50,7 @@ __all__ = [
     "RANDOM_WEIGHTS_CONFIDENCE",
     "TRAINED_CONFIDENCE",
     "check_detection_arguments",
+    "check_input_fits",
     "class_names",
     "detection_lines",
     "detector_entry",
@@ -154,10 +155,13 @@ def _weights_hint(entry: DetectorEntry, name: str) -> str:
     return ""
 
 
-def load_detector(name: str, entry: DetectorEntry, weights: Optional[Path], image_size: int) -> nn.Module:
+def load_detector(
+    name: str, entry: DetectorEntry, weights: Optional[Path], image_size: int, warn: bool = True
+) -> nn.Module:
     """The detector in eval mode: its architecture with the state dict in ``weights``
     (for transformers also a ``save_pretrained`` folder), or with random weights (seed 0,
-    the global random state left as it was) after an unmissable warning on stderr.
+    the global random state left as it was) after an unmissable warning on stderr
+    (unless not ``warn``: torchrun's other ranks).
 
     Raises:
         CLIError: for weights that are missing, unreadable or do not fit, and a missing
@@ -178,7 +182,7 @@ def load_detector(name: str, entry: DetectorEntry, weights: Optional[Path], imag
         raise CLIError(f"--weights {weights}: cannot read it ({error})") from None
     except ModuleNotFoundError as error:
         raise CLIError(f"--detector {name} needs the Python module {error.name!r}: pip install {error.name}") from None
-    if weights is None:
+    if weights is None and warn:
         print(_RANDOM_WEIGHTS_WARNING.format(name=name), file=sys.stderr)
     return model
 
@@ -226,6 +230,28 @@ def target_layers(model: nn.Module, name: Optional[str]) -> Tuple[Optional[List[
         raise CLIError(f"{error}; pass --target-layer") from None
     names = ", ".join(layer_name(model, layer) for layer in defaults)
     return None, f"{names} (the family's default)"
+
+
+def check_input_fits(name: str, model: nn.Module, images: torch.Tensor) -> None:
+    """Nothing, unless the input is too small for the model: RT-DETR picks its
+    ``num_queries`` queries among the cells of its feature maps (strides
+    ``config.feat_strides``), so an input with fewer cells cannot be explained.
+
+    Raises:
+        CLIError: naming the sizes, with the fix (a larger --image-size).
+    """
+    config = getattr(model, "config", None)
+    strides = getattr(config, "feat_strides", None)
+    queries = getattr(config, "num_queries", None)
+    if not str(getattr(config, "model_type", "")).startswith("rt_detr") or not strides or not queries:
+        return
+    height, width = images.shape[-2:]
+    cells = sum(-(-height // stride) * -(-width // stride) for stride in strides)
+    if cells < queries:
+        raise CLIError(
+            f"--image-size: the input {width}x{height} is too small for {name}: its {queries} queries are chosen "
+            f"among the {cells} cells of its feature maps; pass a larger --image-size"
+        )
 
 
 # ----------------------------------------------------------------- explaining
@@ -338,6 +364,7 @@ def run_detection(args: argparse.Namespace, detectors: Dict[str, DetectorEntry],
     model = load_detector(args.detector, entry, args.weights, args.image_size).to(device)
     layers, layer_names = target_layers(model, args.target_layer)
     images = detector_input(photo, entry, args.image_size).to(device)
+    check_input_fits(args.detector, model, images)
     input_hw = tuple(images.shape[-2:])
     names = class_names(model, entry)
     print(

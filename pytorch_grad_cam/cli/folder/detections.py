@@ -33,6 +33,7 @@ from torch import nn
 
 from pytorch_grad_cam.cli.detect import (
     check_detection_arguments,
+    check_input_fits,
     class_names,
     detector_entry,
     detector_input,
@@ -113,6 +114,7 @@ class DetectionShard:
 
     def explain_method(self, item: ImageItem, photo, images: torch.Tensor, method: str) -> None:
         """One method on one image: its drawing, its npz, then its record."""
+        check_input_fits(self.args.detector, self.model, images)
         detections = explain_photo(self.model, images, self.args, method, self.layers)
         input_hw: Tuple[int, int] = tuple(images.shape[-2:])
         mapped = on_photo(detections, input_hw, photo.shape[:2])
@@ -187,7 +189,8 @@ def run_detection_folder(
 
             device = start_process_group(ranks, device)
             stack.callback(dist.destroy_process_group)
-        model = load_detector(args.detector, entry, args.weights, args.image_size).to(device)
+        model = load_detector(args.detector, entry, args.weights, args.image_size, warn=ranks.rank == 0)
+        model = model.to(device)
         prepare_output_dir(Path(args.output_dir), ranks)
         shard = DetectionShard(args, entry, model, methods, ranks.rank)
         if ranks.rank == 0:
