@@ -21,8 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pytorch_grad_cam"
 CLI = PACKAGE / "cli"
 #: The library modules that the command line may import: the top-level package's names,
-#: and the public modules that a user imports too (under utils and metrics, any).
-PUBLIC_CORE = ("pytorch_grad_cam", "pytorch_grad_cam.registry", "pytorch_grad_cam.metrics", "pytorch_grad_cam.utils")
+#: and the public modules that a user imports too (under utils and metrics, any; the
+#: detection package's own names).
+PUBLIC_CORE = (
+    "pytorch_grad_cam",
+    "pytorch_grad_cam.registry",
+    "pytorch_grad_cam.metrics",
+    "pytorch_grad_cam.utils",
+    "pytorch_grad_cam.detection",
+)
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 80
 

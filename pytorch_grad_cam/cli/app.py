@@ -27,8 +27,10 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam import GuidedBackpropReLUModel
-from pytorch_grad_cam.cli.arguments import DEBUG_VARIABLE, build_parser
-from pytorch_grad_cam.cli.folder import run_folder
+from pytorch_grad_cam.cli.arguments import DEBUG_VARIABLE, build_parser, parse_arguments
+from pytorch_grad_cam.cli.detect import run_detection
+from pytorch_grad_cam.cli.detector_zoo import DETECTORS, DetectorEntry
+from pytorch_grad_cam.cli.folder import run_detection_folder, run_folder
 from pytorch_grad_cam.cli.jobs import (
     CLIError,
     build_model,
@@ -95,6 +97,15 @@ pytorch_grad_cam.METHODS. Models: pytorch_grad_cam.cli.model_zoo.MODELS.
 With --image-dir, writes for each image sub/a.jpg: sub/a.thumb.jpg, sub/a.<method>.jpg
 (the overlay) and sub/a.<method>.npz (the map), and results.csv; a run started again
 with the same arguments skips what is done.
+
+A map for every detected object (--detector; no --image-path: the bundled examples/cat.jpg):
+    python cam.py --detector retinanet --image-size 320 --max-detections 3     # random weights
+    python cam.py --detector fasterrcnn --weights fasterrcnn_resnet50_fpn_coco-258fb6c6.pth \
+        --image-path photo.jpg --method hirescam
+    python cam.py --detector yolov8n --image-dir photos --output-dir out       # a whole folder
+writes <method>_detections.jpg (the photo, each box with its class, score and map) and
+<method>_detections.npz (boxes, labels, names, scores, maps) and prints one line per box.
+Without --weights the detector has random weights: its boxes and maps mean nothing.
 """
 
 
@@ -189,14 +200,32 @@ def print_predictions(model_name: str, image_path: Path, photo: np.ndarray, prob
         print(f"  {rank}. {class_label(index, classes):<40} {100 * probability:5.1f}%")
 
 
-def run(args: argparse.Namespace, models: Dict[str, ModelEntry]) -> None:
+#: The options that only --detector reads.
+DETECTOR_OPTIONS = {"image_size": "--image-size", "confidence": "--confidence", "max_detections": "--max-detections"}
+
+
+def run(
+    args: argparse.Namespace, models: Dict[str, ModelEntry], detectors: Optional[Dict[str, DetectorEntry]] = None
+) -> None:
     """Explain one photo as the arguments say: print the top classes, write the three pictures
-    (with ``--image-dir``: every image of a folder, see :mod:`pytorch_grad_cam.cli.folder`).
+    (with ``--image-dir``: every image of a folder, see :mod:`pytorch_grad_cam.cli.folder`;
+    with ``--detector``: every detected object, see :mod:`pytorch_grad_cam.cli.detect`).
     Everything that can be checked before building the model is checked first.
 
     Raises:
         CLIError: on any user error.
     """
+    explicit = getattr(args, "explicit", frozenset())  # the options given (arguments.parse_arguments)
+    if args.detector is not None:
+        detectors = DETECTORS if detectors is None else detectors
+        if args.image_dir is not None:
+            return run_detection_folder(args, detectors, explicit)
+        return run_detection(args, detectors, explicit)
+    for dest, flag in DETECTOR_OPTIONS.items():
+        if dest in explicit:
+            raise CLIError(f"{flag} applies only with --detector NAME", code=2)
+    if args.image_path is None and args.image_dir is None:
+        raise CLIError("one of the arguments --image-path --image-dir is required (see --help)", code=2)
     if args.image_dir is not None:
         return run_folder(args, models)
     if "," in args.method:
@@ -282,26 +311,30 @@ def main(
     default_model: str = "resnet50",
     description: Optional[str] = DESCRIPTION,
     prog: Optional[str] = None,
+    detectors: Optional[Dict[str, DetectorEntry]] = None,
 ) -> int:
     """Parse ``argv`` (default: sys.argv[1:]) and explain the photo; the exit code.
 
     Args:
         models: the models ``--model`` chooses from (default: :data:`MODELS`).
+        detectors: the detectors ``--detector`` chooses from (default: the detector zoo,
+            :data:`pytorch_grad_cam.cli.detector_zoo.DETECTORS`).
         default_model: the model used without ``--model``.
         description: the ``--help`` text.
         prog: the program name in messages (default: the script's name).
     """
     models = MODELS if models is None else models
-    parser = build_parser(models, default_model, description, prog)
+    detectors = DETECTORS if detectors is None else detectors
+    parser = build_parser(models, default_model, description, prog, detectors)
     args = None
     try:
         with warnings.catch_warnings():  # restores showwarning when done
             warnings.showwarning = _one_line_warning
             try:
-                args = parser.parse_args(argv)
+                args = parse_arguments(parser, argv)
             except SystemExit as done:  # --help, printed by argparse (its errors are CLIErrors)
                 return int(done.code or 0)
-            run(args, models)
+            run(args, models, detectors)
     except CLIError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return error.code

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, FrozenSet, Optional, Sequence
 
 from pytorch_grad_cam import METHODS
+from pytorch_grad_cam.cli.detector_zoo import DETECTORS, DetectorEntry, package_installed
 from pytorch_grad_cam.cli.jobs import CLIError
 from pytorch_grad_cam.cli.metrics import METRICS, parse_metric_names
 from pytorch_grad_cam.cli.model_zoo import ModelEntry
 
-__all__ = ["DEBUG_VARIABLE", "build_parser"]
+__all__ = ["DEBUG_VARIABLE", "build_parser", "parse_arguments"]
 
 DEBUG_VARIABLE = "PYTORCH_GRAD_CAM_DEBUG"
 
@@ -45,17 +46,81 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _fraction(text: str) -> float:
+    """An argparse ``type``: the text as a number in [0, 1].
+
+    Raises:
+        argparse.ArgumentTypeError: naming the bad text or value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value:g}")
+    return value
+
+
+#: A value no option has: an option that still holds it after parsing was not given.
+_NOT_GIVEN = object()
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, plus ``explicit``: the names (dests) of the options
+    given on the command line, default values included (``--model resnet50`` counts).
+
+    Raises:
+        CLIError: for a malformed command line (from the parser); SystemExit for --help.
+    """
+    # argparse fills in a default only where the namespace has no value yet: every option
+    # starts as _NOT_GIVEN, and those still holding it get their defaults afterwards.
+    actions = [action for action in parser._actions if action.dest != argparse.SUPPRESS]  # noqa: SLF001
+    namespace = argparse.Namespace(**{action.dest: _NOT_GIVEN for action in actions})
+    args = parser.parse_args(argv, namespace)
+    explicit: FrozenSet[str] = frozenset(
+        action.dest for action in actions if getattr(args, action.dest) is not _NOT_GIVEN
+    )
+    for action in actions:
+        if getattr(args, action.dest) is _NOT_GIVEN:
+            setattr(args, action.dest, action.default)
+    args.explicit = explicit
+    return args
+
+
+def _detector_names(detectors: Dict[str, DetectorEntry]) -> str:
+    """The --detector names for --help, grouped by package (those not installed marked)."""
+    groups: Dict[str, list] = {}
+    for name, entry in detectors.items():
+        groups.setdefault(entry.package, []).append(name)
+    return "; ".join(
+        f"{', '.join(names)} ({package}{'' if package_installed(package) else ', NOT INSTALLED'})"
+        for package, names in groups.items()
+    )
+
+
 def build_parser(
-    models: Dict[str, ModelEntry], default_model: str, description: Optional[str] = None, prog: Optional[str] = None
+    models: Dict[str, ModelEntry],
+    default_model: str,
+    description: Optional[str] = None,
+    prog: Optional[str] = None,
+    detectors: Optional[Dict[str, DetectorEntry]] = None,
 ) -> argparse.ArgumentParser:
-    """The arguments of cam.py and the usage examples (the README's, plus model options)."""
+    """The arguments of cam.py and the usage examples (the README's, plus model and detector options).
+
+    ``detectors``: the names ``--detector`` lists in --help (default: the detector zoo)."""
     parser = _Parser(
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument("--image-path", type=Path, metavar="PATH", help="the photo to explain")
+    # One of the two is required, except with --detector (which has a bundled photo):
+    # the app checks it (app.run).
+    inputs = parser.add_mutually_exclusive_group()
+    inputs.add_argument(
+        "--image-path",
+        type=Path,
+        metavar="PATH",
+        help="the photo to explain (with --detector, default: the bundled examples/cat.jpg)",
+    )
     inputs.add_argument(
         "--image-dir",
         type=Path,
@@ -91,8 +156,42 @@ def build_parser(
     parser.add_argument(
         "--output-dir", type=Path, default=Path("."), metavar="DIR", help="where to write the pictures (default: .)"
     )
+    _add_detection_options(parser, DETECTORS if detectors is None else detectors)
     _add_run_options(parser)
     return parser
+
+
+def _add_detection_options(parser: argparse.ArgumentParser, detectors: Dict[str, DetectorEntry]) -> None:
+    """``--detector`` and the options only it reads."""
+    group = parser.add_argument_group(
+        "detectors (--detector; --model, --category, --metrics and smoothing do not apply)"
+    )
+    group.add_argument(
+        "--detector",
+        metavar="NAME",
+        help=f"explain every detected object of a detector instead of a classifier: {_detector_names(detectors)}. "
+        "Built with random weights (which explain nothing) unless --weights gives a state dict",
+    )
+    group.add_argument(
+        "--image-size",
+        type=_positive_int,
+        metavar="N",
+        help="the longer side of the detector's input, in pixels (the aspect ratio kept; default: per "
+        "detector, 640 for YOLO and RT-DETR, 800 for torchvision's and DETR, 320 for SSDlite)",
+    )
+    group.add_argument(
+        "--confidence",
+        type=_fraction,
+        metavar="C",
+        help="the least confidence of a kept box (default: 0.25 with --weights, 0 with random weights)",
+    )
+    group.add_argument(
+        "--max-detections",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="the most boxes explained per image, best first, after class-wise NMS (default: 10)",
+    )
 
 
 def _add_run_options(parser: argparse.ArgumentParser) -> None:

@@ -43,12 +43,15 @@ The modules, by concern (each imports only those above it in this list, and
     records.py      the per-(image, method) records, results.csv, the contact sheet
     shard.py        one rank's batches through the CAM objects, and the writer threads
     run.py          run_folder: the arguments checked, the model built, the shard, the report
+    detections.py   run_detection_folder: the same for ``--detector`` (one image at a time,
+                    its boxes' maps, one row per image and method with the boxes found)
 
 This package re-exports the names that the tests, benchmarks/bench.py and users import
 from ``pytorch_grad_cam.cli.folder``.
 """
 
 from pytorch_grad_cam.cli.folder.dataset import Batch, ImageFolderDataset, collate_images
+from pytorch_grad_cam.cli.folder.detections import DETECTION_COLUMNS, run_detection_folder
 from pytorch_grad_cam.cli.folder.distributed import Ranks, set_threads, start_process_group
 from pytorch_grad_cam.cli.folder.files import (
     IMAGE_SUFFIXES,
@@ -78,6 +81,7 @@ from pytorch_grad_cam.cli.jobs import jpeg_is_complete
 
 __all__ = [
     "COLUMNS",
+    "DETECTION_COLUMNS",
     "IMAGE_SUFFIXES",
     "RECORDS_DIR",
     "RECORD_VERSION",
@@ -101,6 +105,7 @@ __all__ = [
     "parse_methods",
     "record_settings",
     "remove_partial_files",
+    "run_detection_folder",
     "run_folder",
     "set_threads",
     "start_process_group",
