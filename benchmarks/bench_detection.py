@@ -27,7 +27,8 @@ DETECTION_TITLE = "Detection: YOLOv8n (random weights)"
 class DetectionCase:
     """YOLOv8n (``YOLO("yolov8n.yaml")``, seed 0) wrapped by ``as_detector``, one image
     ``size`` x ``size`` (uniform in [0, 1), seed 0), and its :data:`DETECTION_BOXES`
-    best-scoring boxes after NMS at :data:`CANDIDATE_CONFIDENCE`, as BoxTargets."""
+    best-scoring boxes after NMS at :data:`CANDIDATE_CONFIDENCE`, as explain_detections makes
+    their BoxTargets (with the candidates matched on the detection pass)."""
 
     def __init__(self, device: torch.device, size: int) -> None:
         # Offline, and no settings file written into the user's home.
@@ -36,8 +37,8 @@ class DetectionCase:
         os.environ.setdefault("YOLO_VERBOSE", "False")  # no settings banner in the tables
         from ultralytics import YOLO
 
-        from pytorch_grad_cam.detection import BoxTarget, as_detector
-        from pytorch_grad_cam.detection.explain import select_detections
+        from pytorch_grad_cam.detection import as_detector
+        from pytorch_grad_cam.detection.explain import detection_targets, select_detections
 
         torch.manual_seed(0)
         self.detector = as_detector(YOLO("yolov8n.yaml", verbose=False)).to(device)
@@ -48,7 +49,8 @@ class DetectionCase:
         boxes, labels, _ = select_detections(candidates, CANDIDATE_CONFIDENCE, max_detections=DETECTION_BOXES)
         if boxes.shape[0] < DETECTION_BOXES:
             raise RuntimeError(f"only {boxes.shape[0]} boxes at confidence {CANDIDATE_CONFIDENCE}; lower it")
-        self.targets = [BoxTarget(box, int(label)) for box, label in zip(boxes.cpu(), labels.tolist())]
+        # As explain_detections makes them: the candidates matched on this detection pass.
+        self.targets = detection_targets(candidates, boxes, labels)
 
     def gradcam(self) -> object:
         """A GradCAM of the wrapped detector on its default target layers."""
@@ -102,8 +104,7 @@ def separate_boxes(device: torch.device, size: int) -> Callable[[], None]:
 
 
 def batched_boxes(device: torch.device, size: int) -> Callable[[], None]:
-    """One GradCAM call on the image repeated K times with the K BoxTargets (how
-    explain_detections explains one image's boxes)."""
+    """One GradCAM call on the image repeated K times with the K BoxTargets."""
     case = detection_case(device, size)
     cam = case.gradcam()
     copies = case.image.expand(len(case.targets), *case.image.shape[1:]).contiguous()

@@ -5,10 +5,11 @@ at the target layers.
 The plain way is a batched call with the image repeated once per target, which runs
 the forward pass and the backward pass over K copies. Here the forward pass runs once;
 the K scores are taken from its output, and their gradients with respect to the target
-layers' outputs come from one batched backward pass (``torch.autograd.grad`` with
-``is_grads_batched``, one vector-Jacobian product per score, vectorised), which stops at
-the target layers: the network before them is not differentiated. Where autograd cannot
-vectorise an operation of the model, one backward pass per score is run instead.
+layers' outputs come from backward passes that stop at the target layers: the network
+before them is not differentiated. On a CPU the K backward passes run one by one from the
+same graph (measured faster there than autograd's vectorised pass); elsewhere one
+vectorised pass, or one pass per score where autograd cannot vectorise an operation of
+the model.
 
 A method shares the forward pass when the template's record step is all it needs:
 gradients at the target layers, its own map from them (:meth:`BaseCAM.get_cam_weights`,
@@ -138,19 +139,29 @@ def _gradients_per_target(scores: torch.Tensor, layer_outputs: Sequence[object])
     return gradients
 
 
-def _batched_vjp(scores: torch.Tensor, inputs: List[torch.Tensor]) -> List[Optional[torch.Tensor]]:
-    """d scores[k] / d inputs for every k, (K, *input shape) each: one vectorised backward
-    pass, or K passes where autograd cannot vectorise an operation of the graph."""
+def _batched_vjp(
+    scores: torch.Tensor, inputs: List[torch.Tensor], vectorise: Optional[bool] = None
+) -> List[Optional[torch.Tensor]]:
+    """d scores[k] / d inputs for every k, (K, *input shape) each.
+
+    ``vectorise`` (default: off the CPU) runs one vectorised backward pass
+    (``is_grads_batched``), falling back to one pass per score where autograd cannot
+    vectorise an operation of the graph; otherwise one pass per score from the same graph.
+    On a CPU the passes one by one are the faster (the README's Detection table).
+    """
     count = scores.shape[0]
-    eye = torch.eye(count, dtype=scores.dtype, device=scores.device)
-    try:
-        return list(
-            torch.autograd.grad(
-                scores, inputs, grad_outputs=eye, is_grads_batched=True, allow_unused=True, retain_graph=True
+    if vectorise is None:
+        vectorise = scores.device.type != "cpu"
+    if vectorise:
+        eye = torch.eye(count, dtype=scores.dtype, device=scores.device)
+        try:
+            return list(
+                torch.autograd.grad(
+                    scores, inputs, grad_outputs=eye, is_grads_batched=True, allow_unused=True, retain_graph=True
+                )
             )
-        )
-    except RuntimeError:
-        pass
+        except RuntimeError:
+            pass
     per_score = [
         torch.autograd.grad(scores[k], inputs, allow_unused=True, retain_graph=k < count - 1) for k in range(count)
     ]

@@ -22,13 +22,14 @@ PACKAGE = ROOT / "pytorch_grad_cam"
 CLI = PACKAGE / "cli"
 #: The library modules that the command line may import: the top-level package's names,
 #: and the public modules that a user imports too (under utils and metrics, any; the
-#: detection package's own names).
+#: detection package's and vision_language's own names).
 PUBLIC_CORE = (
     "pytorch_grad_cam",
     "pytorch_grad_cam.registry",
     "pytorch_grad_cam.metrics",
     "pytorch_grad_cam.utils",
     "pytorch_grad_cam.detection",
+    "pytorch_grad_cam.vision_language",
 )
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 80

@@ -85,3 +85,13 @@ def test_box_target_with_indices_scores_exactly_those_candidates_on_any_input():
         BoxTarget([0, 0, 10, 10], 0, indices=[7])(output)
     with pytest.raises(ValueError, match="indices is empty"):
         BoxTarget([0, 0, 10, 10], 0, indices=[])
+
+
+def test_detections_keep_no_box_without_width_or_height():
+    from pytorch_grad_cam.detection.explain import kept_candidates, select_detections
+
+    boxes = torch.tensor([[24.0, 16, 24, 16], [0, 0, 10, 10], [30, 30, 30.0005, 40]])
+    found = Candidates(boxes, torch.tensor([[0.9, 0.0], [0.5, 0.0], [0.8, 0.0]]))
+    assert kept_candidates(found, confidence=0.1).tolist() == [1]
+    kept_boxes, labels, scores = select_detections(found, confidence=0.1)
+    assert kept_boxes.tolist() == [[0, 0, 10, 10]] and labels.tolist() == [0] and scores.tolist() == [0.5]

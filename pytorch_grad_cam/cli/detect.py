@@ -269,8 +269,7 @@ def explain_photo(
     """
     cam_class = get_method(method)
     options = method_options(cam_class, args.batch_size, not args.no_progress)
-    if "progress" in options:  # a perturbation method's bar; explain_detections' progress is its own
-        cam_class = _with_progress(cam_class, bool(options.pop("progress")))
+    options["progress"] = not args.no_progress  # explain_detections' bars and the method's own
     try:
         return explain_detections(
             model,
@@ -285,17 +284,6 @@ def explain_photo(
         raise CLIError(f"{method}: {error}") from None
     except torch.cuda.OutOfMemoryError:
         raise CLIError("out of GPU memory; try a smaller --image-size or --max-detections, or --device cpu") from None
-
-
-def _with_progress(cam_class: type, progress: bool) -> type:
-    """A subclass of the perturbation method ``cam_class`` whose progress bar is on or off
-    as ``--no-progress`` says (``explain_detections`` passes constructor options through
-    ``**method_options``, where its own ``progress`` argument would take the name)."""
-
-    def __init__(self, *arguments: object, **options: object) -> None:
-        cam_class.__init__(self, *arguments, progress=progress, **options)
-
-    return type(cam_class.__name__, (cam_class,), {"__init__": __init__, "__doc__": cam_class.__doc__})
 
 
 def on_photo(detections: Sequence[Detection], input_hw: Tuple[int, int], photo_hw: Tuple[int, int]) -> List[Detection]:

@@ -10,6 +10,7 @@ than K calls.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple, Type, Union
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection.roi_heads import paste_masks_in_image
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, remove_small_boxes
 from tqdm import tqdm
 
 from pytorch_grad_cam.base_cam import BaseCAM
@@ -69,9 +70,12 @@ def select_detections(
 def kept_candidates(
     candidates: Candidates, confidence: float = 0.25, iou_threshold: float = 0.45, max_detections: int = 20
 ) -> torch.Tensor:
-    """The positions (K,) among ``candidates`` of the detections :func:`select_detections` keeps, best first."""
+    """The positions (K,) among ``candidates`` of the detections :func:`select_detections`
+    keeps, best first (boxes narrower or lower than 1e-3 pixels are not kept)."""
     scores, labels = candidates.scores.detach().max(dim=1)
     keep = torch.nonzero(scores >= confidence).flatten()
+    # A box with no width or height (a degenerate regression) is no object to explain.
+    keep = keep[remove_small_boxes(candidates.boxes_of_best(keep).detach().float(), 1e-3)]
     boxes = candidates.boxes_of_best(keep).detach().float()
     return keep[batched_nms(boxes, scores[keep].float(), labels[keep], iou_threshold)[:max_detections]]
 
@@ -98,7 +102,8 @@ def explain_detections(
         confidence: the least best-class confidence a kept candidate has.
         iou_threshold: NMS's IoU threshold (class-wise).
         max_detections: the most boxes kept per image.
-        progress: show a progress bar over the images.
+        progress: show a progress bar over the images (and the method's own, for
+            methods that have one: ScoreCAM, AblationCAM).
         explain: "box": each map explains the object's confidence (:class:`BoxTarget`);
             "mask": the mask an instance-segmentation model predicts for it
             (:class:`~pytorch_grad_cam.detection.MaskTarget`, Mask R-CNN).
@@ -130,6 +135,8 @@ def explain_detections(
         raise ValueError('explain="mask" needs a model that predicts instance masks (Mask R-CNN); use explain="box"')
     layers = list(target_layers) if target_layers is not None else detector.default_target_layers()
     results: List[List[Detection]] = []
+    if "progress" in inspect.signature(cam_class).parameters:
+        method_options = {"progress": progress, **method_options}
     with cam_class(detector, layers, **method_options) as cam:
         for index, found in enumerate(tqdm(candidates, disable=not progress, desc="detections")):
             kept = kept_candidates(found, confidence, iou_threshold, max_detections)
