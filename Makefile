@@ -3,6 +3,7 @@
 # make lint   - ruff: lint (pyflakes, import order, private members) and the format check
 # make bench  - the speed/memory benchmark table
 # make grid   - re-render the README's comparison grids (docs/*.jpg; minutes on a CPU)
+# make detection-picture - the README's detector picture (docs/detection_two_boxes.jpg) from the committed tiny detector; trains it (~4 min of one CPU core) only if docs/data/tiny_detector.pt is missing
 # make metrics - every method x every metric on EfficientNet-Lite0 (docs/metrics.md, docs/sanity_check.png; ~45 min on 2 loaded CPU threads)
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint bench grid metrics venv clean
+.PHONY: demo test lint bench grid detection-picture metrics venv clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,9 @@ bench: $(STAMP)
 
 grid: $(STAMP)
 	$(PY) docs/make_grid.py --no-progress
+
+detection-picture: $(STAMP)
+	$(PY) docs/make_detection_picture.py
 
 metrics: $(STAMP)
 	$(PY) docs/make_metrics_table.py --no-progress
