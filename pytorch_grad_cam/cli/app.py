@@ -51,6 +51,7 @@ from pytorch_grad_cam.cli.jobs import (
 )
 from pytorch_grad_cam.cli.metrics import compute_metrics, metric_lines
 from pytorch_grad_cam.cli.model_zoo import MODELS, ModelEntry, ReshapeTransform, layer_name, load_model
+from pytorch_grad_cam.cli.prompts import run_prompts
 from pytorch_grad_cam.utils.image import deprocess_image, preprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -106,6 +107,10 @@ A map for every detected object (--detector; no --image-path: the bundled exampl
 writes <method>_detections.jpg (the photo, each box with its class, score and map) and
 <method>_detections.npz (boxes, labels, names, scores, maps) and prints one line per box.
 Without --weights the detector has random weights: its boxes and maps mean nothing.
+
+One map per text prompt (--clip, an open_clip model; no --image-path: examples/cat.jpg):
+    python cam.py --clip ViT-B-32 --prompts "a photo of a cat,a photo of a dog"   # random weights
+writes <method>_prompts.jpg and <method>_prompts.npz and prints each prompt's cosine.
 """
 
 
@@ -209,13 +214,19 @@ def run(
 ) -> None:
     """Explain one photo as the arguments say: print the top classes, write the three pictures
     (with ``--image-dir``: every image of a folder, see :mod:`pytorch_grad_cam.cli.folder`;
-    with ``--detector``: every detected object, see :mod:`pytorch_grad_cam.cli.detect`).
+    with ``--detector``: every detected object, see :mod:`pytorch_grad_cam.cli.detect`;
+    with ``--clip``: one map per text prompt, see :mod:`pytorch_grad_cam.cli.prompts`).
     Everything that can be checked before building the model is checked first.
 
     Raises:
         CLIError: on any user error.
     """
     explicit = getattr(args, "explicit", frozenset())  # the options given (arguments.parse_arguments)
+    if args.clip is not None or args.prompts is not None:
+        if args.detector is not None:
+            raise CLIError("--clip and --detector are two tasks; pass one of them", code=2)
+        run_prompts(args)
+        return None
     if args.detector is not None:
         detectors = DETECTORS if detectors is None else detectors
         if args.image_dir is not None:

@@ -11,6 +11,7 @@ from pytorch_grad_cam.cli.detector_zoo import DETECTORS, DetectorEntry, package_
 from pytorch_grad_cam.cli.jobs import CLIError
 from pytorch_grad_cam.cli.metrics import METRICS, parse_metric_names
 from pytorch_grad_cam.cli.model_zoo import ModelEntry
+from pytorch_grad_cam.cli.prompts import add_prompt_options
 
 __all__ = ["DEBUG_VARIABLE", "build_parser", "parse_arguments"]
 
@@ -119,7 +120,7 @@ def build_parser(
         "--image-path",
         type=Path,
         metavar="PATH",
-        help="the photo to explain (with --detector, default: the bundled examples/cat.jpg)",
+        help="the photo to explain (with --detector or --clip, default: the bundled examples/cat.jpg)",
     )
     inputs.add_argument(
         "--image-dir",
@@ -157,6 +158,7 @@ def build_parser(
         "--output-dir", type=Path, default=Path("."), metavar="DIR", help="where to write the pictures (default: .)"
     )
     _add_detection_options(parser, DETECTORS if detectors is None else detectors)
+    add_prompt_options(parser)
     _add_run_options(parser)
     return parser
 

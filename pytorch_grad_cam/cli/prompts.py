@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from pytorch_grad_cam.cli.detect import BUNDLED_PHOTO
 from pytorch_grad_cam.cli.jobs import CLIError, check_method, choose_device, encode_image, note, read_photo
 from pytorch_grad_cam.vision_language import PromptMaps, draw_prompt_maps, explain_prompts
 
@@ -27,6 +28,8 @@ __all__ = ["add_prompt_options", "check_prompt_arguments", "parse_prompts", "run
 #: The options that do not apply to the prompt task (the photo's maps are per prompt).
 NOT_FOR_PROMPTS = {
     "category": "--category",
+    "image_size": "--image-size",
+    "confidence": "--confidence",
     "aug_smooth": "--aug-smooth",
     "eigen_smooth": "--eigen-smooth",
     "metrics": "--metrics",
@@ -37,13 +40,16 @@ NOT_FOR_PROMPTS = {
 
 def add_prompt_options(parser: argparse.ArgumentParser) -> None:
     """``--clip`` and ``--prompts``."""
-    parser.add_argument(
+    group = parser.add_argument_group(
+        "image-text models (--clip; --model, --category, --metrics and smoothing do not apply)"
+    )
+    group.add_argument(
         "--clip",
         metavar="NAME",
         help="explain the photo for each of --prompts with this open_clip model (e.g. ViT-B-32; "
         "random weights unless --weights names a checkpoint file or an open_clip tag)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--prompts",
         type=parse_prompts,
         metavar="TEXTS",
@@ -126,7 +132,7 @@ def run_prompts(args: argparse.Namespace) -> PromptMaps:
     """
     check_prompt_arguments(args)
     method = check_method(args.method)
-    photo = read_photo(args.image_path)
+    photo = read_photo(args.image_path if args.image_path is not None else BUNDLED_PHOTO)
     device = choose_device(args.device, args.use_cuda)
     model, tokenizer = _build(args.clip, args.weights)
     model = model.to(device)
