@@ -3,7 +3,7 @@ grid, by one dry forward pass of the user's first input.
 
 The rule, in order:
 1. Candidates are the modules (never the model itself) whose output is a 4D/5D tensor
-   with more than one spatial position (an ``AdaptiveAvgPool2d(1)``'s 1x1 output is
+   (3D for a (B, C, L) signal input) with more than one spatial position (an ``AdaptiveAvgPool2d(1)``'s 1x1 output is
    not a grid); with a ``reshape_transform``, those whose output the transform turns
    into one (a ViT block's tokens).
 2. They are ordered by when their forward *finishes*: the last one wins.
@@ -32,7 +32,7 @@ from pytorch_grad_cam.utils.hooks import Hooks
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def _grid_shape(output: object, reshape_transform: Optional[Callable]) -> bool:
+def _grid_shape(output: object, reshape_transform: Optional[Callable], ranks: Tuple[int, ...] = (4, 5)) -> bool:
     if reshape_transform is None and not torch.is_tensor(output):
         return False
     try:
@@ -40,7 +40,7 @@ def _grid_shape(output: object, reshape_transform: Optional[Callable]) -> bool:
             shaped = output if reshape_transform is None else reshape_transform(output)
     except Exception:  # noqa: BLE001 - the transform does not fit this layer's output
         return False
-    return torch.is_tensor(shaped) and shaped.ndim in (4, 5) and math.prod(shaped.shape[2:]) > 1
+    return torch.is_tensor(shaped) and shaped.ndim in ranks and math.prod(shaped.shape[2:]) > 1
 
 
 def find_target_layer(
@@ -73,7 +73,9 @@ def find_target_layer(
                 hooks.forward(module, recorder(name))
         with torch.set_grad_enabled(score is not None):
             outputs = model(input_tensor)
-    candidates = [entry for entry in finished if _grid_shape(entry[2], reshape_transform)]
+    # A (B, C, L) signal's grids are (B, C, l) (Conv1d outputs, transposed tokens).
+    ranks = (3,) if input_tensor.ndim == 3 else (4, 5)
+    candidates = [entry for entry in finished if _grid_shape(entry[2], reshape_transform, ranks)]
     if not candidates:
         raise ValueError(
             "target_layers not given and no module's output is a (B, C, h, w) grid; pass "
