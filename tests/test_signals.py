@@ -4,8 +4,11 @@ overlay picture, deletion/insertion along time, and the errors (docs/decisions.m
 
 from __future__ import annotations
 
+import re
 import warnings
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -132,3 +135,17 @@ def test_deletion_and_insertion_along_time(trained: tuple) -> None:
     with pytest.raises(ValueError, match=r"cams of \(B, C, L\) signals must be \(B, L\)"):
         deletion(bumps, maps[:, None], targets, model)
 
+
+def test_the_readme_section_runs_and_its_picture_is_there() -> None:
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Several inputs and 1D signals\n", 1)[1].split("\n## ", 1)[0]
+    namespace: dict = {}
+    torch.manual_seed(0)
+    for block in re.findall(r"```python\n(.*?)```", section, flags=re.S):
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+    assert namespace["two_input_maps"].shape == (2, 32, 32) and namespace["dict_maps"].shape == (2, 32, 32)
+    assert namespace["signal_maps"].shape == (4, 256) and namespace["deletion_scores"].shape == (4,)
+    assert namespace["signal_picture"].shape == (240, 640, 3) and namespace["signal_picture"].dtype == np.uint8
+    picture = cv2.imread(str(root / "docs" / "signal_overlay.png"))
+    assert picture is not None and picture.shape == (448, 720, 3)
