@@ -38,11 +38,11 @@ class SignalNet(nn.Module):
         return self.fc(torch.relu(self.conv2(x)).amax(dim=-1))
 
 
-def trained_signal_net(steps: int = 60) -> Tuple[SignalNet, float]:
+def trained_signal_net(steps: int = 40) -> Tuple[SignalNet, float]:
     """A SignalNet trained on :func:`bump_signals` (Adam, fixed seed), in eval mode, and
     its smallest logit margin on 64 held-out signals (positive: all right)."""
     model = SignalNet()
-    signals, labels, _ = bump_signals(256, seed=1)
+    signals, labels, _ = bump_signals(128, seed=1)
     optimiser = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(steps):
         optimiser.zero_grad()

@@ -57,13 +57,13 @@ def test_every_method_gives_maps_at_the_signal_length(net: SignalNet, method: st
 
 def test_the_map_peaks_at_the_class_defining_bump(trained: tuple) -> None:
     model, margin = trained
-    assert margin > 2  # measured 10.2: every held-out signal right by a wide margin
+    assert margin > 2  # measured 9.7: every held-out signal right by a wide margin
     signals, labels, centres = bump_signals(64, seed=3)
     bumps, where = signals[labels == 1], centres[labels == 1]
     for layer, allowed in ((model.conv2, 3), (model.conv1, 2)):
         maps = GradCAM(model, [layer])(bumps, [ClassifierOutputTarget(1)] * len(bumps))
         error = (torch.as_tensor(maps.argmax(axis=1)) - where).abs()
-        # measured over these 32 signals: conv2 (half length) max 2, mean 1.25; conv1 max 1, mean 0.59
+        # measured over these 32 signals: conv2 (half length) max 2, mean 1.31; conv1 max 1, mean 0.47
         assert int(error.max()) <= allowed, error.tolist()
 
 
