@@ -11,6 +11,7 @@ import pytest
 import torch
 from cam_reference import reference_cam, single_thread_module  # noqa: F401 - one thread for the module
 from signal_models import ImageAndMeta
+from test_reliability import assert_same_state, model_state
 from torch import nn
 
 from pytorch_grad_cam import METHODS, FinerCAM, GradCAM, HiResCAM, get_method
@@ -61,6 +62,27 @@ def test_a_subclass_call_keeps_its_options(net: ImageAndMeta) -> None:
     bound = WithMeta(net, META, 1.0).eval()
     np.testing.assert_allclose(several, FinerCAM(bound, [net.conv2])(IMAGES, alpha=0.3), atol=1e-6)
     assert not np.allclose(several, FinerCAM(bound, [net.conv2])(IMAGES, alpha=1.0), atol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "ablationcam", "fullgrad"])
+def test_the_model_is_left_as_found(method: str) -> None:
+    """docs/decisions.md, G1, through the bound model: modes, hooks, parameters, buffers."""
+    model = nn.Sequential()  # a container whose forward is replaced: two inputs, a BatchNorm in train mode
+    model.conv, model.norm, model.meta, model.fc = (
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.Linear(2, 4),
+        nn.Linear(4, 3),
+    )
+    model.forward = lambda image, meta: model.fc(model.norm(model.conv(image)).mean(dim=(2, 3)) + model.meta(meta))
+    model.train()
+    before = model_state(model)
+    kwargs = {"batch_size": 4, "progress": False} if method in ("scorecam", "ablationcam") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        maps = get_method(method)(model, [model.norm], **kwargs)((IMAGES[:2], META[:2]))
+    assert maps.shape == (2, 8, 8)
+    assert_same_state(before, model_state(model))
 
 
 def test_a_batch_is_per_image_and_outputs_are_the_batch(net: ImageAndMeta) -> None:
