@@ -181,8 +181,10 @@ def explain(
     Raises:
         ValueError: as :class:`ModelInputs`; others as the CAM's call.
     """
-    from pytorch_grad_cam.base_cam import BaseCAM  # here: base_cam imports this module
-
+    # The template's own __call__ (the first class in the MRO's base-first order that
+    # defines one): a subclass's __call__ (FinerCAM's options) has already run around this.
+    # Found, not imported: base_cam imports this module.
+    template = next(kind.__call__ for kind in reversed(type(cam).__mro__) if "__call__" in vars(kind))
     original = cam.model
     model_inputs = ModelInputs(inputs, image_input, original)
     targets = check_targets(targets, target_category, model_inputs.batch)
@@ -194,9 +196,7 @@ def explain(
             for index in range(model_inputs.batch):
                 cam.model = BoundModel(original, model_inputs, model_inputs.row(index))
                 chosen = None if targets is None else targets[index : index + 1]
-                # The template's call itself: a subclass's own __call__ (FinerCAM's options)
-                # has already run around this one.
-                maps.append(BaseCAM.__call__(cam, image[index : index + 1], chosen, aug_smooth, eigen_smooth))
+                maps.append(template(cam, image[index : index + 1], chosen, aug_smooth, eigen_smooth))
                 outputs.append(cam.outputs)
     finally:
         cam.model = original
