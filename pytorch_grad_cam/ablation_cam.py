@@ -20,7 +20,7 @@ from torch import nn
 from pytorch_grad_cam.ablation_layer import ABLATION_OFFSET, AblationLayer, ablation_value  # noqa: F401
 from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
 from pytorch_grad_cam.base_cam import weighted_map
-from pytorch_grad_cam.checks import grid_activations
+from pytorch_grad_cam.checks import layer_grid
 from pytorch_grad_cam.layers import LayerSpec, layer_name
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.recording import Record
@@ -156,8 +156,7 @@ class AblationCAM(PerturbationCAM):
 
     def layer_map(self, record: Record, index: int, eigen_smooth: bool) -> torch.Tensor:
         """Σ_k w_k·A_k with the ablation weights of ``record.layers[index]``."""
-        layer = record.layers[index]
-        activations = grid_activations(record.activations[index], layer, self.reshape_transform is not None)
+        activations = layer_grid(record, index, self.reshape_transform)
         return weighted_map(self.ablation_weights(record, index, activations), activations, eigen_smooth)
 
     def ablation_weights(self, record: Record, index: int, activations: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pytorch_grad_cam import several_targets
+from pytorch_grad_cam import inputs, several_targets
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
 from pytorch_grad_cam.augmentation import augmented_maps
-from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs, grid_activations
+from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs, layer_grid
 from pytorch_grad_cam.layer_search import prepare_layers
 from pytorch_grad_cam.layers import LayerSpec, resolve_target_layers, unwrap_parallel
 from pytorch_grad_cam.model_state import autograd_from, compute_dtype, evaluation_mode, prepare_input
@@ -178,10 +178,10 @@ class BaseCAM:
         (float64 for a float64 model).
 
         Raises:
-            ValueError: if the layer's activations are not a 4D/5D grid.
+            ValueError: if the layer's activations are not a grid of the input's kind.
         """
         layer = record.layers[index]
-        activations = grid_activations(record.activations[index], layer, self.reshape_transform is not None)
+        activations = layer_grid(record, index, self.reshape_transform)
         grads = record.gradients[index]
         grads = torch.zeros_like(activations) if grads is None else grads.to(activations.dtype)
         return self.get_cam_image(record.input_tensor, layer, record.targets, activations, grads, eigen_smooth)
@@ -235,11 +235,13 @@ class BaseCAM:
         eigen_smooth: bool = False,
         *,
         target_category: Union[int, Sequence[int], None] = None,
+        image_input: inputs.ImageInput = None,
     ) -> np.ndarray:
         """Compute the CAM of every image in the batch.
 
         Args:
-            input_tensor: (B, C, H, W) (or (B, C, D, H, W)) float tensor.
+            input_tensor: (B, C, H, W) (or (B, C, D, H, W), or (B, C, L) signals) float tensor; or
+                a tuple/dict of the model's inputs, ``image_input`` naming the map's (:mod:`.inputs`).
             targets: one callable per image mapping that image's output to a scalar
                 (``ClassifierOutputTarget(281)``); None explains each image's top class.
             aug_smooth: True for test-time augmentation (flip x [0.9, 1, 1.1]), or a
@@ -248,10 +250,10 @@ class BaseCAM:
             target_category: the older spelling: an int for every image or a list of B ints.
 
         Returns:
-            numpy.float32 array (B, H, W) (or (B, D, H, W)), each map in [0, 1].
+            numpy.float32 array (B, H, W) (or (B, D, H, W), (B, L)), each map in [0, 1].
 
         Raises:
-            TypeError/ValueError: on an input that is not a finite 4D/5D float tensor,
+            TypeError/ValueError: on an input that is not a finite 3D/4D/5D float tensor,
                 targets whose number is not B, both ``targets`` and ``target_category``,
                 a target layer whose output is not 4D/5D without a fitting
                 ``reshape_transform``, or a model output with NaN/Inf; for a model
@@ -260,7 +262,9 @@ class BaseCAM:
                 for the gradient methods, a target layer the score does not depend on.
             IndexError: on a class index outside the model output.
         """
-        input_tensor = check_input(input_tensor)
+        if inputs.is_several(input_tensor):
+            return inputs.explain(self, input_tensor, targets, aug_smooth, eigen_smooth, target_category, image_input)
+        input_tensor = check_input(input_tensor, self.model)
         targets = check_targets(targets, target_category, input_tensor.shape[0])
         # Eval mode covers the whole call: the passes of every method and augmented copy.
         with torch.inference_mode(False), evaluation_mode(self.model):
@@ -295,13 +299,13 @@ class BaseCAM:
         allows (see :mod:`pytorch_grad_cam.several_targets`).
 
         Returns:
-            numpy.float32 array (K, H, W) (or (K, D, H, W)), each map in [0, 1].
+            numpy.float32 array (K, H, W) (or (K, D, H, W), (K, L)), each map in [0, 1].
 
         Raises:
             ValueError: if ``input_tensor`` holds more than one image or ``targets`` is
                 empty; others as ``__call__``.
         """
-        image, targets = several_targets.one_image_and_targets(input_tensor, targets)
+        image, targets = several_targets.one_image_and_targets(input_tensor, targets, self.model)
         if not several_targets.shares_one_forward(self, BaseCAM):
             return several_targets.maps_one_by_one(self, image, targets, eigen_smooth)
         with torch.inference_mode(False), evaluation_mode(self.model):

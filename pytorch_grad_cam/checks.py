@@ -3,19 +3,23 @@ an error that names the bad value and says what to pass instead."""
 
 from __future__ import annotations
 
-from typing import List
+from typing import TYPE_CHECKING, List, Optional
 
 import torch
 from torch import nn
 
 from pytorch_grad_cam.model_state import compute_dtype
 
-__all__ = ["check_input", "check_outputs", "check_layers_ran", "grid_activations"]
+if TYPE_CHECKING:  # recording imports the scoring this module's users import first
+    from pytorch_grad_cam.recording import Record
+
+__all__ = ["check_input", "takes_signals", "check_outputs", "check_layers_ran", "grid_activations", "layer_grid"]
 
 
-def check_input(input_tensor: object) -> torch.Tensor:
+def check_input(input_tensor: object, model: Optional[nn.Module] = None) -> torch.Tensor:
     """``input_tensor`` if it is a finite (B, C, H, W) or (B, C, D, H, W) float tensor
-    with at least one image.
+    with at least one image, or a (B, C, L) batch of 1D signals for a ``model`` that
+    takes them (see :func:`takes_signals`).
 
     Raises:
         TypeError: if it is not a float tensor.
@@ -26,10 +30,11 @@ def check_input(input_tensor: object) -> torch.Tensor:
             f"input_tensor must be a torch.Tensor, not {type(input_tensor).__name__}; "
             "use pytorch_grad_cam.utils.image.preprocess_image(img)"
         )
-    if input_tensor.ndim not in (4, 5):
+    if input_tensor.ndim not in (4, 5) and not (input_tensor.ndim == 3 and takes_signals(model)):
         raise ValueError(
             f"input_tensor must be (B, C, H, W) (or (B, C, D, H, W)), got shape "
-            f"{tuple(input_tensor.shape)}; add the batch dimension with input_tensor[None]"
+            f"{tuple(input_tensor.shape)}; add the batch dimension with input_tensor[None] "
+            "((B, C, L) 1D signals go to models with Conv1d layers or no convolutions)"
         )
     if not input_tensor.is_floating_point():
         raise TypeError(
@@ -42,13 +47,34 @@ def check_input(input_tensor: object) -> torch.Tensor:
     return input_tensor
 
 
-def grid_activations(activations: torch.Tensor, layer: nn.Module, has_transform: bool) -> torch.Tensor:
-    """``activations`` in the dtype maps are computed in, if they are a 4D/5D grid.
+def takes_signals(model: Optional[nn.Module]) -> bool:
+    """Whether a 3D input to ``model`` is a batch of (B, C, L) 1D signals rather than an
+    image without its batch dimension: the model has a Conv1d, or no 2D/3D convolution
+    (a transformer over a signal's patches)."""
+    if model is None:
+        return False
+    kinds = {type(module) for module in model.modules()}
+    has_1d = any(issubclass(kind, nn.Conv1d) for kind in kinds)
+    return has_1d or not any(issubclass(kind, (nn.Conv2d, nn.Conv3d)) for kind in kinds)
+
+
+def grid_activations(
+    activations: torch.Tensor, layer: nn.Module, has_transform: object, input_ndim: int = 4
+) -> torch.Tensor:
+    """``activations`` in the dtype maps are computed in, if they are a grid of the
+    input's kind: (B, C, L) for a (B, C, L) input (``input_ndim`` 3), else 4D/5D.
+    ``has_transform`` is truthy when a reshape_transform is given (the transform itself).
 
     Raises:
         ValueError: otherwise, saying which reshape_transform would fix it.
     """
-    if activations.ndim not in (4, 5):
+    if input_ndim == 3 and activations.ndim != 3:
+        raise ValueError(
+            f"target layer {type(layer).__name__} gives activations of shape {tuple(activations.shape)} "
+            "for a (B, C, L) signal; choose a layer whose output is (B, C, l) (a Conv1d), or pass a "
+            "reshape_transform that returns (B, C, l) (tokens (B, T, D): x.transpose(1, 2))"
+        )
+    if input_ndim != 3 and activations.ndim not in (4, 5):
         hint = (
             "the reshape_transform must return (B, C, h, w) or (B, C, d, h, w)"
             if has_transform
@@ -61,6 +87,17 @@ def grid_activations(activations: torch.Tensor, layer: nn.Module, has_transform:
             f"{tuple(activations.shape)}, not (B, C, h, w); {hint}"
         )
     return activations.to(compute_dtype(activations))
+
+
+def layer_grid(record: "Record", index: int, reshape_transform: object) -> torch.Tensor:
+    """:func:`grid_activations` of ``record``'s ``index``-th layer, for its input's kind
+    (``reshape_transform``: the CAM's, or None).
+
+    Raises:
+        ValueError: as :func:`grid_activations`.
+    """
+    layer = record.layers[index]
+    return grid_activations(record.activations[index], layer, reshape_transform, record.input_tensor.ndim)
 
 
 def check_outputs(outputs: object) -> None:

@@ -48,11 +48,19 @@ class FinerCAM(BaseMethodCAM):
         comparison_categories: Sequence[int] = (1, 2, 3),
         target_idx: Optional[int] = None,
         target_category=None,
+        image_input=None,
     ) -> np.ndarray:
         # The call's options, read by default_targets during this call only.
         self.alpha, self.comparison_categories, self.target_idx = alpha, comparison_categories, target_idx
         try:
-            return super().__call__(input_tensor, targets, aug_smooth, eigen_smooth, target_category=target_category)
+            return super().__call__(
+                input_tensor,
+                targets,
+                aug_smooth,
+                eigen_smooth,
+                target_category=target_category,
+                image_input=image_input,
+            )
         finally:
             self.alpha, self.comparison_categories, self.target_idx = 1.0, (1, 2, 3), None
 

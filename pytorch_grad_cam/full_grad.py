@@ -15,15 +15,15 @@ from pytorch_grad_cam.recording import Record
 from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
-_CONVOLUTIONS = (nn.Conv2d, nn.Conv3d)
-_BATCH_NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def effective_bias(layer: nn.Module) -> Optional[torch.Tensor]:
     """The per-channel bias a layer adds in eval mode: a convolution's bias; a batch
     norm's bias − running_mean·weight/sqrt(running_var + eps). None: no bias.
-    Convolutions and batch norms of every spatial rank count (Conv3d/BatchNorm3d for
-    volumes), by the same rule."""
+    Convolutions and batch norms of every spatial rank count (Conv1d/BatchNorm1d for
+    signals, Conv3d/BatchNorm3d for volumes), by the same rule."""
     if isinstance(layer, _CONVOLUTIONS):
         return None if layer.bias is None else layer.bias.detach()
     if isinstance(layer, _BATCH_NORMS) and layer.bias is not None and layer.running_mean is not None:
@@ -85,7 +85,7 @@ class FullGrad(BaseCAM):
         if not layers:
             raise ValueError(
                 "FullGrad needs convolution or batch-norm layers with a bias "
-                "(Conv2d/3d, BatchNorm2d/3d); the model has none"
+                "(Conv1d/2d/3d, BatchNorm1d/2d/3d); the model has none"
             )
         super().__init__(model, layers, None, **kwargs)
 

@@ -15,7 +15,7 @@ Any other model (a CNN; MaxViT, whose blocks are already channels-first) gets th
 module whose output is a spatial grid; the rule, in order:
 
 1. Candidates are the modules (never the model itself) whose output is a 4D/5D tensor
-   with more than one spatial position (an ``AdaptiveAvgPool2d(1)``'s 1x1 output is
+   (3D for a (B, C, L) signal input) with more than one spatial position (an ``AdaptiveAvgPool2d(1)``'s 1x1 output is
    not a grid); with a ``reshape_transform``, those whose output the transform turns
    into one (a ViT block's tokens).
 2. They are ordered by when their forward *finishes*: the last one wins.
@@ -56,7 +56,7 @@ from pytorch_grad_cam.utils.reshape_transforms import TokenGridTransform
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def _grid_shape(output: object, reshape_transform: Optional[Callable]) -> bool:
+def _grid_shape(output: object, reshape_transform: Optional[Callable], ranks: Tuple[int, ...] = (4, 5)) -> bool:
     if reshape_transform is None and not torch.is_tensor(output):
         return False
     try:
@@ -64,7 +64,7 @@ def _grid_shape(output: object, reshape_transform: Optional[Callable]) -> bool:
             shaped = output if reshape_transform is None else reshape_transform(output)
     except Exception:  # noqa: BLE001 - the transform does not fit this layer's output
         return False
-    return torch.is_tensor(shaped) and shaped.ndim in (4, 5) and math.prod(shaped.shape[2:]) > 1
+    return torch.is_tensor(shaped) and shaped.ndim in ranks and math.prod(shaped.shape[2:]) > 1
 
 
 @dataclass
@@ -109,7 +109,8 @@ def choose_target_layer(
         choice = _transformer_choice(model, entries, outputs, grid, input_tensor.shape[0], reshape_transform, score)
         if choice is not None:
             return choice
-    name, module = _last_grid(entries, outputs, reshape_transform, score)
+    ranks = (3,) if input_tensor.ndim == 3 else (4, 5)
+    name, module = _last_grid(entries, outputs, reshape_transform, score, ranks)
     text = "" if reshape_transform is None else "the one given"
     return LayerChoice(name, module, reshape_transform, "the last module whose output is a spatial grid", text)
 
@@ -241,10 +242,14 @@ def _last_grid(
     outputs: object,
     reshape_transform: Optional[Callable],
     score: Optional[Callable[[object], torch.Tensor]],
+    ranks: Tuple[int, ...] = (4, 5),
 ) -> Tuple[str, nn.Module]:
-    """The rule of the module docstring: the last module with a grid output."""
+    """The rule of the module docstring: the last module with a grid output (of one of
+    ``ranks``: a (B, C, L) signal's grids are (B, C, l), Conv1d outputs, transposed tokens)."""
     candidates = [
-        (entry.name, entry.module, entry.output) for entry in entries if _grid_shape(entry.output, reshape_transform)
+        (entry.name, entry.module, entry.output)
+        for entry in entries
+        if _grid_shape(entry.output, reshape_transform, ranks)
     ]
     if not candidates:
         raise ValueError(

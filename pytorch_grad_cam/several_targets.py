@@ -50,13 +50,19 @@ def shares_one_forward(cam: Any, template: type) -> bool:
     return cam.uses_gradients and cam.record_activations and not cam.compute_input_gradient and not overridden
 
 
-def one_image_and_targets(input_tensor: object, targets: Sequence[Target]) -> Tuple[torch.Tensor, List[Target]]:
-    """The checked arguments of ``explain_targets``: a (1, C, *spatial) image, a list of targets.
+def one_image_and_targets(
+    input_tensor: object, targets: Sequence[Target], model: Optional[torch.nn.Module] = None
+) -> Tuple[torch.Tensor, List[Target]]:
+    """The checked arguments of ``explain_targets``: a (1, C, *spatial) image (a (1, C, L)
+    signal for a ``model`` that takes signals), a list of targets.
 
     Raises:
+        TypeError: for several inputs (a tuple or dict: ``explain_targets`` takes one tensor).
         ValueError: for a batch of more than one image or no target; others as ``__call__``.
     """
-    image = check_input(input_tensor)
+    if isinstance(input_tensor, (tuple, list, dict)):
+        raise TypeError("explain_targets takes one input tensor; for a model of several inputs call the CAM per target")
+    image = check_input(input_tensor, model)
     if image.shape[0] != 1:
         raise ValueError(f"explain_targets takes one image, (1, C, H, W); got a batch of {image.shape[0]}")
     targets = check_targets(targets, None, len(targets) if isinstance(targets, (list, tuple)) else 1)

@@ -12,7 +12,7 @@ from torch.overrides import TorchFunctionMode
 
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.base_cam import BaseCAM, weighted_map
-from pytorch_grad_cam.checks import grid_activations
+from pytorch_grad_cam.checks import layer_grid
 from pytorch_grad_cam.recording import Record
 
 
@@ -94,8 +94,7 @@ class ShapleyCAM(BaseCAM):
 
     def layer_map(self, record: Record, index: int, eigen_smooth: bool) -> torch.Tensor:
         """Σ_k w_k·A_k with ShapleyCAM's weights from this layer's G and HVP."""
-        layer = record.layers[index]
-        activations = grid_activations(record.activations[index], layer, self.reshape_transform is not None)
+        activations = layer_grid(record, index, self.reshape_transform)
         grads = record.gradients[index].to(activations.dtype)
         hvp = record.extras["hessian_products"][index].to(activations.dtype)
         weights = (grads - 0.5 * hvp).flatten(2).mean(dim=2)

@@ -441,10 +441,10 @@ def shapleycam_weights(G: np.ndarray, hvp: np.ndarray) -> np.ndarray:
 def bias_layer_bias(module: nn.Module):
     """The bias a convolution or (eval-mode) batch norm adds per channel, in float64;
     None for other modules and bias-free ones."""
-    if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return None if module.bias is None else module.bias.detach().double()
     if (
-        isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d))
+        isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
         and module.bias is not None
         and module.running_mean is not None
     ):

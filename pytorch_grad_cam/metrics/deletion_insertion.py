@@ -141,8 +141,9 @@ class _PixelOrderMetric:
         """Score every step of every image and integrate the curves.
 
         Args:
-            input_tensor: (B, C, H, W) float images, as the model takes them.
-            cams: (B, H, W) maps (numpy, torch or a list of (H, W) maps; float, bool or
+            input_tensor: (B, C, H, W) float images, as the model takes them, or (B, C, L)
+                signals (whose samples are removed or inserted along time).
+            cams: (B, H, W) maps ((B, L) for signals) (numpy, torch or a list of (H, W) maps; float, bool or
                 uint8); only their order matters, ties broken by position (row-major).
             targets: one callable per image mapping that image's output to one number
                 (a one-element tensor or a Python/numpy number), usually
@@ -164,10 +165,7 @@ class _PixelOrderMetric:
                 not B, a baseline that does not broadcast to the input, or a target that
                 does not return one number (the message names it and how to reduce it).
         """
-        input_tensor = check_input(input_tensor)
-        if input_tensor.ndim != 4:
-            raise ValueError(f"input_tensor must be (B, C, H, W), got shape {tuple(input_tensor.shape)}")
-        maps = as_cam_batch(cams, input_tensor)
+        input_tensor, maps, model = _as_images(input_tensor, cams, model)
         batch, _, height, width = input_tensor.shape
         if model.training:
             warnings.warn(
@@ -216,6 +214,8 @@ class _PixelOrderMetric:
                 return gaussian_blur(input_tensor, self.sigma)
             return torch.full_like(input_tensor, self.value)
         baseline = self.baseline.to(device=input_tensor.device, dtype=input_tensor.dtype)
+        if input_tensor.shape[-2] == 1 and baseline.ndim in (2, 3):
+            baseline = baseline.unsqueeze(-2)  # a signal's (C, L) / (B, C, L), as signals are held
         try:
             return baseline.expand_as(input_tensor)
         except RuntimeError:
@@ -242,6 +242,37 @@ class _PixelOrderMetric:
                 "returns something else, so pass targets=[...] explicitly"
             )
         return [ClassifierOutputSoftmaxTarget(c) for c in outputs.argmax(dim=1).tolist()]
+
+
+class _SignalModel(nn.Module):
+    """A model of (B, C, L) signals called with them held as (B, C, 1, L) images."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.training = model.training  # the flag only: the model's own modules are not touched
+
+    def forward(self, images: torch.Tensor) -> object:
+        return self.model(images.squeeze(2))
+
+
+def _as_images(input_tensor: object, cams: CamsLike, model: nn.Module) -> Tuple[torch.Tensor, torch.Tensor, nn.Module]:
+    """(images (B, C, H, W), maps (B, H, W), model): signals (B, C, L) and their (B, L)
+    maps become one-row images and maps, so that removing pixels removes samples.
+
+    Raises:
+        TypeError/ValueError: as ``check_input`` and ``as_cam_batch``, and on another rank.
+    """
+    input_tensor = check_input(input_tensor, model)
+    if input_tensor.ndim == 3:
+        rows = torch.as_tensor(np.asarray(cams) if not torch.is_tensor(cams) else cams)
+        if rows.ndim != 2:
+            raise ValueError(f"cams of (B, C, L) signals must be (B, L), got shape {tuple(rows.shape)}")
+        images = input_tensor.unsqueeze(2)
+        return images, as_cam_batch(rows[:, None], images), _SignalModel(model)
+    if input_tensor.ndim != 4:
+        raise ValueError(f"input_tensor must be (B, C, H, W), got shape {tuple(input_tensor.shape)}")
+    return input_tensor, as_cam_batch(cams, input_tensor), model
 
 
 class DeletionMetric(_PixelOrderMetric):
