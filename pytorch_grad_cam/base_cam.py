@@ -199,8 +199,12 @@ class BaseCAM:
 
     def aggregate_multi_layers(self, cams: List[torch.Tensor]) -> torch.Tensor:
         """The maps of several layers combined: their mean, then min-max again."""
-        cam = torch.stack(cams).mean(dim=0) if len(cams) > 1 else cams[0]
-        return min_max_scale(cam)
+        if len(cams) == 1:
+            return min_max_scale(cams[0])
+        total = cams[0] + cams[1]  # the mean, without stacking the layers' maps into one more copy
+        for cam in cams[2:]:
+            total += cam
+        return min_max_scale(total / len(cams))
 
     def default_targets(self, outputs: object, copies: int) -> List[Target]:
         """The targets used when none are given: each image's top class."""
