@@ -20,7 +20,6 @@ from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
 from pytorch_grad_cam.base_cam import BaseCAM, Target
 from pytorch_grad_cam.layers import LayerSpec, layer_name, resolve_target_layers
 from pytorch_grad_cam.recording import Record
-from pytorch_grad_cam.utils.messages import warn_user
 from pytorch_grad_cam.utils.model_targets import (
     ClassifierOutputReST,
     ClassifierOutputSoftmaxTarget,
@@ -39,9 +38,9 @@ class CAM(BaseCAM):
     Args (besides those of :class:`BaseCAM`):
         fc_layer: the classifier (an ``nn.Linear``, or its dotted name) whose input is the
             target layer's globally pooled channels (ResNet's ``fc``). None: the first
-            ``nn.Linear`` that runs after each target layer with ``in_features`` equal to
-            the layer's channels and ``out_features`` equal to the model's outputs; the
-            first call finds it and warns which.
+            ``nn.Linear`` the forward pass runs with ``in_features`` equal to the target
+            layer's channels and ``out_features`` equal to the model's outputs (found at
+            the first call, then kept).
 
     Raises:
         TypeError: if ``fc_layer`` is not an ``nn.Linear`` (module or name); at a call, if
@@ -81,32 +80,20 @@ class CAM(BaseCAM):
             if not isinstance(self.fc_layer, nn.Linear):
                 raise TypeError(f"fc_layer must be an nn.Linear, not {type(self.fc_layer).__name__}")
         self._found: Dict[nn.Module, Optional[nn.Linear]] = {}
-        # what the running call's forward pass found (filled by forward_context's hooks)
-        self._found_now: Dict[nn.Module, nn.Linear] = {}
+        # the Linear layers the running call's forward pass ran (forward_context's hooks)
+        self._ran: List[nn.Linear] = []
 
     @contextmanager
     def forward_context(self) -> Iterator[None]:
-        """Without ``fc_layer``: watch the forward pass for the first ``nn.Linear`` run
-        after each target layer whose ``in_features`` is the layer's channels."""
+        """Without ``fc_layer``: note the ``nn.Linear`` layers the forward pass runs, in
+        order (hooks on them for this pass only)."""
         if self.fc_layer is not None or all(layer in self._found for layer in self.target_layers):
             yield
             return
-        after: Dict[nn.Module, Optional[int]] = {}  # target layer -> its channels, until found
-        found: Dict[nn.Module, nn.Linear] = {}
-
-        def layer_ran(module: nn.Module, inputs: tuple, output: object) -> None:
-            after[module] = output.shape[1] if torch.is_tensor(output) and output.ndim > 1 else None
-            found.pop(module, None)  # explain the layer's last call: its classifier runs after it
-
-        def linear_ran(module: nn.Module, inputs: tuple, output: object) -> None:
-            for layer, channels in after.items():
-                if layer not in found and channels == module.in_features:
-                    found[layer] = module
-
-        self._found_now = found
-        handles = [layer.register_forward_hook(layer_ran) for layer in self.target_layers]
+        ran: List[nn.Linear] = []
+        self._ran = ran
         linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-        handles += [m.register_forward_hook(linear_ran) for m in linears]
+        handles = [m.register_forward_hook(lambda module, inputs, output: ran.append(module)) for m in linears]
         try:
             yield
         finally:
@@ -114,22 +101,19 @@ class CAM(BaseCAM):
                 handle.remove()
 
     def record(self, input_tensor: torch.Tensor, targets: Optional[List[Target]], copies: int = 1) -> Record:
-        """:meth:`BaseCAM.record`, and (first call, no ``fc_layer``) the classifier found
-        for each target layer, kept only if its outputs are the model's; warns which."""
+        """:meth:`BaseCAM.record`, and (first call, no ``fc_layer``) each target layer's
+        classifier: the first ``nn.Linear`` the forward pass ran whose ``in_features`` is
+        the layer's channels and ``out_features`` the model's number of outputs."""
         record = super().record(input_tensor, targets, copies)
         outputs = record.outputs
         classes = outputs.shape[-1] if torch.is_tensor(outputs) and outputs.ndim > 1 else None
-        for layer in self.target_layers:
+        for layer, activations in zip(record.layers, record.activations):
             if layer in self._found or self.fc_layer is not None:
                 continue
-            fc = self._found_now.get(layer)
-            self._found[layer] = fc if fc is not None and fc.out_features == classes else None
-            if self._found[layer] is not None:
-                warn_user(
-                    f"CAM: fc_layer not given; using {layer_name(self.model, fc)} ({fc}) as the classifier of "
-                    f"target layer {layer_name(self.model, layer)}; pass fc_layer=... to choose"
-                )
-        self._found_now = {}
+            channels = activations.shape[1] if torch.is_tensor(activations) and activations.ndim > 1 else None
+            fits = [fc for fc in self._ran if fc.in_features == channels and fc.out_features == classes]
+            self._found[layer] = fits[0] if fits else None
+        self._ran = []
         return record
 
     def get_cam_weights(
@@ -153,7 +137,7 @@ class CAM(BaseCAM):
         if fc is None:
             raise ValueError(
                 f"CAM needs global average pooling and one nn.Linear classifier after the target layer, and "
-                f"no nn.Linear with in_features={channels} and the model's number of outputs ran after "
+                f"no nn.Linear with in_features={channels} and the model's number of outputs ran for "
                 f"target layer {name}; use GradCAM (which needs no such head), or pass fc_layer=..."
             )
         if fc.in_features != channels:

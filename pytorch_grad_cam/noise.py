@@ -3,15 +3,17 @@
 
 Where the draws come from (``seed``):
 
-- ``None``: torch's global generator of the input's device, so ``torch.manual_seed(s)``
-  before a call fixes the draws, and another library drawing from the same generator in
-  the same order and shapes draws the same numbers;
-- an ``int``: a fresh CPU generator seeded with it at every call (every call draws the
-  same numbers, on any device);
-- a ``torch.Generator``: used as it is, and advanced by each call.
+- an ``int`` (the default, 0): each image of a call draws from a fresh CPU generator
+  seeded with it, so an image's map is the same at every call, alone or in any batch,
+  on any device;
+- ``None``: torch's global generator of the input's device, in the order the method
+  documents, so ``torch.manual_seed(s)`` before a call fixes the draws, and another
+  library drawing from that generator in the same order and shapes draws the same
+  numbers;
+- a ``torch.Generator``: used as it is (advanced by each call), in the documented order.
 
-Each noise tensor is drawn on its own, one per noisy copy and in the order the method
-documents, so the draws do not depend on ``batch_size``.
+Each noise tensor is drawn on its own, one per noisy copy, so the draws do not depend
+on ``batch_size``.
 """
 
 from __future__ import annotations
@@ -24,15 +26,15 @@ import torch
 from pytorch_grad_cam.recording import Record
 from pytorch_grad_cam.scoring import Target
 
-__all__ = ["Seed", "noise_generator", "gaussian", "check_samples", "check_std", "noisy_records"]
+__all__ = ["Seed", "noise_generator", "image_generators", "gaussian", "check_samples", "check_std", "noisy_records"]
 
 #: What a ``seed`` argument accepts (see the module's docstring).
 Seed = Union[None, int, torch.Generator]
 
 
 def noise_generator(seed: Seed) -> Optional[torch.Generator]:
-    """The generator one call draws from: None (the global one), a new CPU generator
-    seeded with an ``int``, or the given generator.
+    """A generator for ``seed``: None (the global one), a new CPU generator seeded with
+    an ``int``, or the given generator.
 
     Raises:
         TypeError: if ``seed`` is none of these.
@@ -42,6 +44,18 @@ def noise_generator(seed: Seed) -> Optional[torch.Generator]:
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         return torch.Generator().manual_seed(int(seed))
     raise TypeError(f"seed must be None, an int or a torch.Generator, got {type(seed).__name__}")
+
+
+def image_generators(seed: Seed, count: int) -> List[Optional[torch.Generator]]:
+    """The generator each of ``count`` images draws from: its own, seeded with an
+    ``int`` seed; otherwise one shared (None: the global one).
+
+    Raises:
+        TypeError: if ``seed`` is not None, an int or a torch.Generator.
+    """
+    if seed is None or isinstance(seed, torch.Generator):
+        return [seed] * count
+    return [noise_generator(seed) for _ in range(count)]
 
 
 def gaussian(
@@ -92,17 +106,19 @@ def noisy_records(
     per pass.
 
     Copy q = s x B + b (sample s, image b of B) is image b plus ``std`` x N(0, 1) noise of
-    the image's shape; the copies' noise is drawn in the order of q.
+    the image's shape, drawn in the order of q from image b's generator
+    (:func:`image_generators`): with an int seed, the s-th draw of b's own generator.
 
     Yields:
         (images, record): which image (B-indexed, (n,)) each of the n copies of this
         pass is, and ``record(noisy_copies, their_targets)``.
     """
-    generator = noise_generator(seed)
     count = input_tensor.shape[0]
+    generators = image_generators(seed, count)
     total = num_samples * count
     for start in range(0, total, batch_size):
         images = torch.arange(start, min(start + batch_size, total), device=input_tensor.device) % count
-        noise = torch.stack([gaussian(input_tensor.shape[1:], std, generator, input_tensor) for _ in images])
+        shape = input_tensor.shape[1:]
+        noise = torch.stack([gaussian(shape, std, generators[b], input_tensor) for b in images.tolist()])
         chosen = None if targets is None else [targets[i] for i in images.tolist()]
         yield images, record(input_tensor[images] + noise, chosen)

@@ -41,8 +41,10 @@ class NoiseSmooth(BaseMethodCAM):
         std: the noise's standard deviation, in the input's units (SmoothGrad suggests
             10-20 % of the input's range).
         statistic: "smoothgrad", "smoothgrad_sq" or "vargrad".
-        seed: None (torch's global generator), an int or a ``torch.Generator``
-            (:mod:`pytorch_grad_cam.noise`); copy s of image b is drawn (s x B + b)-th.
+        seed: an int (default 0: each image's own generator, the same draws at every
+            call), None (torch's global generator) or a ``torch.Generator``
+            (:mod:`pytorch_grad_cam.noise`); copy s of image b is drawn (s x B + b)-th
+            (with an int, s-th from b's generator).
         noise_batch_size: noisy copies per forward (and backward) pass.
         **kwargs: for ``base_method`` (``batch_size`` for ScoreCAM...).
 
@@ -65,7 +67,7 @@ class NoiseSmooth(BaseMethodCAM):
         num_samples: int = 8,
         std: float = 0.3,
         statistic: str = "smoothgrad",
-        seed: Seed = None,
+        seed: Seed = 0,
         noise_batch_size: int = 16,
         **kwargs: object,
     ) -> None:

@@ -35,9 +35,10 @@ class SmoothGradCAMPlusPlus(BaseCAM):
     Args (besides those of :class:`BaseCAM`):
         num_samples: noisy copies per image (default :attr:`num_samples`, torchcam's).
         std: the noise's standard deviation, in the input's units (default :attr:`std`).
-        seed: where the noise comes from: None (torch's global generator), an int, or a
+        seed: where the noise comes from: an int (default 0: each image's own generator,
+            the same draws at every call), None (torch's global generator) or a
             ``torch.Generator`` (:mod:`pytorch_grad_cam.noise`). Copy s of image b is drawn
-            (s x B + b)-th, one tensor of the image's shape each.
+            (s x B + b)-th (with an int, s-th from b's generator), a tensor of the image's shape.
         batch_size: noisy copies per forward and backward pass.
 
     Raises:
@@ -59,7 +60,7 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         *,
         num_samples: Optional[int] = None,
         std: Optional[float] = None,
-        seed: Seed = None,
+        seed: Seed = 0,
         batch_size: int = 16,
         tta_transforms: Optional[object] = None,
         target_layer: Optional[LayerSpec] = None,

@@ -18,7 +18,7 @@ from torch import nn
 from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
 from pytorch_grad_cam.base_cam import Target
 from pytorch_grad_cam.layers import LayerSpec
-from pytorch_grad_cam.noise import Seed, check_samples, check_std, gaussian, noise_generator
+from pytorch_grad_cam.noise import Seed, check_samples, check_std, gaussian, image_generators, noise_generator
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.score_cam import masked_chunk_size, normalised_masks
 from pytorch_grad_cam.utils.image import ChannelsLastCalls
@@ -33,13 +33,15 @@ class SSCAM(PerturbationCAM):
     forwards per image, in chunks of at most ``batch_size`` masked images (fewer where
     they would exceed ScoreCAM's :data:`~pytorch_grad_cam.score_cam.MASKED_BATCH_BYTES`),
     so memory is bounded as ScoreCAM's. The noise is drawn per image, then per sample i,
-    then per channel k in order, one (1, *spatial) tensor each (as torchcam draws it when
-    the mask's pixel count is a multiple of 16, or its chunks match).
+    then per channel k in order, one (1, *spatial) tensor each; with ``seed=None`` and one
+    image that is torchcam's order (the same numbers where the mask's pixel count is a
+    multiple of 16, or its chunks match ours).
 
     Args (besides those of :class:`~pytorch_grad_cam.perturbation_cam.PerturbationCAM`):
         num_samples: N, noisy masks per channel (default :attr:`num_samples`, torchcam's).
         std: the noise's standard deviation, in mask units (default :attr:`std`).
-        seed: None (torch's global generator), an int or a ``torch.Generator``
+        seed: an int (default 0: each image's own generator, the same draws at every
+            call), None (torch's global generator) or a ``torch.Generator``
             (:mod:`pytorch_grad_cam.noise`).
 
     Raises:
@@ -63,7 +65,7 @@ class SSCAM(PerturbationCAM):
         *,
         num_samples: Optional[int] = None,
         std: Optional[float] = None,
-        seed: Seed = None,
+        seed: Seed = 0,
         target_layer: Optional[LayerSpec] = None,
         use_cuda: bool = False,
         batch_size: int = 32,
@@ -95,13 +97,20 @@ class SSCAM(PerturbationCAM):
         size = tuple(input_tensor.shape[2:])
         chunk = masked_chunk_size(self.batch_size, input_tensor)
         run_model = ChannelsLastCalls(self.channels_last)
-        generator = noise_generator(self.seed)
+        generators = image_generators(self.seed, batch)
         weights = []
         with self.progress_bar(batch * self.num_samples * channels, "SS-CAM") as bar:
             for index in range(batch):
                 image = input_tensor[index : index + 1]
+                generator = generators[index]
 
-                def run_chunk(start: int, stop: int, index: int = index, image: torch.Tensor = image) -> object:
+                def run_chunk(
+                    start: int,
+                    stop: int,
+                    index: int = index,
+                    image: torch.Tensor = image,
+                    generator: Optional[torch.Generator] = generator,
+                ) -> object:
                     masks = normalised_masks(activations[index, start:stop], size).to(image.dtype)
                     noise = torch.stack([gaussian((1, *size), self.std, generator, image) for _ in range(start, stop)])
                     return run_model(self.model, image * (masks.unsqueeze(1) + noise))

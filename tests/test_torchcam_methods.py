@@ -61,9 +61,16 @@ def assert_nontrivial(reference: np.ndarray) -> None:
 
 
 def draws(count: int, shape, std: float, seed: int = SEED) -> torch.Tensor:
-    """``count`` noise tensors of ``shape`` in order, from a CPU generator seeded ``seed``."""
+    """``count`` noise tensors of ``shape`` in order, from a CPU generator seeded ``seed``
+    (an int seed: every image's own generator draws these)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.stack([torch.randn(shape, generator=generator) * std for _ in range(count)])
+
+
+def copies_noise(samples: int, images: torch.Tensor, std: float) -> torch.Tensor:
+    """The noise of copy s * B + b: the s-th draw of image b's generator (seeded SEED)."""
+    per_image = draws(samples, images.shape[1:], std)
+    return per_image.repeat_interleave(len(images), dim=0)
 
 
 def masks_of(a: np.ndarray, size) -> np.ndarray:
@@ -89,8 +96,7 @@ def test_cam_matches_reference(layer_index, small_cnn, images):
     rows = small_cnn.fc.weight.detach().double().numpy()[CLASSES]
     reference = finish([np.einsum("k,khw->hw", w, a) for w, a in zip(rows, A)])
     assert_nontrivial(reference)
-    with pytest.warns(UserWarning, match=r"CAM: fc_layer not given; using 'fc' \(Linear"):
-        result = CAM(small_cnn, [layer])(images, targets())
+    result = CAM(small_cnn, [layer])(images, targets())
     np.testing.assert_allclose(result, reference, atol=ATOL, rtol=0)
     given = CAM(small_cnn, [layer], fc_layer="fc")(images, targets())
     np.testing.assert_array_equal(given, result)
@@ -136,12 +142,11 @@ def test_cam_errors(small_cnn, images):
 
 
 # ---------------------------------------------------------------- SmoothGradCAM++
-def smoothgradcampp_reference(model, layer, images, classes, samples, std, seed=SEED):
-    """D^p = mean over copies (image b + the (s * B + b)-th draw) of G^p; GradCAM++'s alpha
-    with D^2 in the numerator; the clean input's activations."""
+def smoothgradcampp_reference(model, layer, images, classes, samples, std):
+    """D^p = mean over copies (image b + the s-th draw of its generator) of G^p;
+    GradCAM++'s alpha with D^2 in the numerator; the clean input's activations."""
     count = len(images)
-    noise = draws(samples * count, images.shape[1:], std, seed)
-    noisy = images.repeat(samples, 1, 1, 1) + noise
+    noisy = images.repeat(samples, 1, 1, 1) + copies_noise(samples, images, std)
     A, _, _ = capture(model, layer, images, classes)
     _, G, _ = capture(model, layer, noisy, list(classes) * samples)
     G = G.reshape(samples, count, *G.shape[1:])
@@ -176,11 +181,14 @@ def test_smoothgradcampp_one_copy_without_noise_is_gradcampp(small_cnn, images):
 
 def test_seeds_and_generators(small_cnn, images):
     """An int seed: the same draws at every call; a Generator advances; None draws from
-    torch's global generator (fixed by torch.manual_seed); batch_size changes nothing."""
+    torch's global generator (fixed by torch.manual_seed); batch_size changes nothing.
+    With one image, the three draw the same numbers from the same seed."""
     layer = small_cnn.features[-2]
 
+    image, target = images[:1], targets()[:1]
+
     def run(seed, batch_size=16):
-        return SmoothGradCAMPlusPlus(small_cnn, [layer], std=1.0, seed=seed, batch_size=batch_size)(images, targets())
+        return SmoothGradCAMPlusPlus(small_cnn, [layer], std=1.0, seed=seed, batch_size=batch_size)(image, target)
 
     first = run(SEED)
     np.testing.assert_array_equal(run(SEED), first)
@@ -189,19 +197,20 @@ def test_seeds_and_generators(small_cnn, images):
     assert np.abs(run(SEED + 1) - first).max() > 1e-3
     generator = torch.Generator().manual_seed(SEED)
     cam = SmoothGradCAMPlusPlus(small_cnn, [layer], std=1.0, seed=generator)
-    np.testing.assert_array_equal(cam(images, targets()), first)
-    assert np.abs(cam(images, targets()) - first).max() > 1e-3
+    np.testing.assert_array_equal(cam(image, target), first)
+    assert np.abs(cam(image, target) - first).max() > 1e-3
     torch.manual_seed(SEED)
     np.testing.assert_array_equal(run(None), first)
 
 
 # ---------------------------------------------------------------- SS-CAM and IS-CAM
 def sscam_reference(model, layer, images, classes, samples, std):
-    """s_k = mean_i y_c(x * (M_k + d_ik)), d drawn per image, then sample, then channel."""
+    """s_k = mean_i y_c(x * (M_k + d_ik)), d drawn per sample, then channel, from each
+    image's generator."""
     A, _, _ = capture(model, layer, images, classes)
     size = images.shape[2:]
-    noise = draws(len(images) * samples * A.shape[1], (1, *size), std).double().numpy()
-    noise = noise.reshape(len(images), samples, A.shape[1], 1, *size)
+    noise = draws(samples * A.shape[1], (1, *size), std).double().numpy()
+    noise = noise.reshape(1, samples, A.shape[1], 1, *size).repeat(len(images), axis=0)
     raw = []
     for b, (a, category) in enumerate(zip(A, classes)):
         masks = masks_of(a, size)[:, None]
@@ -261,10 +270,15 @@ def test_sscam_without_noise_averages_to_scorecam(small_cnn, images):
     np.testing.assert_allclose(smooth, ScoreCAM(small_cnn, [layer], progress=False)(images, targets()), atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["cam", "iscam"])
+@pytest.mark.parametrize("name", ["cam", "smoothgradcam++", "sscam", "iscam"])
 def test_a_batch_is_its_images(name, small_cnn, images):
-    """The deterministic methods: each image's map is its map alone."""
-    options = {"progress": False, "num_samples": 2} if name == "iscam" else {"fc_layer": "fc"}
+    """Each image's map is its map alone (an int seed: each image's own draws)."""
+    options = {
+        "cam": {"fc_layer": "fc"},
+        "smoothgradcam++": {"std": 1.0},
+        "sscam": {"progress": False, "num_samples": 2},
+        "iscam": {"progress": False, "num_samples": 2},
+    }[name]
     cam = METHODS[name](small_cnn, [small_cnn.features[-2]], **options)
     together = cam(images, targets())
     alone = np.concatenate([cam(images[i : i + 1], targets([c])) for i, c in enumerate(CLASSES)])
@@ -278,7 +292,7 @@ def test_noise_smooth_matches_reference(statistic, small_cnn, images):
     mean, the mean square or the variance over the copies."""
     layer = small_cnn.features[-2]
     samples, count = 3, len(images)
-    noisy = images.repeat(samples, 1, 1, 1) + draws(samples * count, images.shape[1:], 0.3)
+    noisy = images.repeat(samples, 1, 1, 1) + copies_noise(samples, images, 0.3)
     A, G, _ = capture(small_cnn, layer, noisy, CLASSES * samples)
     maps = np.einsum("nk,nkhw->nhw", G.mean(axis=(2, 3)), A).reshape(samples, count, *A.shape[2:])
     mean, square = maps.mean(axis=0), (maps**2).mean(axis=0)
