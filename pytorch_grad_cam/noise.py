@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from pytorch_grad_cam.recording import Record
-from pytorch_grad_cam.scoring import Target
+from pytorch_grad_cam.scoring import Target, perturbed
 
 __all__ = ["Seed", "noise_generator", "image_generators", "gaussian", "check_samples", "check_std", "noisy_records"]
 
@@ -108,6 +108,7 @@ def noisy_records(
     Copy q = s x B + b (sample s, image b of B) is image b plus ``std`` x N(0, 1) noise of
     the image's shape, drawn in the order of q from image b's generator
     (:func:`image_generators`): with an int seed, the s-th draw of b's own generator.
+    The copies are scored as perturbed ones (:func:`~pytorch_grad_cam.scoring.perturbed`).
 
     Yields:
         (images, record): which image (B-indexed, (n,)) each of the n copies of this
@@ -121,4 +122,6 @@ def noisy_records(
         shape = input_tensor.shape[1:]
         noise = torch.stack([gaussian(shape, std, generators[b], input_tensor) for b in images.tolist()])
         chosen = None if targets is None else [targets[i] for i in images.tolist()]
-        yield images, record(input_tensor[images] + noise, chosen)
+        with perturbed():  # a detected box that vanishes from a noisy copy scores 0 there
+            copies = record(input_tensor[images] + noise, chosen)
+        yield images, copies

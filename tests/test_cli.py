@@ -235,15 +235,8 @@ CHEAP_LAYER = {"kpcacam": "_swish", "cam": "_swish"}
 
 
 #: The methods that score every channel's masked image several times (noisy masks,
-#: path steps): the tests here make them take 2 per channel, not 35 or 10.
+#: path steps): the tests here make them take 2 per channel (conftest's few_mask_repeats).
 REPEATED_MASKS = ("sscam", "iscam")
-
-
-@pytest.fixture
-def few_mask_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
-    """SS-CAM's and IS-CAM's default num_samples set to 2 for one test."""
-    for name in REPEATED_MASKS:
-        monkeypatch.setattr(METHODS[name], "num_samples", 2)
 
 
 @pytest.mark.parametrize("method", list(METHODS))
