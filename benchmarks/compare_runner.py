@@ -85,7 +85,7 @@ TORCHCAM_CLASSES = {
     "ISCAM": "ISCAM",
 }
 #: torchcam's methods that take the class after a forward pass under inference_mode.
-TORCHCAM_AFTER_INFERENCE = {"ScoreCAM", "SSCAM", "ISCAM", "CAM"}
+TORCHCAM_AFTER_INFERENCE = {"ScoreCAM", "SSCAM", "ISCAM"}
 
 
 def seeded(call, seed):
@@ -130,6 +130,17 @@ def build_torchcam_call(case: dict):
     if case["method"] in ("ScoreCAM", "SSCAM", "ISCAM"):
         init["batch_size"] = case.get("batch_size") or 32
     extractor = cls(model, target_layer=layer, **init)
+    # torchcam scales its CAM by min-max without a ReLU (measured: its normalised map is
+    # exactly that of the raw sum W[c]·A); this library's maps are ReLU'd like every
+    # method's, so torchcam's raw map is ReLU'd here to compare the same quantity.
+    if case["method"] == "CAM":
+
+        def cam_call():
+            with torch.inference_mode():
+                model(images)
+            return extractor(class_idx=categories, normalized=False)[0].clamp_min(0)
+
+        return cam_call
     if case["method"] in TORCHCAM_AFTER_INFERENCE:
 
         def score_call():

@@ -62,11 +62,15 @@ def gaussian(
     shape: Sequence[int], std: float, generator: Optional[torch.Generator], like: torch.Tensor
 ) -> torch.Tensor:
     """``std`` x N(0, 1) noise of ``shape``, drawn from ``generator`` (on its device; None:
-    the global generator of ``like``'s device); returns it on ``like``'s device and dtype."""
+    the global generator of ``like``'s device) in float32 (float64 for a float64 ``like``,
+    so a half-precision model gets the float32 draws, rounded); returns it on ``like``'s
+    device and dtype."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     if generator is None:
-        return torch.randn(tuple(shape), device=like.device, dtype=like.dtype) * std
-    noise = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=like.dtype)
-    return noise.to(like.device) * std
+        noise = torch.randn(tuple(shape), device=like.device, dtype=dtype)
+    else:
+        noise = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype)
+    return (noise * std).to(like.device, like.dtype)
 
 
 def check_samples(value: object, name: str = "num_samples") -> int:
