@@ -237,14 +237,21 @@ def torchcam_cases() -> List[CompareCase]:
 
 
 def torchcam_extra_cases() -> List[CompareCase]:
-    """torchcam's extra methods: CAM and SmoothGradCAM++ on ResNet-50 layer4[-1], SS-CAM and
+    """torchcam's extra methods: CAM (batch 8: the random network's batch-1 map is all
+    negative, zero after the ReLU) and SmoothGradCAM++ on ResNet-50 layer4[-1], SS-CAM and
     IS-CAM on ScoreCAM's case with 2 samples per channel (1024 forwards, not 17920 and
     5120 with their defaults); the noisy ones draw from torch's global generator seeded 0
     in both libraries (ours with ``seed=None``)."""
     heavy = dict(calls=1, warmup=0, time_target=0.8)
     return [
         CompareCase(
-            "cam:1", "CAM layer4[-1] (fc), batch 1", "resnet50", 1, "CAM", ("layer4.2",), init={"fc_layer": "fc"}
+            f"cam:{NEW_METHOD_BATCH}",
+            f"CAM layer4[-1] (fc), batch {NEW_METHOD_BATCH}",
+            "resnet50",
+            NEW_METHOD_BATCH,
+            "CAM",
+            ("layer4.2",),
+            init={"fc_layer": "fc"},
         ),
         CompareCase(
             "smoothgradcam++:1",
