@@ -82,6 +82,8 @@ def save_comparison_inputs(bench: Bench, cases: Sequence[CompareCase], folder: P
             "theirs_layers": list(case.theirs_layers) if case.theirs_layers else None,
             "batch_size": case.batch_size,
             "options": case.options,
+            "init": case.init,
+            "noise_seed": case.noise_seed,
             "no_targets": case.no_targets,
             "head": case.head,
             "n_components": DFF_COMPONENTS,

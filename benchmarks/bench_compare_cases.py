@@ -24,6 +24,8 @@ class CompareCase:
     no_targets: bool = False
     head: Optional[str] = None  # DFF's computation_on_concepts
     theirs_layers: Optional[Tuple[str, ...]] = None  # grad-cam's layers, where they must differ
+    init: Dict[str, object] = field(default_factory=dict)  # constructor options, the same in both libraries
+    noise_seed: Optional[int] = None  # torch.manual_seed before each call: both libraries draw the same noise
     calls: int = 2  # timed calls per process
     warmup: int = 1
     time_target: Optional[float] = None  # ours / theirs at most
@@ -231,4 +233,57 @@ def torchcam_cases() -> List[CompareCase]:
             warmup=0,
         )
     )
-    return cases
+    return cases + torchcam_extra_cases()
+
+
+def torchcam_extra_cases() -> List[CompareCase]:
+    """torchcam's extra methods: CAM (batch 8: the random network's batch-1 map is all
+    negative, zero after the ReLU) and SmoothGradCAM++ on ResNet-50 layer4[-1], SS-CAM and
+    IS-CAM on ScoreCAM's case with 2 samples per channel (1024 forwards, not 17920 and
+    5120 with their defaults); the noisy ones draw from torch's global generator seeded 0
+    in both libraries (ours with ``seed=None``)."""
+    heavy = dict(calls=1, warmup=0, time_target=0.8)
+    return [
+        CompareCase(
+            f"cam:{NEW_METHOD_BATCH}",
+            f"CAM layer4[-1] (fc), batch {NEW_METHOD_BATCH}",
+            "resnet50",
+            NEW_METHOD_BATCH,
+            "CAM",
+            ("layer4.2",),
+            init={"fc_layer": "fc"},
+        ),
+        CompareCase(
+            "smoothgradcam++:1",
+            "SmoothGradCAM++ layer4[-1], 4 samples, std 0.3, batch 1",
+            "resnet50",
+            1,
+            "SmoothGradCAMPlusPlus",
+            ("layer4.2",),
+            init={"num_samples": 4, "std": 0.3},
+            noise_seed=0,
+        ),
+        CompareCase(
+            "sscam-r18",
+            "SS-CAM, ResNet-18 layer4, 1 image, batch_size 64, 2 samples, std 2",
+            "resnet18",
+            1,
+            "SSCAM",
+            ("layer4",),
+            batch_size=64,
+            init={"num_samples": 2, "std": 2.0},
+            noise_seed=0,
+            **heavy,
+        ),
+        CompareCase(
+            "iscam-r18",
+            "IS-CAM, ResNet-18 layer4, 1 image, batch_size 64, 2 steps",
+            "resnet18",
+            1,
+            "ISCAM",
+            ("layer4",),
+            batch_size=64,
+            init={"num_samples": 2},
+            **heavy,
+        ),
+    ]

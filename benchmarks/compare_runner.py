@@ -79,7 +79,27 @@ TORCHCAM_CLASSES = {
     "XGradCAM": "XGradCAM",
     "LayerCAM": "LayerCAM",
     "ScoreCAM": "ScoreCAM",
+    "CAM": "CAM",
+    "SmoothGradCAMPlusPlus": "SmoothGradCAMpp",
+    "SSCAM": "SSCAM",
+    "ISCAM": "ISCAM",
 }
+#: torchcam's methods that take the class after a forward pass under inference_mode.
+TORCHCAM_AFTER_INFERENCE = {"ScoreCAM", "SSCAM", "ISCAM"}
+
+
+def seeded(call, seed):
+    """``call`` after ``torch.manual_seed(seed)`` (None: ``call`` itself): the noisy
+    methods of both libraries then draw from the same global generator state."""
+    if seed is None:
+        return call
+    import torch
+
+    def run():
+        torch.manual_seed(seed)
+        return call()
+
+    return run
 
 
 def _model_and_input(case: dict):
@@ -106,17 +126,37 @@ def build_torchcam_call(case: dict):
     layer = dict(model.named_modules())[case["layers"][0]]
     cls = getattr(methods, TORCHCAM_CLASSES[case["method"]])
     categories = case["categories"]
-    if case["method"] == "ScoreCAM":
-        extractor = cls(model, target_layer=layer, batch_size=case.get("batch_size") or 32)
+    init = dict(case.get("init") or {})
+    if case["method"] in ("ScoreCAM", "SSCAM", "ISCAM"):
+        init["batch_size"] = case.get("batch_size") or 32
+    extractor = cls(model, target_layer=layer, **init)
+    # torchcam scales its CAM by min-max without a ReLU (measured: its normalised map is
+    # exactly that of the raw sum W[c]·A); this library's maps are ReLU'd like every
+    # method's, so torchcam's raw map is ReLU'd here to compare the same quantity.
+    if case["method"] == "CAM":
+
+        def cam_call():
+            with torch.inference_mode():
+                model(images)
+            return extractor(class_idx=categories, normalized=False)[0].clamp_min(0)
+
+        return cam_call
+    if case["method"] in TORCHCAM_AFTER_INFERENCE:
 
         def score_call():
             with torch.inference_mode():
                 model(images)
             return extractor(class_idx=categories)[0]
 
-        return score_call
-    extractor = cls(model, target_layer=layer)
-    return lambda: extractor(class_idx=categories, scores=model(images))[0]
+        return seeded(score_call, case.get("noise_seed"))
+    if case["method"] == "SmoothGradCAMPlusPlus":  # its documented call: the forward, then the class
+
+        def smooth_call():
+            model(images)
+            return extractor(class_idx=categories)[0]
+
+        return seeded(smooth_call, case.get("noise_seed"))
+    return seeded(lambda: extractor(class_idx=categories, scores=model(images))[0], case.get("noise_seed"))
 
 
 def build_call(case: dict, library: str):
@@ -141,14 +181,17 @@ def build_call(case: dict, library: str):
         head = modules[case["head"]] if case.get("head") else None
         dff = cls(model, target_layer=layers[0], computation_on_concepts=head)
         return lambda: dff(images, n_components=case.get("n_components", 5))
-    cam = cls(model, target_layers=layers)
+    init = dict(case.get("init") or {})
+    if case.get("noise_seed") is not None:
+        init["seed"] = None  # torch's global generator, seeded before each call as torchcam's
+    cam = cls(model, target_layers=layers, **init)
     if case.get("batch_size"):
         cam.batch_size = case["batch_size"]
     if hasattr(cam, "progress"):
         cam.progress = False
     targets = None if case.get("no_targets") else [ClassifierOutputTarget(c) for c in case["categories"]]
     options = case.get("options", {})
-    return lambda: cam(input_tensor=images, targets=targets, **options)
+    return seeded(lambda: cam(input_tensor=images, targets=targets, **options), case.get("noise_seed"))
 
 
 def main() -> int:

@@ -4,6 +4,7 @@ from pytorch_grad_cam.ablation_cam import AblationCAM
 from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerFasterRCNN, AblationLayerVit
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.class_activation_map import CAM
 from pytorch_grad_cam.eigen_cam import EigenCAM
 from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
 
@@ -19,8 +20,10 @@ from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.hirescam import HiResCAM
+from pytorch_grad_cam.is_cam import ISCAM
 from pytorch_grad_cam.kpca_cam import KPCA_CAM
 from pytorch_grad_cam.layer_cam import LayerCAM
+from pytorch_grad_cam.noise_smoothing import NoiseSmooth
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.random_cam import RandomCAM
 from pytorch_grad_cam.refine_cam import RefineCAM
@@ -28,6 +31,8 @@ from pytorch_grad_cam.registry import METHODS, get_method
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
 from pytorch_grad_cam.shapley_cam import ShapleyCAM
+from pytorch_grad_cam.smooth_grad_cam_plusplus import SmoothGradCAMPlusPlus
+from pytorch_grad_cam.ss_cam import SSCAM
 from pytorch_grad_cam.xgrad_cam import XGradCAM
 
 __version__ = "1.0.0"
@@ -64,4 +69,10 @@ __all__ = [
     # Deep Feature Factorization
     "DeepFeatureFactorization",
     "run_dff_on_image",
+    # torchcam's extra methods, and noise smoothing for any method
+    "CAM",
+    "ISCAM",
+    "NoiseSmooth",
+    "SmoothGradCAMPlusPlus",
+    "SSCAM",
 ]

@@ -5,6 +5,7 @@ from typing import Dict, Type, Union
 
 from pytorch_grad_cam.ablation_cam import AblationCAM
 from pytorch_grad_cam.base_cam import BaseCAM
+from pytorch_grad_cam.class_activation_map import CAM
 from pytorch_grad_cam.eigen_cam import EigenCAM
 from pytorch_grad_cam.eigen_grad_cam import EigenGradCAM
 from pytorch_grad_cam.fem import FEM
@@ -16,6 +17,7 @@ from pytorch_grad_cam.grad_cam import GradCAM
 from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
 from pytorch_grad_cam.hirescam import HiResCAM
+from pytorch_grad_cam.is_cam import ISCAM
 from pytorch_grad_cam.kpca_cam import KPCA_CAM
 from pytorch_grad_cam.layer_cam import LayerCAM
 from pytorch_grad_cam.random_cam import RandomCAM
@@ -23,6 +25,8 @@ from pytorch_grad_cam.refine_cam import RefineCAM
 from pytorch_grad_cam.score_cam import ScoreCAM
 from pytorch_grad_cam.seg_eigen_cam import SegEigenCAM
 from pytorch_grad_cam.shapley_cam import ShapleyCAM
+from pytorch_grad_cam.smooth_grad_cam_plusplus import SmoothGradCAMPlusPlus
+from pytorch_grad_cam.ss_cam import SSCAM
 from pytorch_grad_cam.xgrad_cam import XGradCAM
 
 METHODS: Dict[str, Type[BaseCAM]] = {
@@ -44,6 +48,11 @@ METHODS: Dict[str, Type[BaseCAM]] = {
     "shapleycam": ShapleyCAM,
     "finercam": FinerCAM,
     "refinecam": RefineCAM,
+    # torchcam's extra methods
+    "cam": CAM,
+    "smoothgradcam++": SmoothGradCAMPlusPlus,
+    "sscam": SSCAM,
+    "iscam": ISCAM,
 }
 
 

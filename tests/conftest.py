@@ -35,6 +35,17 @@ class SmallCNN(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
+@pytest.fixture
+def few_mask_repeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SS-CAM's and IS-CAM's default ``num_samples`` set to 2 for one test: the tests that
+    run every registered method check the engine there, not the noise or the path (their
+    defaults, 35 and 10, score every channel's masked image that many times)."""
+    from pytorch_grad_cam import ISCAM, SSCAM
+
+    for cls in (SSCAM, ISCAM):
+        monkeypatch.setattr(cls, "num_samples", 2)
+
+
 @pytest.fixture(scope="session")
 def small_cnn() -> SmallCNN:
     torch.manual_seed(0)

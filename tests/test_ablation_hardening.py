@@ -109,11 +109,14 @@ def image_224() -> torch.Tensor:
 #: FinerCAM and RefineCAM wrap a base method: with given targets and one layer they
 #: would repeat GradCAM's and GradCAM++'s checks; their own references are below.
 WRAPPERS = {"finercam", "refinecam"}
+#: torchcam's extra methods: their references (noise draws, path steps, the classifier's
+#: rows) are in tests/test_torchcam_methods.py.
+TORCHCAM_EXTRAS = {"cam", "smoothgradcam++", "sscam", "iscam"}
 #: A deeper layer before each README layer, for RefineCAM's product (Swin: 14x14 and 7x7).
 REFINE_WITH = {"deit": "blocks.10.norm1", "swin": "layers.2.blocks.5.norm1"}
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS) - WRAPPERS))
+@pytest.mark.parametrize("method", sorted(set(METHODS) - WRAPPERS - TORCHCAM_EXTRAS))
 @pytest.mark.parametrize("name", sorted(TRANSFORMERS))
 def test_every_method_at_the_readme_transformer_layers(name, method, transformers, image_224):
     """Every registered method on DeiT-tiny and Swin-tiny at the README's layers equals

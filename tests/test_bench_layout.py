@@ -87,7 +87,8 @@ def test_list_prints_every_table_and_both_side_by_side_tables(bench, capsys: pyt
         "bare:1, floor:1, forward:1, gradcam:1, gradcam++:1, xgradcam:1, layercam:1, eigengradcam:1, eigencam:1"
     )
     assert lines[-1].endswith(
-        "gradcam:1, gradcam:8, gradcam++:1, gradcam++:8, xgradcam:1, xgradcam:8, layercam:1, layercam:8, scorecam-r18"
+        "gradcam:1, gradcam:8, gradcam++:1, gradcam++:8, xgradcam:1, xgradcam:8, layercam:1, layercam:8, scorecam-r18, "
+        "cam:8, smoothgradcam++:1, sscam-r18, iscam-r18"
     )
     assert len(lines[-2].split(": ")[1].split(", ")) == 19  # the grad-cam table's cases
     detection = lines[-3]

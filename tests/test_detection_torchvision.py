@@ -322,12 +322,12 @@ def test_model_left_as_found(tiny, tiny_images, tmp_path, monkeypatch):
 
 #: The perturbation methods rerun the detector on perturbed copies, where the object may
 #: vanish (scored 0 there: scoring.perturbed); they take a progress option.
-PERTURBING = {"scorecam", "ablationcam"}
+PERTURBING = {"scorecam", "ablationcam", "sscam", "iscam"}
 
 
 @pytest.mark.parametrize("family", ["retinanet", "fasterrcnn"])
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_runs_on_the_wrapper(method, family, tiny, tiny_images):
+def test_every_method_runs_on_the_wrapper(method, family, tiny, tiny_images, few_mask_repeats):
     """(e) every registered method gives finite (B, H, W) float32 maps in [0, 1]."""
     model = tiny[family]
     detector = as_detector(model)
@@ -335,6 +335,10 @@ def test_every_method_runs_on_the_wrapper(method, family, tiny, tiny_images):
     targets = _detected_targets(model, tiny_images, 0.5)
     kwargs = {"progress": False} if perturbing else {}
     cam = METHODS[method](detector, detector.default_target_layers(), **kwargs)
+    if method == "cam":  # the classifier's row of a class: a box names no class of a classifier
+        with pytest.raises(TypeError, match="each target must name a class"):
+            cam(tiny_images, targets)
+        return
     if method == "shapleycam" and family == "fasterrcnn":
         # ShapleyCAM needs second derivatives; torchvision's roi_align has none.
         with pytest.raises(RuntimeError, match="double backwards on roi_align"):

@@ -404,8 +404,10 @@ def resnet18_maps(model: nn.Module) -> dict:
     maps = {}
     for name, cls in METHODS.items():
         options, transform = {}, None
-        if name in ("scorecam", "ablationcam"):
+        if name in ("scorecam", "ablationcam", "sscam", "iscam"):
             options, transform = {"progress": False, "batch_size": 8}, first_channels
+        if name in ("sscam", "iscam"):
+            options["num_samples"] = 2
         if name == "fem":
             # FEM's default k=2 never fires on layer4's 2x2 grid: a z-score over 4
             # positions is at most sqrt(3), so the map would be all zero.

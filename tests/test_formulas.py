@@ -45,8 +45,10 @@ ATOL = 1e-5
 #: Every registered method (ShapleyCAM's reference by double backward in float64) but
 #: the two that wrap a base method: FinerCAM with given targets and RefineCAM on one
 #: layer would repeat GradCAM's and GradCAM++'s checks; their own references are
-#: checked below.
-FORMULA_METHODS = sorted(set(METHODS) - {"finercam", "refinecam"})
+#: checked below. torchcam's extra methods (noise draws, path steps) have theirs in
+#: tests/test_torchcam_methods.py.
+TORCHCAM_EXTRAS = {"cam", "smoothgradcam++", "sscam", "iscam"}
+FORMULA_METHODS = sorted(set(METHODS) - {"finercam", "refinecam"} - TORCHCAM_EXTRAS)
 CLASSES = [1, 3]
 #: Whether every use of a small_cnn layer's output reaches a ReLU-like activation
 #: through element-wise steps (AblationCAM's ablation value), by construction:

@@ -175,7 +175,7 @@ def peak_in_box(cam: np.ndarray, box: Box) -> bool:
 
 
 def compute(method: str, model: nn.Module, images: torch.Tensor, categories) -> np.ndarray:
-    extra = {"progress": False} if method in ("scorecam", "ablationcam") else {}
+    extra = {"progress": False} if method in ("scorecam", "ablationcam", "sscam", "iscam") else {}
     cam = METHODS[method](model, [model.features[-1]], **extra)
     return cam(images, targets=[ClassifierOutputTarget(int(c)) for c in categories])
 
@@ -203,6 +203,11 @@ NOT_LOCALISING = {"randomcam", "kpcacam"}
 #: test_fullgrad_mass_lies_on_the_object checks instead (in-box mean 2.2x the
 #: background's at worst, 3.2x median, measured).
 PIXEL_SALIENCY = {"fullgrad"}
+#: IS-CAM's path scales the masked image up to (N + 1) / 2 = 5.5 times its brightness
+#: (the paper's code and torchcam accumulate the steps), where this model's scores
+#: saturate: its peak is on the object in 82 % of the images (seed-0 model, measured
+#: once; the other methods' rates come from 16 seeds).
+LOWER_HIT_RATE = {"iscam": 0.7}
 
 
 # Hit rates below are measured on models trained from 16 seeds (a different CPU's
@@ -214,7 +219,8 @@ def test_peak_lies_on_the_object(method, shapes_model, held_out):
     images, labels, boxes = held_out
     cams = compute(method, shapes_model, images, labels)
     hits = [peak_in_box(cam, box) for cam, box in zip(cams, boxes)]
-    assert np.mean(hits) >= 0.85, f"{method}: peak on the object in {np.mean(hits):.0%} of {len(hits)} images"
+    least = LOWER_HIT_RATE.get(method, 0.85)
+    assert np.mean(hits) >= least, f"{method}: peak on the object in {np.mean(hits):.0%} of {len(hits)} images"
     # The criterion has teeth: the transposed maps (a swapped x/y) mostly miss (at most 33 %).
     transposed = [peak_in_box(cam.T, box) for cam, box in zip(cams, boxes)]
     assert np.mean(transposed) <= 0.5
