@@ -265,11 +265,13 @@ def test_an_all_zero_layer_gives_all_zero_maps_not_nan():
 
 # ---------------------------------------------------------------- errors
 class TokenNet(nn.Module):
-    """Patch embedding to (B, 64, 8) tokens, a per-token block, mean, head."""
+    """Embedding to (B, 64, 8) tokens, a per-token block, mean, head. (Its embedding is not
+    a patchify convolution, kernel = stride, so no token grid is read from the model: the
+    layer needs a reshape_transform given.)"""
 
     def __init__(self) -> None:
         super().__init__()
-        self.embed = nn.Conv2d(3, 8, 4, stride=4)
+        self.embed = nn.Conv2d(3, 8, 3, stride=4, padding=1)
         self.block = nn.Linear(8, 8)
         self.head = nn.Linear(8, 3)
 

@@ -18,7 +18,9 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 CLASSES = (0, 2, 3)
 #: Methods that take the repeated image (they override the record step's hooks, need the
 #: input's gradient, or perturb the input); every other gradient method shares one forward.
-REPEATED = {"fullgrad", "shapleycam", "finercam", "refinecam", "scorecam", "ablationcam"}
+REPEATED = {
+    "fullgrad", "shapleycam", "finercam", "refinecam", "scorecam", "ablationcam", "sscam", "iscam", "cam", "smoothgradcam++"
+}  # fmt: skip
 #: Methods whose map does not depend on the target: computed once.
 TARGET_FREE = {"eigencam", "kpcacam", "fem"}
 
@@ -59,7 +61,7 @@ def test_the_method_sets_above_are_the_registry():
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_maps_equal_the_call_on_the_repeated_image(net, name):
-    kwargs = {"progress": False} if name in {"scorecam", "ablationcam"} else {}
+    kwargs = {"progress": False} if name in {"scorecam", "ablationcam", "sscam", "iscam"} else {}
     cam = METHODS[name](net, [net.features[2]], **kwargs)
     several = cam.explain_targets(image(), targets())
     assert several.shape == (len(CLASSES), 12, 12) and several.dtype == np.float32
