@@ -31,6 +31,7 @@ from pytorch_grad_cam import several_targets
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
 from pytorch_grad_cam.augmentation import augmented_maps
 from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs, grid_activations
+from pytorch_grad_cam.differentiable import differentiable_maps
 from pytorch_grad_cam.layer_search import find_target_layer
 from pytorch_grad_cam.layers import LayerSpec, resolve_target_layers, unwrap_parallel
 from pytorch_grad_cam.model_state import autograd_from, compute_dtype, evaluation_mode, prepare_input
@@ -223,6 +224,7 @@ class BaseCAM:
         return nullcontext()
 
     score = staticmethod(score)
+    differentiable = differentiable_maps  # maps you can train with: see pytorch_grad_cam.differentiable
 
     # ------------------------------------------------------------------ the call
     def __call__(
