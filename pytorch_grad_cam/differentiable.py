@@ -98,7 +98,10 @@ def differentiable_maps(
     model: nn.Module = cam.model
     dtype = model_float_dtype(model) or input_tensor.dtype
     with torch.inference_mode(False), torch.enable_grad():
-        record = _record_in_graph(cam, input_tensor.to(device=model_device(model), dtype=dtype), targets)
+        prepared = input_tensor.to(device=model_device(model), dtype=dtype)
+        if prepared.is_inference():  # made under torch.inference_mode(): autograd cannot save it
+            prepared = prepared.clone()
+        record = _record_in_graph(cam, prepared, targets)
         with full_precision():
             maps = cam.aggregate_multi_layers(cam.compute_cam_per_layer(record, False))
     if not maps.requires_grad:

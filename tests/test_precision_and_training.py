@@ -298,3 +298,15 @@ def test_a_frozen_model_and_a_plain_input_is_a_clear_error():
     model = network().requires_grad_(False)
     with pytest.raises(ValueError, match="not in an autograd graph.+requires_grad_"):
         GradCAM(model, [model[2]]).differentiable(torch.rand(1, 3, 16, 16))
+
+
+def test_differentiable_maps_of_an_input_made_under_no_grad_or_inference_mode():
+    model = network()
+    cam = GradCAM(model, [model[2]])
+    with torch.inference_mode():
+        x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        maps = cam.differentiable(x, [ClassifierOutputTarget(1)] * 2)
+    with torch.no_grad():
+        again = cam.differentiable(x.clone(), [ClassifierOutputTarget(1)] * 2)
+    assert maps.grad_fn is not None and again.grad_fn is not None
+    np.testing.assert_allclose(maps.detach().numpy(), cam(x.clone(), [ClassifierOutputTarget(1)] * 2), atol=1e-6)
