@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 
@@ -31,12 +31,23 @@ def autocast_state() -> List[Tuple[str, torch.dtype]]:
     active = []
     for device_type in AUTOCAST_DEVICES:
         try:
-            enabled = torch.is_autocast_enabled(device_type)
+            enabled, dtype = _autocast_of(device_type)
         except (RuntimeError, ValueError):  # a device type this build of torch lacks
             continue
         if enabled:
-            active.append((device_type, torch.get_autocast_dtype(device_type)))
+            active.append((device_type, dtype))
     return active
+
+
+def _autocast_of(device_type: str) -> Tuple[bool, Optional[torch.dtype]]:
+    try:
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError):  # torch < 2.4: the CPU's and CUDA's own functions
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        if device_type == "cuda":
+            return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+        return False, None
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
 from torch import nn
 
 from pytorch_grad_cam import METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam.precision import autocast_state, callers_precision, full_precision
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -126,6 +127,27 @@ def test_maps_compute_without_autocast_and_the_model_runs_with_it():
     assert seen_in_map_step == [(False, torch.float32, torch.float32)]
     # GradCAM's pass, then ScoreCAM's own pass and its 2 x (16 masks + 0 mask) / 4 chunks
     assert len(probe.seen) >= 1 + 1 + 8 and all(probe.seen)
+
+
+def test_autocast_is_read_with_the_functions_of_torch_before_2_4(monkeypatch):
+    """torch < 2.4 has no ``get_autocast_dtype(device_type)`` (a TypeError or an
+    AttributeError); the CPU's and CUDA's own functions say the same. (torch.autocast
+    itself needs the function, so it is taken away only while the state is read.)"""
+
+    def before_2_4(*args: object) -> None:
+        raise TypeError("get_autocast_dtype() takes no arguments")
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = autocast_state()
+        with warnings.catch_warnings(), monkeypatch.context() as patch:
+            warnings.simplefilter("ignore", DeprecationWarning)  # the old functions, on new torch
+            patch.setattr(torch, "get_autocast_dtype", before_2_4, raising=False)
+            assert autocast_state() == expected == [("cpu", torch.bfloat16)]
+        with full_precision():
+            assert autocast_state() == [] and not torch.is_autocast_enabled("cpu")
+            with callers_precision():
+                assert autocast_state() == [("cpu", torch.bfloat16)]
+    assert autocast_state() == []
 
 
 def test_show_cam_on_image_takes_half_precision_maps():
