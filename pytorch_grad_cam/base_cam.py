@@ -31,9 +31,11 @@ from pytorch_grad_cam import inputs, several_targets
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients, ReshapeTransform
 from pytorch_grad_cam.augmentation import augmented_maps
 from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs, layer_grid
+from pytorch_grad_cam.differentiable import differentiable_maps
 from pytorch_grad_cam.layer_search import prepare_layers
 from pytorch_grad_cam.layers import LayerSpec, resolve_target_layers, unwrap_parallel
 from pytorch_grad_cam.model_state import autograd_from, compute_dtype, evaluation_mode, prepare_input
+from pytorch_grad_cam.precision import full_precision
 from pytorch_grad_cam.recording import Record, disconnected_error, gradient_to_layers
 from pytorch_grad_cam.scoring import Target, check_targets, score, top_class_targets
 from pytorch_grad_cam.utils.image import min_max_scale, resize_maps
@@ -229,6 +231,7 @@ class BaseCAM:
         return nullcontext()
 
     score = staticmethod(score)
+    differentiable = differentiable_maps  # maps you can train with: see pytorch_grad_cam.differentiable
 
     # ------------------------------------------------------------------ the call
     def __call__(
@@ -317,7 +320,7 @@ class BaseCAM:
             prepare_layers(self, prepared, targets[:1])
             record = several_targets.record_several_targets(self, prepared, targets)
             self.outputs = record.outputs
-            with torch.no_grad():
+            with torch.no_grad(), full_precision():
                 cams = self.aggregate_multi_layers(self.compute_cam_per_layer(record, eigen_smooth))
         return cams.detach().cpu().numpy().astype(np.float32, copy=False)
 
@@ -330,7 +333,7 @@ class BaseCAM:
         with self.forward_context():
             record = self.record(input_tensor, targets, copies)
         self.outputs = _mean_over_copies(record.outputs, copies)
-        with torch.no_grad():
+        with torch.no_grad(), full_precision():
             return self.aggregate_multi_layers(self.compute_cam_per_layer(record, eigen_smooth))
 
     def record(self, input_tensor: torch.Tensor, targets: Optional[List[Target]], copies: int = 1) -> Record:

@@ -13,6 +13,11 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 class EigenGradCAM(BaseCAM):
     """map = projection of G·A on its first principal component."""
 
+    #: Why ``differentiable`` refuses it (pytorch_grad_cam.differentiable).
+    not_differentiable = (
+        "it projects on a principal component, whose derivative is unbounded where the two largest eigenvalues meet"
+    )
+
     def get_cam_image(
         self,
         input_tensor: torch.Tensor,

@@ -73,6 +73,8 @@ class FullGrad(BaseCAM):
     the command line, the benchmark and any code that treats the methods alike.
     """
 
+    #: Why ``differentiable`` refuses it (pytorch_grad_cam.differentiable).
+    not_differentiable = "its bias terms are reduced inside the backward pass, outside autograd"
     compute_input_gradient = True
     allow_unreached_layers = True
     record_activations = False  # only the gradients are read

@@ -14,6 +14,8 @@ from torch import nn
 from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.layers import LayerSpec
+from pytorch_grad_cam.precision import callers_precision
+from pytorch_grad_cam.recording import Record
 from pytorch_grad_cam.scoring import Target, perturbed, score
 
 __all__ = ["PerturbationCAM", "same_rows"]
@@ -57,6 +59,14 @@ class PerturbationCAM(BaseCAM):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"batch_size must be a positive integer, got {value!r}")
         self._batch_size = int(value)
+
+    def compute_cam_per_layer(self, record: Record, eigen_smooth: bool) -> List[torch.Tensor]:
+        """The template's maps per layer, with the perturbed copies run as the caller runs
+        the model: under the caller's ``torch.autocast``, if any (the template computes
+        maps with autocast off; see :mod:`pytorch_grad_cam.precision`). The scores are
+        float32 either way, and the projections switch autocast off for themselves."""
+        with callers_precision():
+            return super().compute_cam_per_layer(record, eigen_smooth)
 
     def progress_bar(self, total: int, description: str) -> object:
         """A tqdm bar over ``total`` perturbed copies (disabled when ``progress`` is off)."""

@@ -16,6 +16,9 @@ from pytorch_grad_cam.base_cam import BaseCAM, Target
 class RandomCAM(BaseCAM):
     """w_k ~ Uniform(-1, 1) per image and channel; map = Σ_k w_k·A_k."""
 
+    #: Why ``differentiable`` refuses it (pytorch_grad_cam.differentiable).
+    not_differentiable = "its weights are random, not a function of the model"
+
     def get_cam_weights(
         self,
         input_tensor: torch.Tensor,

@@ -14,6 +14,7 @@ from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.layers import layer_name
+from pytorch_grad_cam.precision import full_precision
 from pytorch_grad_cam.scoring import Target
 from pytorch_grad_cam.utils.structures import detached, tensors_in
 
@@ -93,7 +94,8 @@ def gradient_to_layers(
     if input_tensor is not None:
         inputs.append(input_tensor)
     missing = not recorder.record_activations
-    grads = torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=missing)
+    with full_precision():  # a reducing hook (FullGrad) sums in float32 under autocast too
+        grads = torch.autograd.grad(loss, inputs, allow_unused=True, retain_graph=missing)
     if missing:
         edges = [
             edge
@@ -102,7 +104,8 @@ def gradient_to_layers(
             if edge is not None and not reached
         ]
         if edges:
-            torch.autograd.grad(loss, edges, allow_unused=True)
+            with full_precision():
+                torch.autograd.grad(loss, edges, allow_unused=True)
     if input_tensor is None:
         return None
     return torch.zeros_like(input_tensor) if grads[-1] is None else grads[-1].detach()

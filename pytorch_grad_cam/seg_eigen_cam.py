@@ -14,6 +14,11 @@ class SegEigenCAM(BaseCAM):
     """map = sign-corrected projection of |G|·A on its first principal component.
     ``eigen_smooth`` is ignored: the map is a projection already."""
 
+    #: Why ``differentiable`` refuses it (pytorch_grad_cam.differentiable).
+    not_differentiable = (
+        "it projects on a principal component, whose derivative is unbounded where the two largest eigenvalues meet"
+    )
+
     def get_cam_image(
         self,
         input_tensor: torch.Tensor,

@@ -64,6 +64,9 @@ class ShapleyCAM(BaseCAM):
         ValueError: if a target layer's output is not one tensor.
     """
 
+    #: Why ``differentiable`` refuses it (pytorch_grad_cam.differentiable).
+    not_differentiable = "its weights need a Hessian product, so a map that carries gradients needs third derivatives"
+
     def forward_context(self) -> ContextManager:
         """The forward pass picks the attention kernels whose backward the Hessian term
         differentiates again: the twice-differentiable one, on this thread only."""

@@ -102,7 +102,8 @@ def show_cam_on_image(
 
     Args:
         img: (H, W, 3) float image with values in [0, 1] (RGB if ``use_rgb``, else BGR).
-        mask: (H, W) map in [0, 1], for example ``grayscale_cam[0]``.
+        mask: (H, W) map in [0, 1], for example ``grayscale_cam[0]``; float16 works,
+            and ``img`` and ``mask`` may be torch tensors (bfloat16 becomes float32).
         use_rgb: return RGB (True) or OpenCV's BGR (False).
         colormap: an OpenCV colormap.
         image_weight: the image's share of the blend, in [0, 1].
@@ -116,8 +117,9 @@ def show_cam_on_image(
             2D, not of the image's size or outside [0, 1], or ``image_weight``
             outside [0, 1].
     """
-    img = np.asarray(img)
-    mask = np.asarray(mask)
+    # A torch tensor (a map straight from differentiable(), a half-precision model's
+    # output) becomes numpy; bfloat16, which numpy has no dtype for, becomes float32.
+    img, mask = _as_array(img), _as_array(mask)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"img must be (H, W, 3), got shape {img.shape}")
     # min/max propagate NaN, and a NaN or an infinity fails one of the comparisons.
@@ -160,6 +162,13 @@ def show_cam_on_image(
         np.divide(blend, peak, out=blend)
     np.multiply(blend, 255, out=blend)
     return blend.astype(np.uint8)
+
+
+def _as_array(value: object) -> np.ndarray:
+    if torch.is_tensor(value):
+        value = value.detach().cpu()
+        return (value.float() if value.dtype == torch.bfloat16 else value).numpy()
+    return np.asarray(value)
 
 
 def preprocess_image(

@@ -3,7 +3,8 @@ KPCA-CAM and ``eigen_smooth``: batched, in torch, on the tensor's device.
 
 Each function accepts a torch tensor or a numpy array of shape (B, K, *spatial),
 never changes it, sets NaN/Inf to 0, and returns (B, *spatial) of the kind it got:
-a float32 tensor on the input's device, or a float32 numpy array.
+a float32 tensor on the input's device, or a float32 numpy array. They compute in
+float32 (KPCA in float64) of any input dtype, with ``torch.autocast`` switched off.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
+from pytorch_grad_cam.precision import full_precision
+
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
 #: The kernels of ``get_2d_projection_kernel`` (scikit-learn's names).
 KERNELS = ("linear", "poly", "rbf", "sigmoid", "cosine")
 
 
+@full_precision()  # under the caller's autocast too: a bfloat16 product flips signs
 def get_2d_projection(activation_batch: ArrayLike) -> ArrayLike:
     """Project each image's activations on their first principal component.
 
@@ -45,6 +49,7 @@ def get_2d_projection(activation_batch: ArrayLike) -> ArrayLike:
     return _as_input_kind(projection.reshape(-1, *spatial), is_numpy)
 
 
+@full_precision()  # under the caller's autocast too: a bfloat16 product flips signs
 def get_2d_projection_with_sign_correction(activation_batch: ArrayLike) -> ArrayLike:
     """The first-principal-component projection of :func:`get_2d_projection`, with
     the sign chosen per image so that the largest magnitude is positive: a map whose
@@ -59,6 +64,7 @@ def get_2d_projection_with_sign_correction(activation_batch: ArrayLike) -> Array
     return _as_input_kind(projection.reshape(-1, *spatial), is_numpy)
 
 
+@full_precision()  # under the caller's autocast too: a bfloat16 product flips signs
 def get_2d_projection_kernel(
     activation_batch: ArrayLike, kernel: str = "sigmoid", gamma: Optional[float] = None
 ) -> ArrayLike:
