@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from method_sets import CNN_METHODS
 
 from pytorch_grad_cam import METHODS
 from pytorch_grad_cam.cli import app as cli
@@ -233,7 +234,7 @@ def small_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 CHEAP_LAYER = {"kpcacam": "_swish"}
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(CNN_METHODS))
 def test_every_method(method: str, small_photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Every registered method through the command line, cheaply: an early, narrow layer
     (16 channels), so ScoreCAM and AblationCAM need 16 extra passes, not 1280."""
@@ -451,7 +452,7 @@ def test_efficientnet_default_layer_finds_the_object_with_every_method(photo: st
     assert cli.layer_name(model, entry.target_layer(model)) == "_swish"
     input_tensor = cli.model_input(cli.read_photo(ROOT / "examples" / f"{photo}.jpg"), entry)
     peaks = {}
-    for method in METHODS:
+    for method in CNN_METHODS:
         if method == "scorecam" or method in NOT_LOCALISING:
             continue
         grayscale = default_layer_map(method, model, entry, input_tensor)
@@ -511,7 +512,7 @@ def test_torchvision_default_layer_works_with_every_method(name: str) -> None:
     torch.manual_seed(2)
     model = entry.architecture().eval()
     empty: List[str] = []
-    for method in METHODS:
+    for method in CNN_METHODS:
         size = 224 if method in GRID_STATISTICS else 64
         photo = cv2.resize(cli.read_photo(CAT), (size, size), interpolation=cv2.INTER_AREA)
         input_tensor = cli.preprocess_image(photo, mean=entry.mean, std=entry.std)
@@ -520,7 +521,7 @@ def test_torchvision_default_layer_works_with_every_method(name: str) -> None:
         assert grayscale.shape == (size, size) and np.isfinite(grayscale).all(), method
         if method not in RANDOM_WEIGHTS and grayscale.max() < 0.9:
             empty.append(method)
-    assert len(METHODS) - len(RANDOM_WEIGHTS) - len(empty) >= MIN_NON_EMPTY, f"{name}: empty maps {empty}"
+    assert len(CNN_METHODS) - len(RANDOM_WEIGHTS) - len(empty) >= MIN_NON_EMPTY, f"{name}: empty maps {empty}"
 
 
 # ----------------------------------------------------------------- layout and --help

@@ -32,6 +32,7 @@ from cam_reference import (
     single_thread_module,  # noqa: F401 - autouse fixture
     weighted_map,
 )
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, FinerCAM, GradCAM, RefineCAM
@@ -46,7 +47,7 @@ ATOL = 1e-5
 #: the two that wrap a base method: FinerCAM with given targets and RefineCAM on one
 #: layer would repeat GradCAM's and GradCAM++'s checks; their own references are
 #: checked below.
-FORMULA_METHODS = sorted(set(METHODS) - {"finercam", "refinecam"})
+FORMULA_METHODS = sorted(set(CNN_METHODS) - {"finercam", "refinecam"})
 CLASSES = [1, 3]
 #: Whether every use of a small_cnn layer's output reaches a ReLU-like activation
 #: through element-wise steps (AblationCAM's ablation value), by construction:
