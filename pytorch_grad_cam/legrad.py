@@ -4,14 +4,17 @@ Transformers via Feature Formation Sensitivity").
 For each target block l, with z^l its output tokens and A^l (B, heads, N, N) its
 post-softmax attention map:
 
-    s^l = target(head(z^l))     the score the model would give if block l were its last
+    s^l = Σ_i target(head(z^l_i))   every token i mapped to the output space by the model's
+                                    own final norm and classifier, as if block l were last
     E^l = mean_heads mean_queries ReLU(∂s^l / ∂A^l)       (B, N): one value per key token
     map = minmax(mean_l E^l over the patch keys), on the patch grid
 
-``head`` is the model's own final norm, pooling and classifier (:mod:`token_heads`). For
-a CLIP image tower it is the pooling and projection, and the target scores the projected
-embedding (its similarity to a text embedding): the paper's CLIP form. Attention values
-are not multiplied into the gradients.
+``head`` applies the model's final norm and classifier to every token
+(:mod:`token_heads`). For a CLIP image tower it applies ``ln_post`` and the projection,
+and the target scores each token's projected embedding (its similarity to a text
+embedding): the paper's CLIP form. Attention values are not multiplied into the
+gradients. Because every token is scored, the gradient reaches every query row of A^l
+(with the class token alone it would reach only the class token's row).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pytorch_grad_cam.attention_cam import AttentionCAM
 from pytorch_grad_cam.attention_maps import AttentionRecord
 from pytorch_grad_cam.recording import Record
 from pytorch_grad_cam.token_heads import TokenHead, model_head
-from pytorch_grad_cam.utils.structures import first_tensor
+from pytorch_grad_cam.utils.structures import first_tensor, map_tensors
 
 
 class LeGrad(AttentionCAM):
@@ -34,8 +37,9 @@ class LeGrad(AttentionCAM):
 
     Args:
         model, target_layers, reshape_transform: as :class:`AttentionCAM`.
-        head: maps a block's output tokens (B, N, D) to the model's output; None: the
-            model's own head (timm, torchvision, open_clip, HuggingFace ViT classifiers).
+        head: maps a block's output tokens (B, N, D) to the model's output for each token
+            (B, N, ...); None: the model's own norm and classifier (timm, torchvision,
+            open_clip, HuggingFace ViT classifiers).
         **kwargs: as :class:`BaseCAM`.
 
     Raises:
@@ -49,11 +53,16 @@ class LeGrad(AttentionCAM):
         self.head = head if head is not None else model_head(self.model, type(self).__name__)
 
     def backward(self, loss: torch.Tensor, record: Record, recorder: ActivationsAndGradients) -> None:
-        """Per block, ∂s^l/∂A^l with s^l the targets' score of ``head(z^l)``; each
-        gradient runs back from block l's output to its attention only."""
+        """Per block, ∂s^l/∂A^l with s^l the targets' scores of ``head(z^l)`` summed over
+        the tokens; each gradient runs back from block l's output to its attention only."""
         attention = self.attention_record()
         for tokens, probabilities in zip(recorder.layer_outputs, attention.maps):
-            layer_score = self.score(record.targets, self.head(first_tensor(tokens))).sum()
+            per_token = self.head(first_tensor(tokens))
+            count = first_tensor(per_token).shape[1]
+            # Each token's output is scored as an image of its own by its image's target.
+            rows = map_tensors(per_token, lambda t: t.flatten(0, 1))
+            targets = [target for target in record.targets for _ in range(count)]
+            layer_score = self.score(targets, rows).sum()
             (gradient,) = torch.autograd.grad(layer_score, probabilities, retain_graph=True)
             attention.gradients.append(gradient.detach())
 

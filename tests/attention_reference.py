@@ -3,9 +3,10 @@ rollout, gradient-weighted rollout): each model's blocks written out by hand fro
 weights (layer norm, q/k/v, softmax(q·kᵀ/√d) formed explicitly, output projection, MLP),
 so the attention maps and their gradients never come from the library's capture.
 
-A model is described by :class:`Spec`: its blocks' weights in one layout, the tokens that
-enter the first block (read with a hook on it), the head as a function of tokens, and the
-number of prefix tokens and the patch grid.
+A model is described by :class:`Spec`: its blocks' weights in one layout, the head as a
+function of tokens (the class token's output, and every token's output for LeGrad, whose
+score of layer l is the sum over tokens), the number of prefix tokens and the patch grid.
+The tokens that enter the first block are read with a hook on it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class BlockWeights:
 @dataclass
 class Spec:
     blocks: List[BlockWeights]
-    head: Callable[[torch.Tensor], torch.Tensor]
+    head: Callable[[torch.Tensor], torch.Tensor]  # tokens -> the model's output (class token / pooled)
+    token_head: Callable[[torch.Tensor], torch.Tensor]  # tokens -> an output per token (LeGrad)
     prefix: int
     grid: Tuple[int, int]
 
@@ -92,7 +94,7 @@ def legrad(spec: Spec, tokens: torch.Tensor, score: Callable, size) -> torch.Ten
     outputs, attentions = run(spec, tokens.detach())
     layers = []
     for z, attention in zip(outputs, attentions):
-        (gradient,) = torch.autograd.grad(score(spec.head(z)), attention, retain_graph=True)
+        (gradient,) = torch.autograd.grad(score(spec.token_head(z)), attention, retain_graph=True)
         layers.append(gradient.clamp(min=0).mean(dim=1).mean(dim=1))
     return to_map(sum(layers) / len(layers), spec, size)
 
@@ -161,8 +163,11 @@ def timm_spec(model, grid) -> Spec:
         )
         for b in model.blocks
     ]
-    head = lambda z: norm(z, ln(model.norm))[:, 0] @ model.head.weight.T + model.head.bias  # noqa: E731
-    return Spec(blocks, head, model.num_prefix_tokens, grid)
+
+    def tokens(z):
+        return norm(z, ln(model.norm)) @ model.head.weight.T + model.head.bias
+
+    return Spec(blocks, lambda z: tokens(z)[:, 0], tokens, model.num_prefix_tokens, grid)
 
 
 def torchvision_spec(model, grid) -> Spec:
@@ -178,8 +183,11 @@ def torchvision_spec(model, grid) -> Spec:
         )
         for b in model.encoder.layers
     ]
-    head = lambda z: norm(z, ln(model.encoder.ln))[:, 0] @ model.heads.head.weight.T + model.heads.head.bias  # noqa: E731
-    return Spec(blocks, head, 1, grid)
+
+    def tokens(z):
+        return norm(z, ln(model.encoder.ln)) @ model.heads.head.weight.T + model.heads.head.bias
+
+    return Spec(blocks, lambda z: tokens(z)[:, 0], tokens, 1, grid)
 
 
 def open_clip_spec(visual, grid) -> Spec:
@@ -195,8 +203,11 @@ def open_clip_spec(visual, grid) -> Spec:
         )
         for b in visual.transformer.resblocks
     ]
-    head = lambda z: norm(z, ln(visual.ln_post))[:, 0] @ visual.proj  # noqa: E731
-    return Spec(blocks, head, 1, grid)
+
+    def tokens(z):
+        return norm(z, ln(visual.ln_post)) @ visual.proj
+
+    return Spec(blocks, lambda z: tokens(z)[:, 0], tokens, 1, grid)
 
 
 def huggingface_spec(model, grid) -> Spec:
@@ -218,5 +229,8 @@ def huggingface_spec(model, grid) -> Spec:
                 a.num_attention_heads,
             )
         )
-    head = lambda z: norm(z, ln(model.vit.layernorm))[:, 0] @ model.classifier.weight.T + model.classifier.bias  # noqa: E731
-    return Spec(blocks, head, 1, grid)
+
+    def tokens(z):
+        return norm(z, ln(model.vit.layernorm)) @ model.classifier.weight.T + model.classifier.bias
+
+    return Spec(blocks, lambda z: tokens(z)[:, 0], tokens, 1, grid)

@@ -82,10 +82,11 @@ def _case(origin: str):
         torch.manual_seed(1)
         texts = torch.randn(2, 8, dtype=torch.float64)
         targets = [lambda emb, t=t: F.cosine_similarity(emb, t, dim=-1) for t in texts]
-        score = lambda out: F.cosine_similarity(out, texts, dim=-1).sum()  # noqa: E731
+        # Each image's (or token's) embedding against its image's text; (B, D) or (B, N, D).
+        score = lambda out: sum(F.cosine_similarity(o, t.expand_as(o), dim=-1).sum() for o, t in zip(out, texts))  # noqa: E731
         return model, model.transformer.resblocks[0], ref.open_clip_spec(model, (4, 4)), targets, score
     targets = [ClassifierOutputTarget(c) for c in CLASSES]
-    score = lambda out: out[torch.arange(len(CLASSES)), CLASSES].sum()  # noqa: E731
+    score = lambda out: sum(out[b, ..., c].sum() for b, c in enumerate(CLASSES))  # noqa: E731
     if origin == "timm":
         model = _timm()
         return model, model.blocks[0], ref.timm_spec(model, (4, 4)), targets, score
@@ -175,7 +176,7 @@ def test_registers_and_non_square_input(method: str) -> None:
     spec = ref.timm_spec(model, (4, 6))
     assert spec.prefix == 3
     targets = [ClassifierOutputTarget(c) for c in CLASSES]
-    score = lambda out: out[torch.arange(2), CLASSES].sum()  # noqa: E731
+    score = lambda out: sum(out[b, ..., c].sum() for b, c in enumerate(CLASSES))  # noqa: E731
     tokens = ref.first_block_input(model, model.blocks[0], x)
     maps = METHODS[method](model)(x, targets)
     expected = {
@@ -192,7 +193,7 @@ def test_last_blocks_only() -> None:
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     maps = LeGrad(model, list(model.blocks)[-2:])(x, targets)
     tokens = ref.first_block_input(model, model.blocks[1], x)
-    last_two = ref.Spec(spec.blocks[1:], spec.head, spec.prefix, spec.grid)
+    last_two = ref.Spec(spec.blocks[1:], spec.head, spec.token_head, spec.prefix, spec.grid)
     expected = ref.legrad(last_two, tokens, score, (32, 32))
     assert abs(torch.from_numpy(maps).double() - expected).max() < TOL
 
@@ -242,5 +243,5 @@ def test_unknown_head_asks_for_head() -> None:
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     targets = [ClassifierOutputTarget(c) for c in CLASSES]
     inner = model.inner
-    given = LeGrad(model, head=lambda z: inner.forward_head(inner.norm(z)))(x, targets)
+    given = LeGrad(model, head=lambda z: inner.head(inner.norm(z)))(x, targets)
     assert abs(given - LeGrad(inner)(x, targets)).max() < TOL
