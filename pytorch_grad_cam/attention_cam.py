@@ -106,7 +106,11 @@ class AttentionCAM(BaseCAM):
     def _reading_attention(self) -> Iterator[None]:
         with attention_maps(self.model, self.target_layers) as attention:
             self._attention = attention
-            yield
+            try:
+                yield
+            except BaseException:
+                self._attention = None  # a failed call keeps none of its tensors on the object
+                raise
 
     def attention_record(self) -> AttentionRecord:
         """This call's attention maps (in :meth:`BaseCAM.backward` and after the record step).

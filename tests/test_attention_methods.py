@@ -270,3 +270,16 @@ def test_generic_guarantees_on_a_transformer(name: str) -> None:
     smoothed = cam(x, targets, aug_smooth=True)
     assert smoothed.shape == (3, 32, 32) and smoothed.min() >= 0 and smoothed.max() <= 1
     assert smoothed.max() > 0.5 and np.abs(smoothed - batch).max() > 1e-3  # a mean of maps in [0, 1]
+
+
+def test_a_failed_call_keeps_no_attention_on_the_object() -> None:
+    model = _timm()
+    cam = LeGrad(model)
+
+    def failing(output: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("target failed")
+
+    with pytest.raises(RuntimeError, match="target failed"):
+        cam(torch.randn(1, 3, 32, 32, dtype=torch.float64), [failing])
+    with pytest.raises(RuntimeError, match="only during a call"):
+        cam.attention_record()
