@@ -8,7 +8,8 @@ applied to every token as the model applies them to its pooled token: timm (``no
 (``ln_post``, ``proj``: LeGrad's CLIP form, whose target scores each token's projected
 embedding, e.g. its similarity to a text embedding) and HuggingFace's
 ``ViTForImageClassification``/``DeiTForImageClassification`` (``layernorm``,
-``classifier``). ``OutputSelector`` wrappers are looked through. Any other model (an
+``classifier``) and ``CLIPVisionModelWithProjection`` (``post_layernorm``,
+``visual_projection``: the CLIP form, output ``{"image_embeds": ...}``). ``OutputSelector`` wrappers are looked through. Any other model (an
 attention-pooling head, another origin) takes a ``head`` function of the user's.
 """
 
@@ -54,16 +55,24 @@ def _open_clip_head(model: nn.Module) -> Optional[TokenHead]:
 
 
 def _huggingface_head(model: nn.Module) -> Optional[TokenHead]:
-    if type(model).__name__ not in ("ViTForImageClassification", "DeiTForImageClassification"):
-        return None
-    base = getattr(model, model.base_model_prefix)
+    name = type(model).__name__
+    if name in ("ViTForImageClassification", "DeiTForImageClassification"):
+        base = getattr(model, model.base_model_prefix)
 
-    def head(tokens: torch.Tensor) -> object:
-        from transformers.modeling_outputs import ImageClassifierOutput
+        def classifier(tokens: torch.Tensor) -> object:
+            from transformers.modeling_outputs import ImageClassifierOutput
 
-        return ImageClassifierOutput(logits=model.classifier(base.layernorm(tokens)))
+            return ImageClassifierOutput(logits=model.classifier(base.layernorm(tokens)))
 
-    return head
+        return classifier
+    if name == "CLIPVisionModelWithProjection":
+
+        def projection(tokens: torch.Tensor) -> object:
+            # CLIP's pooled output is post_layernorm of the class token, then the projection.
+            return {"image_embeds": model.visual_projection(model.vision_model.post_layernorm(tokens))}
+
+        return projection
+    return None
 
 
 def model_head(model: nn.Module, method: str) -> TokenHead:

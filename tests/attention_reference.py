@@ -234,3 +234,23 @@ def huggingface_spec(model, grid) -> Spec:
         return norm(z, ln(model.vit.layernorm)) @ model.classifier.weight.T + model.classifier.bias
 
     return Spec(blocks, lambda z: tokens(z)[:, 0], tokens, 1, grid)
+
+
+def huggingface_clip_spec(model, grid) -> Spec:
+    blocks = []
+    for b in model.vision_model.encoder.layers:
+        a = b.self_attn
+        qkv = (
+            torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]),
+            torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]),
+        )
+        blocks.append(
+            BlockWeights(
+                ln(b.layer_norm1), qkv, lin(a.out_proj), ln(b.layer_norm2), lin(b.mlp.fc1), lin(b.mlp.fc2), a.num_heads
+            )
+        )
+
+    def tokens(z):
+        return norm(z, ln(model.vision_model.post_layernorm)) @ model.visual_projection.weight.T
+
+    return Spec(blocks, lambda z: tokens(z)[:, 0], tokens, 1, grid)

@@ -1,7 +1,8 @@
 """LeGrad, attention rollout and gradient-weighted rollout against independent float64
 references (tests/attention_reference.py: the blocks written out by hand, attention
 formed explicitly) at 1e-5, on tiny random-weight ViTs of the four origins (timm,
-torchvision, open_clip, HuggingFace), each with its fused attention on; the model left
+torchvision, open_clip, HuggingFace ViT and CLIP vision; the CLIP towers scored by the
+cosine with a text embedding), each with its fused attention on; the model left
 exactly as found (flags, configs, forwards, hooks, outputs), also when a call raises;
 a CNN refused with an error that names the fix."""
 
@@ -77,16 +78,32 @@ def _huggingface():
     return model.double().eval()
 
 
+def _huggingface_clip():
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(
+        hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+        image_size=32, patch_size=8, projection_dim=8, hidden_act="gelu", attn_implementation="sdpa",
+    )  # fmt: skip
+    model = CLIPVisionModelWithProjection(config)
+    _randomise_norms(model)
+    return model.double().eval()
+
+
 def _case(origin: str):
     """(model given to the CAM, its first block, reference spec, targets, score of a head output)."""
-    if origin == "open_clip":
-        model = _open_clip()
+    if origin in ("open_clip", "huggingface_clip"):
+        model = _open_clip() if origin == "open_clip" else _huggingface_clip()
         torch.manual_seed(1)
         texts = torch.randn(2, 8, dtype=torch.float64)
         targets = [lambda emb, t=t: F.cosine_similarity(emb, t, dim=-1) for t in texts]
         # Each image's (or token's) embedding against its image's text; (B, D) or (B, N, D).
         score = lambda out: sum(F.cosine_similarity(o, t.expand_as(o), dim=-1).sum() for o, t in zip(out, texts))  # noqa: E731
-        return model, model.transformer.resblocks[0], ref.open_clip_spec(model, (4, 4)), targets, score
+        if origin == "open_clip":
+            return model, model.transformer.resblocks[0], ref.open_clip_spec(model, (4, 4)), targets, score
+        spec = ref.huggingface_clip_spec(model, (4, 4))
+        return OutputSelector(model, "image_embeds"), model.vision_model.encoder.layers[0], spec, targets, score
     targets = [ClassifierOutputTarget(c) for c in CLASSES]
     score = lambda out: sum(out[b, ..., c].sum() for b, c in enumerate(CLASSES))  # noqa: E731
     if origin == "timm":
@@ -99,7 +116,7 @@ def _case(origin: str):
     return OutputSelector(hf, "logits"), hf.vit.layers[0], ref.huggingface_spec(hf, (4, 4)), targets, score
 
 
-ORIGINS = ["timm", "torchvision", "open_clip", "huggingface"]
+ORIGINS = ["timm", "torchvision", "open_clip", "huggingface", "huggingface_clip"]
 
 
 def _fused(model: torch.nn.Module) -> list:
