@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from bench_attention import ATTENTION_BATCH, attention_tables
 from bench_cases import (
     DFF_COMPONENTS,
     GRADIENT_METHODS,
@@ -265,13 +266,13 @@ def tables(
     batches: Sequence[int], scorecam_channels: int, metrics: bool = False, detection_size: int = 640
 ) -> List[Table]:
     """Every table, in the order they run: the metrics tables first (with ``metrics``),
-    then the gradient, perturbation, smoothing and drop-in tables, and the Detection table
+    then the gradient, perturbation, smoothing, drop-in and transformer-native tables, and the Detection table
     at ``detection_size`` (where ultralytics is installed)."""
     result = metric_tables() if metrics else []
     result += gradient_tables(batches)
     result += perturbation_tables(scorecam_channels)
     result += smoothing_tables(batches)
-    return result + new_method_tables() + detection_tables(detection_size)
+    return result + new_method_tables() + attention_tables() + detection_tables(detection_size)
 
 
 def find_row(key: str, scorecam_channels: int, detection_size: int = 640) -> Row:
@@ -316,6 +317,13 @@ TARGETS = [
     ("eigen", "gradcam-l1-eigen:{b}", "gradcam-l1:{b}", 1.25, "eigen_smooth on layer1[-1] adds <= 25% (batch {b})"),
     ("aug", "gradcam-aug:1", "gradcam:1", 5.0, "aug_smooth <= 5x the plain call"),
     ("metric", "curves:8", "curves-floor:8", 1.2, "Deletion + Insertion <= 1.2x their forwards alone"),
+    (
+        "attention",
+        f"legrad:{ATTENTION_BATCH}",
+        f"vit-bare:{ATTENTION_BATCH}",
+        1.3,
+        f"LeGrad (every block) <= 1.3x one forward + backward (ViT-B/16, batch {ATTENTION_BATCH})",
+    ),
     ("detection", "det-box:1", "det-floor:1", 1.15, "Detection: GradCAM on one box <= 1.15x its floor"),
     (
         "detection",
@@ -338,7 +346,7 @@ def _ratio_target_lines(
     for kind, key, reference, limit, text in TARGETS:
         if kind == "gradient":
             cases = [(key.format(m=m), reference, text.format(name=METHODS[m].__name__)) for m in GRADIENT_METHODS]
-        elif kind in ("metric", "detection"):
+        elif kind in ("metric", "detection", "attention"):
             cases = [(key, reference, text)]
         elif kind == "eigen":
             cases = [(key.format(b=b), reference.format(b=b), text.format(b=b)) for b in batches]

@@ -1,6 +1,8 @@
 """Render the README's comparison grids with the pretrained EfficientNet-Lite0 (offline):
 
-- docs/methods_grid.jpg: rows = the bundled photos, columns = every registered method;
+- docs/methods_grid.jpg: rows = the bundled photos, columns = every registered layer
+  method (the attention methods, class flag ``needs_attention``, explain vision
+  transformers and are left out of this CNN's grid);
 - docs/smoothing_grid.jpg: GradCAM plain | aug smooth | eigen smooth | aug + eigen smooth.
 
 Each photo is explained for its top class, at --target-layer (default: _swish, the
@@ -28,6 +30,7 @@ from pytorch_grad_cam.cli import app as cli
 from pytorch_grad_cam.cli.model_zoo import MODELS, imagenet_classes, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
+GRID_METHODS = [name for name, cls in METHODS.items() if not getattr(cls, "needs_attention", False)]
 PHOTOS = [ROOT / "examples" / name for name in ("cat.jpg", "coffee.jpg", "motorcycle.jpg")]
 MODEL = "efficientnet_lite0"
 LAYER = "_swish"
@@ -103,10 +106,10 @@ def render(device: torch.device, progress: bool, layer_name: str = LAYER) -> Dic
             return cli.cam_overlay(cell, grayscale)
 
         first = label(np.uint8(255 * cell), imagenet_classes()[category])
-        methods_rows.append([first] + [cam(method) for method in METHODS])
+        methods_rows.append([first] + [cam(method) for method in GRID_METHODS])
         smoothing_rows.append([first] + [cam("gradcam", *flags) for flags in SMOOTHING.values()])
     return {
-        "methods_grid.jpg": assemble(["photo", *METHODS], methods_rows),
+        "methods_grid.jpg": assemble(["photo", *GRID_METHODS], methods_rows),
         "smoothing_grid.jpg": assemble(["photo", *SMOOTHING], smoothing_rows),
     }
 

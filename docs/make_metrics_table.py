@@ -314,7 +314,9 @@ def main() -> None:
     boxes = np.array(
         [[left, top, right + 1, bottom + 1] for top, bottom, left, right in (PHOTO_BOXES[p] for p in photos)]
     )
-    methods = [m for m in METHODS if m in QUICK_METHODS] if args.quick else list(METHODS)
+    # The attention methods (class flag needs_attention) explain vision transformers, not this CNN.
+    layer_methods = [m for m, cls in METHODS.items() if not getattr(cls, "needs_attention", False)]
+    methods = [m for m in layer_methods if m in QUICK_METHODS] if args.quick else layer_methods
     rows: Dict[str, Dict[str, float]] = {}
     cat_maps: Dict[str, np.ndarray] = {}  # the intact model's map of the first photo, reused by the sanity check
     for method in [*methods, BLOB]:

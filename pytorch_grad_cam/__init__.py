@@ -3,6 +3,7 @@
 from pytorch_grad_cam.ablation_cam import AblationCAM
 from pytorch_grad_cam.ablation_layer import AblationLayer, AblationLayerFasterRCNN, AblationLayerVit
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+from pytorch_grad_cam.attention_rollout import AttentionRollout
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.class_activation_map import CAM
 from pytorch_grad_cam.eigen_cam import EigenCAM
@@ -18,11 +19,13 @@ from pytorch_grad_cam.full_grad import FullGrad
 from pytorch_grad_cam.grad_cam import GradCAM
 from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
+from pytorch_grad_cam.grad_rollout import GradRollout
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.hirescam import HiResCAM
 from pytorch_grad_cam.is_cam import ISCAM
 from pytorch_grad_cam.kpca_cam import KPCA_CAM
 from pytorch_grad_cam.layer_cam import LayerCAM
+from pytorch_grad_cam.legrad import LeGrad
 from pytorch_grad_cam.noise_smoothing import NoiseSmooth
 from pytorch_grad_cam.perturbation_cam import PerturbationCAM
 from pytorch_grad_cam.random_cam import RandomCAM
@@ -75,4 +78,8 @@ __all__ = [
     "NoiseSmooth",
     "SmoothGradCAMPlusPlus",
     "SSCAM",
+    # transformer-native methods
+    "LeGrad",
+    "AttentionRollout",
+    "GradRollout",
 ]

@@ -4,6 +4,7 @@ examples, the benchmark and the tests. Adding a method: one file, one line here.
 from typing import Dict, Type, Union
 
 from pytorch_grad_cam.ablation_cam import AblationCAM
+from pytorch_grad_cam.attention_rollout import AttentionRollout
 from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.class_activation_map import CAM
 from pytorch_grad_cam.eigen_cam import EigenCAM
@@ -16,10 +17,12 @@ from pytorch_grad_cam.full_grad import FullGrad
 from pytorch_grad_cam.grad_cam import GradCAM
 from pytorch_grad_cam.grad_cam_elementwise import GradCAMElementWise
 from pytorch_grad_cam.grad_cam_plusplus import GradCAMPlusPlus
+from pytorch_grad_cam.grad_rollout import GradRollout
 from pytorch_grad_cam.hirescam import HiResCAM
 from pytorch_grad_cam.is_cam import ISCAM
 from pytorch_grad_cam.kpca_cam import KPCA_CAM
 from pytorch_grad_cam.layer_cam import LayerCAM
+from pytorch_grad_cam.legrad import LeGrad
 from pytorch_grad_cam.random_cam import RandomCAM
 from pytorch_grad_cam.refine_cam import RefineCAM
 from pytorch_grad_cam.score_cam import ScoreCAM
@@ -53,6 +56,10 @@ METHODS: Dict[str, Type[BaseCAM]] = {
     "smoothgradcam++": SmoothGradCAMPlusPlus,
     "sscam": SSCAM,
     "iscam": ISCAM,
+    # transformer-native: need attention maps (class flag needs_attention)
+    "legrad": LeGrad,
+    "rollout": AttentionRollout,
+    "gradrollout": GradRollout,
 }
 
 

@@ -25,6 +25,7 @@ from cam_reference import (  # noqa: F401 - single_thread_module: autouse fixtur
     run_with_layer_output,
     single_thread_module,
 )
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, AblationCAM, FinerCAM, RefineCAM
@@ -116,7 +117,7 @@ TORCHCAM_EXTRAS = {"cam", "smoothgradcam++", "sscam", "iscam"}
 REFINE_WITH = {"deit": "blocks.10.norm1", "swin": "layers.2.blocks.5.norm1"}
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS) - WRAPPERS - TORCHCAM_EXTRAS))
+@pytest.mark.parametrize("method", sorted(set(CNN_METHODS) - WRAPPERS - TORCHCAM_EXTRAS))
 @pytest.mark.parametrize("name", sorted(TRANSFORMERS))
 def test_every_method_at_the_readme_transformer_layers(name, method, transformers, image_224):
     """Every registered method on DeiT-tiny and Swin-tiny at the README's layers equals

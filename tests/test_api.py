@@ -12,13 +12,14 @@ import pytest
 import torch
 import ttach as tta
 from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, AblationCAM, GradCAM, ScoreCAM
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-METHOD_NAMES = sorted(METHODS)
+METHOD_NAMES = sorted(CNN_METHODS)
 PERTURBATION = ("scorecam", "ablationcam", "sscam", "iscam")
 # Whose map ignores eigen_smooth: a principal component already, or (FEM) a map that
 # is not a weighted channel sum for a component to replace (docs/decisions.md, G18).

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, PerturbationCAM
@@ -26,7 +27,7 @@ from pytorch_grad_cam.utils.model_wrappers import (
     select_output,
 )
 
-GRADIENT_METHODS = [name for name, cls in METHODS.items() if cls.uses_gradients]
+GRADIENT_METHODS = [name for name, cls in CNN_METHODS.items() if cls.uses_gradients]
 #: FullGrad ignores the target layers it is given (its layers are every bias layer,
 #: and a bias layer off the scored path legitimately adds nothing), so no layer of the
 #: caller's can be disconnected from its score.

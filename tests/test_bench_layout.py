@@ -79,6 +79,7 @@ def test_list_prints_every_table_and_both_side_by_side_tables(bench, capsys: pyt
         "eigen_smooth on layer1[-1] (56 x 56 x 256), batch 8",
         "aug_smooth (6 augmented copies), one image",
         "Drop-in methods against their floors, batch 8",
+        "Transformer-native methods on ViT-B/16 (timm, random weights), batch 8",
         *detection_titles,
         "side by side (--compare-rows)",
         "side by side with torchcam (--compare-rows)",

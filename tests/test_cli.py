@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from method_sets import CNN_METHODS
 
 from pytorch_grad_cam import METHODS
 from pytorch_grad_cam.cli import app as cli
@@ -239,7 +240,7 @@ CHEAP_LAYER = {"kpcacam": "_swish", "cam": "_swish"}
 REPEATED_MASKS = ("sscam", "iscam")
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(CNN_METHODS))
 def test_every_method(
     method: str, small_photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture, few_mask_repeats: None
 ) -> None:
@@ -459,7 +460,7 @@ def test_efficientnet_default_layer_finds_the_object_with_every_method(photo: st
     assert cli.layer_name(model, entry.target_layer(model)) == "_swish"
     input_tensor = cli.model_input(cli.read_photo(ROOT / "examples" / f"{photo}.jpg"), entry)
     peaks = {}
-    for method in METHODS:
+    for method in CNN_METHODS:
         if method in ("scorecam",) + REPEATED_MASKS or method in NOT_LOCALISING:
             continue
         grayscale = default_layer_map(method, model, entry, input_tensor)
@@ -525,7 +526,7 @@ def test_torchvision_default_layer_works_with_every_method(name: str, few_mask_r
     model = entry.architecture().eval()
     empty: List[str] = []
     undefined: List[str] = []
-    for method in METHODS:
+    for method in CNN_METHODS:
         size = 224 if method in GRID_STATISTICS else 64
         photo = cv2.resize(cli.read_photo(CAT), (size, size), interpolation=cv2.INTER_AREA)
         input_tensor = cli.preprocess_image(photo, mean=entry.mean, std=entry.std)
@@ -540,7 +541,9 @@ def test_torchvision_default_layer_works_with_every_method(name: str, few_mask_r
         assert grayscale.shape == (size, size) and np.isfinite(grayscale).all(), method
         if method not in RANDOM_WEIGHTS and grayscale.max() < 0.9:
             empty.append(method)
-    assert len(METHODS) - len(RANDOM_WEIGHTS) - len(undefined) - len(empty) >= MIN_NON_EMPTY, f"{name}: empty {empty}"
+    assert len(CNN_METHODS) - len(RANDOM_WEIGHTS) - len(undefined) - len(empty) >= MIN_NON_EMPTY, (
+        f"{name}: empty {empty}"
+    )
 
 
 # ----------------------------------------------------------------- layout and --help

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from method_sets import CNN_METHODS
 from torch import nn
 from torchvision.models import detection
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -326,7 +327,7 @@ PERTURBING = {"scorecam", "ablationcam", "sscam", "iscam"}
 
 
 @pytest.mark.parametrize("family", ["retinanet", "fasterrcnn"])
-@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("method", sorted(CNN_METHODS))
 def test_every_method_runs_on_the_wrapper(method, family, tiny, tiny_images, few_mask_repeats):
     """(e) every registered method gives finite (B, H, W) float32 maps in [0, 1]."""
     model = tiny[family]

@@ -23,6 +23,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_VERBOSE", "False")
 
 from cam_reference import single_thread_module  # noqa: E402, F401 (one CPU thread: small models)
+from method_sets import CNN_METHODS
 
 from pytorch_grad_cam import METHODS, GradCAM, GradCAMElementWise, HiResCAM, LayerCAM  # noqa: E402
 from pytorch_grad_cam.detection import BoxTarget, Candidates, as_detector  # noqa: E402
@@ -286,7 +287,7 @@ def test_an_unmatched_box_raises(yolo):
 
 # AblationCAM and ScoreCAM score BoxTarget on perturbed outputs too (a channel ablated,
 # the image masked), where the box may vanish: it scores 0 there (scoring.perturbed).
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(CNN_METHODS))
 def test_every_method_gives_a_finite_map(yolo, name, few_mask_repeats):
     detector = as_detector(yolo)
     size = 64

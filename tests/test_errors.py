@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, GuidedBackpropReLUModel, PerturbationCAM, get_method
@@ -20,7 +21,7 @@ from pytorch_grad_cam.utils.image import preprocess_image, scale_cam_image, show
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
-METHOD_NAMES = list(METHODS)
+METHOD_NAMES = list(CNN_METHODS)
 #: Class-agnostic methods never call their targets: they map the activations alone.
 CLASS_AGNOSTIC = {"eigencam", "fem", "kpcacam"}
 #: The methods that call their targets (and so meet a bad class index).

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, AblationCAM, GradCAM, ScoreCAM
@@ -402,7 +403,7 @@ def first_channels(activations: torch.Tensor) -> torch.Tensor:
 def resnet18_maps(model: nn.Module) -> dict:
     x = images(2, 64, seed=3)
     maps = {}
-    for name, cls in METHODS.items():
+    for name, cls in CNN_METHODS.items():
         options, transform = {}, None
         if name in ("scorecam", "ablationcam", "sscam", "iscam"):
             options, transform = {"progress": False, "batch_size": 8}, first_channels

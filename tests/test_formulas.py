@@ -32,6 +32,7 @@ from cam_reference import (
     single_thread_module,  # noqa: F401 - autouse fixture
     weighted_map,
 )
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, FinerCAM, GradCAM, RefineCAM
@@ -48,7 +49,7 @@ ATOL = 1e-5
 #: checked below. torchcam's extra methods (noise draws, path steps) have theirs in
 #: tests/test_torchcam_methods.py.
 TORCHCAM_EXTRAS = {"cam", "smoothgradcam++", "sscam", "iscam"}
-FORMULA_METHODS = sorted(set(METHODS) - {"finercam", "refinecam"} - TORCHCAM_EXTRAS)
+FORMULA_METHODS = sorted(set(CNN_METHODS) - {"finercam", "refinecam"} - TORCHCAM_EXTRAS)
 CLASSES = [1, 3]
 #: Whether every use of a small_cnn layer's output reaches a ReLU-like activation
 #: through element-wise steps (AblationCAM's ablation value), by construction:

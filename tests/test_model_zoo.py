@@ -47,13 +47,14 @@ import numpy as np
 import pytest
 import torch
 from cam_reference import single_thread_module  # noqa: F401 - autouse: one thread
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, AblationCAM, ScoreCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.reshape_transforms import swin_reshape_transform, vit_reshape_transform
 
-GRADIENT_METHODS = [name for name, cls in METHODS.items() if cls.uses_gradients]
+GRADIENT_METHODS = [name for name, cls in CNN_METHODS.items() if cls.uses_gradients]
 #: Methods that take no target layer (FullGrad: the input gradient and every bias
 #: layer's): they run on each family as they are, with no layer to check.
 IGNORES_TARGET_LAYERS = {"fullgrad"}

@@ -29,14 +29,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cam_reference import finish_layer, min_max, pc_projection
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, GuidedBackpropReLUModel, PerturbationCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD_NAMES = list(METHODS)
-GRADIENT_METHODS = [name for name, cls in METHODS.items() if cls.uses_gradients]
+METHOD_NAMES = list(CNN_METHODS)
+GRADIENT_METHODS = [name for name, cls in CNN_METHODS.items() if cls.uses_gradients]
 #: Class-agnostic methods never call their targets: they map the activations alone.
 CLASS_AGNOSTIC = {"eigencam", "fem", "kpcacam"}
 #: RandomCAM draws new weights on every call, so two calls never give the same map,

@@ -26,6 +26,7 @@ from cam_reference import (  # noqa: F401 - single_thread_module: autouse fixtur
     xgradcam_weight_errors,
     xgradcam_weights,
 )
+from method_sets import CNN_METHODS
 
 from pytorch_grad_cam import METHODS, FinerCAM, GradCAM, RefineCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -216,7 +217,7 @@ WRAPPERS = {"finercam", "refinecam"}
 TORCHCAM_EXTRAS = {"cam", "smoothgradcam++", "sscam", "iscam"}
 
 
-@pytest.mark.parametrize("method", sorted(set(METHODS) - WRAPPERS - TORCHCAM_EXTRAS))
+@pytest.mark.parametrize("method", sorted(set(CNN_METHODS) - WRAPPERS - TORCHCAM_EXTRAS))
 def test_small_vit_maps_match_the_reference(method, small_vit):
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
     layer = small_vit.blocks[-1].norm1
