@@ -28,6 +28,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from pytorch_grad_cam import sparse_backward
 from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.checks import check_input, check_layers_ran, check_outputs
 from pytorch_grad_cam.model_state import autograd_from
@@ -91,7 +92,7 @@ def record_several_targets(cam: Any, image: torch.Tensor, targets: List[Target])
     layers = list(cam.target_layers)
     record = Record(input_tensor=image, layers=layers)
     with ActivationsAndGradients(cam.model, layers, cam.reshape_transform) as recorder:
-        with torch.enable_grad():
+        with torch.enable_grad(), sparse_backward.skipping_zero_parts():
             with autograd_from(layers):
                 outputs = cam.model(image)
             check_outputs(outputs)
@@ -132,7 +133,10 @@ def _gradients_per_target(scores: torch.Tensor, layer_outputs: Sequence[object])
     received = {where: grad for where, grad in zip(keys, grads)}
     gradients: List[Optional[object]] = []
     for index, found in enumerate(parts):
-        if all(received.get((index, key)) is None for key in found):
+        reached = any(received.get((index, key)) is not None for key in found)
+        # No gradient at all: zeros where the layer is in the scores' graph (a path that
+        # carries only zeros, skipped: sparse_backward), an error where it is not.
+        if not reached and not any(sparse_backward.in_graph(scores, value) for value in found.values()):
             gradients.append(None)
             continue
         stacked = {}
@@ -171,9 +175,13 @@ def _batched_vjp(
     per_score = [
         torch.autograd.grad(scores[k], inputs, allow_unused=True, retain_graph=k < count - 1) for k in range(count)
     ]
-    return [
-        None if per_score[0][i] is None else torch.stack([grads[i] for grads in per_score]) for i in range(len(inputs))
-    ]
+    stacked: List[Optional[torch.Tensor]] = []
+    for i, value in enumerate(inputs):
+        got = [grads[i] for grads in per_score]
+        # A score that skipped this input (sparse_backward) has a zero gradient there.
+        parts = [torch.zeros_like(value) if grad is None else grad for grad in got]
+        stacked.append(None if all(grad is None for grad in got) else torch.stack(parts))
+    return stacked
 
 
 def _repeated(tensor: Optional[torch.Tensor], count: int) -> Optional[torch.Tensor]:

@@ -207,6 +207,33 @@ def test_a_box_score_differentiates_the_class_branch_only(yolo):
     assert sum(float(grad.abs().sum()) for grad in grads[3:] if grad is not None) > 0
 
 
+def test_inside_explain_targets_a_box_skips_the_levels_it_does_not_read(yolo):
+    """With sparse_backward on (as explain_targets runs), the candidates' scores are the
+    same numbers, joined level by level, and a box's backward pass skips the class branches
+    of the levels none of its candidates is on."""
+    from pytorch_grad_cam import sparse_backward
+
+    head = yolo.model.model[-1]
+    levels = []
+    handles = [branch.register_forward_hook(lambda m, i, out: levels.append(out)) for branch in head.cv3]
+    try:
+        with torch.no_grad():
+            (plain,) = as_detector(yolo)(image(160))
+        with sparse_backward.skipping_zero_parts():
+            (found,) = as_detector(yolo)(image(160).requires_grad_(True))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(found.scores.detach(), plain.scores)
+    sizes = [level.shape[2] * level.shape[3] for level in levels[-3:]]  # 400, 100, 25 at 160 px
+    best = int(found.scores.detach()[sizes[0] :].max(dim=1).values.argmax()) + sizes[0]  # a level 1-2 candidate
+    label = int(found.scores.detach()[best].argmax())
+    target = BoxTarget(found.boxes[best].detach(), label, indices=[best])
+    grads = torch.autograd.grad(target(found), levels[-3:], allow_unused=True)
+    assert grads[0] is None  # level 0's class branch: skipped
+    assert sum(float(grad.abs().sum()) for grad in grads[1:] if grad is not None) > 0
+
+
 def test_box_target_scores_the_hand_matched_candidates_mean(yolo):
     images = image(160)
     found = as_detector(yolo)(images)[0]

@@ -16,9 +16,11 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
+from pytorch_grad_cam import sparse_backward
 from pytorch_grad_cam.detection.adapters import register_adapter
 from pytorch_grad_cam.detection.candidates import Candidates, cxcywh_to_xyxy
 from pytorch_grad_cam.model_state import evaluation_mode
+from pytorch_grad_cam.utils.hooks import Hooks
 
 __all__ = ["YOLODetector", "YOLOv5Detector", "adapt_yolo", "detect_head", "yolov5_candidates", "yolov8_candidates"]
 
@@ -159,13 +161,28 @@ class YOLODetector(_YOLOWrapper):
     def forward(self, images: torch.Tensor) -> List[Candidates]:
         """One Candidates per image, boxes in the pixels of ``images``."""
         head = detect_head(self.model)
-        output = self._run(images)
         end_to_end = bool(getattr(head, "end2end", False))
+        branches = getattr(head, "one2one_cv3" if end_to_end else "cv3", None)
+        levels: List[torch.Tensor] = []
+        with Hooks() as hooks:
+            if sparse_backward.skipping() and isinstance(branches, nn.ModuleList):
+                # Each level's class logits as its branch returns them, to be joined again
+                # by a concatenation that skips the levels a box's score does not read.
+                for branch in branches:
+                    hooks.forward(branch, lambda module, inputs, out: levels.append(out))
+            output = self._run(images)
         if end_to_end and isinstance(output, (tuple, list)):
             # The first output is already top-k selected; decode the raw one-to-one head
             # instead so that every candidate (before selection) is scored.
             raw = output[1]["one2one"]
             output = (head._inference(raw), raw)  # noqa: SLF001 (ultralytics' own decoder)
+        if levels and len(levels) == len(branches) and isinstance(output, (tuple, list)):
+            raw = dict(output[1]) if isinstance(output[1], dict) else None
+            if raw is not None and torch.is_tensor(raw.get("scores")):
+                joined = sparse_backward.cat([level.flatten(2) for level in levels], dim=2)
+                if joined.shape == raw["scores"].shape:
+                    raw["scores"] = joined
+                    output = (output[0], raw)
         # The head decodes xyxy when end-to-end or asked to, else cxcywh.
         xyxy = end_to_end or bool(getattr(head, "xyxy", False))
         return yolov8_candidates(output, int(head.nc), xyxy=xyxy)
