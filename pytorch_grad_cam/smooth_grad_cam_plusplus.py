@@ -20,7 +20,7 @@ from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
 from pytorch_grad_cam.base_cam import BaseCAM, Target, weighted_map
-from pytorch_grad_cam.checks import grid_activations
+from pytorch_grad_cam.checks import layer_grid
 from pytorch_grad_cam.grad_cam_plusplus import plusplus_weights
 from pytorch_grad_cam.layers import LayerSpec
 from pytorch_grad_cam.noise import Seed, check_samples, check_std, noise_generator, noisy_records
@@ -46,6 +46,11 @@ class SmoothGradCAMPlusPlus(BaseCAM):
             ``std`` is not a finite number >= 0.
         TypeError: if ``seed`` is not None, an int or a torch.Generator.
     """
+
+    not_differentiable = (
+        "its gradient powers are averaged over noisy copies inside its own backward passes, outside "
+        "one graph; for a map that carries gradients use GradCAMPlusPlus"
+    )
 
     #: Noisy copies per image when the constructor is not given ``num_samples``.
     num_samples: int = 4
@@ -109,10 +114,9 @@ class SmoothGradCAMPlusPlus(BaseCAM):
         module's docstring), A the clean input's activations.
 
         Raises:
-            ValueError: if the layer's activations are not a 4D/5D grid.
+            ValueError: if the layer's activations are not a grid of the input's rank.
         """
-        layer = record.layers[index]
-        activations = grid_activations(record.activations[index], layer, self.reshape_transform is not None)
+        activations = layer_grid(record, index, self.reshape_transform)
         first, second, third = record.extras["gradient_moments"][index].to(activations.dtype)
         weights = plusplus_weights(activations, first, second, third)
         return weighted_map(weights, activations, eigen_smooth)

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cam_reference import single_thread_module  # noqa: F401 - autouse fixture
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
@@ -80,7 +81,7 @@ def assert_close_to_float32(maps: np.ndarray, reference: np.ndarray, name: str) 
         assert np.abs(maps[image] - reference[image]).mean() < MAX_MEAN_DIFFERENCE, (name, image)
 
 
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(CNN_METHODS))
 def test_bfloat16_model_and_cpu_autocast_give_the_float32_maps(name):
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(100))
     reference = maps_of(name, network(), x)
@@ -91,7 +92,7 @@ def test_bfloat16_model_and_cpu_autocast_give_the_float32_maps(name):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA autocast needs a CUDA device; none here")
-@pytest.mark.parametrize("name", list(METHODS))
+@pytest.mark.parametrize("name", list(CNN_METHODS))
 def test_cuda_autocast_and_half_models_give_the_float32_maps(name):
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(100)).cuda()
     reference = maps_of(name, network().cuda(), x)
@@ -176,7 +177,7 @@ def test_differentiable_maps_equal_the_call_and_reach_the_parameters(name):
     assert all(grad.abs().sum() > 0 for grad in grads)
 
 
-@pytest.mark.parametrize("name", sorted(set(METHODS) - set(DIFFERENTIABLE)))
+@pytest.mark.parametrize("name", sorted(set(CNN_METHODS) - set(DIFFERENTIABLE)))
 def test_methods_without_differentiable_maps_say_why_and_what_to_use(name):
     model = network()
     options = {"progress": False} if name in ("scorecam", "ablationcam") else {}

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 from cam_reference import reference_cam, single_thread_module  # noqa: F401 - one thread for the module
+from method_sets import CNN_METHODS
 from signal_models import ImageAndMeta
 from test_reliability import assert_same_state, model_state
 from torch import nn
 
-from pytorch_grad_cam import METHODS, FinerCAM, GradCAM, HiResCAM, get_method
+from pytorch_grad_cam import FinerCAM, GradCAM, HiResCAM, get_method
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 FORMULA_METHODS = ["gradcam", "gradcam++", "hirescam", "layercam", "xgradcam"]
@@ -46,7 +47,7 @@ def test_formulas_match_the_float64_reference(net: ImageAndMeta, method: str) ->
     np.testing.assert_allclose(result, reference, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(CNN_METHODS))
 def test_every_method_runs_on_two_inputs(net: ImageAndMeta, method: str) -> None:
     kwargs = {"batch_size": 8, "progress": False} if method in ("scorecam", "ablationcam") else {}
     with warnings.catch_warnings():

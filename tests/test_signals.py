@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 from cam_reference import reference_cam, single_thread_module  # noqa: F401 - one thread for the module
+from method_sets import CNN_METHODS
 from signal_models import LENGTH, SignalNet, bump_signals, trained_signal_net
 from torch import nn
 
-from pytorch_grad_cam import METHODS, GradCAM, get_method
+from pytorch_grad_cam import GradCAM, get_method
 from pytorch_grad_cam.metrics.deletion_insertion import DeletionMetric, InsertionMetric
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.signal import show_cam_on_signal
@@ -44,7 +45,7 @@ def test_formulas_match_the_float64_reference(net: SignalNet, method: str) -> No
     np.testing.assert_allclose(result, reference, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(CNN_METHODS))
 def test_every_method_gives_maps_at_the_signal_length(net: SignalNet, method: str) -> None:
     signals = torch.randn(2, 1, LENGTH, generator=torch.Generator().manual_seed(5))
     kwargs = {"batch_size": 16, "progress": False} if method in ("scorecam", "ablationcam") else {}

@@ -158,9 +158,14 @@ def test_deit_last_block_output_has_no_gradient(deit_tiny, images_224):
     np.testing.assert_array_equal(maps, 0.0)
 
 
-def test_deit_without_reshape_transform_is_an_error(deit_tiny, images_224):
-    with pytest.raises(ValueError, match=r"\(1, 197, 192\), not \(B, C, h, w\).*vit_reshape_transform"):
-        GradCAM(deit_tiny, [deit_tiny.blocks[-1].norm1])(images_224[:1])
+def test_deit_without_reshape_transform_gets_the_models_own(deit_tiny, images_224):
+    """The (1, 197, 192) tokens of a layer given without a transform are folded by the one
+    read from the model (a warning says so): the map of vit_reshape_transform."""
+    layer = deit_tiny.blocks[-1].norm1
+    with pytest.warns(UserWarning, match="output tokens of the model's patch grid"):
+        automatic = GradCAM(deit_tiny, [layer])(images_224[:1])
+    by_hand = GradCAM(deit_tiny, [layer], reshape_transform=vit_reshape_transform)(images_224[:1])
+    np.testing.assert_allclose(automatic, by_hand, atol=1e-6, rtol=0)
 
 
 # ---------------------------------------------------------------- Swin-Tiny

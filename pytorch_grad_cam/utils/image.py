@@ -23,6 +23,8 @@ def min_max_scale(cams: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     flat = cams.reshape(cams.shape[0], -1)
     # amin/amax: the same values as min/max(dim) without the indices (several times faster on the CPU)
     flat = flat - flat.amin(dim=1, keepdim=True)
+    if flat.requires_grad:  # a differentiable map: amax's backward reads flat as it is
+        return (flat / (flat.amax(dim=1, keepdim=True) + eps)).reshape(cams.shape)
     flat /= flat.amax(dim=1, keepdim=True) + eps  # in place: a new tensor already, and maps can be large
     return flat.reshape(cams.shape)
 
