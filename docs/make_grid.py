@@ -30,7 +30,7 @@ from pytorch_grad_cam.cli import app as cli
 from pytorch_grad_cam.cli.model_zoo import MODELS, imagenet_classes, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
-GRID_METHODS = [name for name, cls in METHODS.items() if not getattr(cls, "needs_attention", False)]
+GRID_METHODS = [name for name, cls in METHODS.items() if not cls.needs_attention]
 PHOTOS = [ROOT / "examples" / name for name in ("cat.jpg", "coffee.jpg", "motorcycle.jpg")]
 MODEL = "efficientnet_lite0"
 LAYER = "_swish"

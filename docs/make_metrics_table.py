@@ -315,7 +315,7 @@ def main() -> None:
         [[left, top, right + 1, bottom + 1] for top, bottom, left, right in (PHOTO_BOXES[p] for p in photos)]
     )
     # The attention methods (class flag needs_attention) explain vision transformers, not this CNN.
-    layer_methods = [m for m, cls in METHODS.items() if not getattr(cls, "needs_attention", False)]
+    layer_methods = [m for m, cls in METHODS.items() if not cls.needs_attention]
     methods = [m for m in layer_methods if m in QUICK_METHODS] if args.quick else layer_methods
     rows: Dict[str, Dict[str, float]] = {}
     cat_maps: Dict[str, np.ndarray] = {}  # the intact model's map of the first photo, reused by the sanity check

@@ -102,6 +102,9 @@ class BaseCAM:
     #: outputs are not copied or kept. Honoured with ``compute_input_gradient``, whose
     #: backward pass runs through every layer to the input.
     record_activations: bool = True
+    #: Whether the method reads a vision transformer's attention maps (LeGrad, rollout)
+    #: instead of a layer's grid; such a method refuses a CNN.
+    needs_attention: bool = False
 
     def __init__(
         self,

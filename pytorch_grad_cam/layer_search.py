@@ -332,7 +332,7 @@ def prepare_layers(cam: Any, input_tensor: torch.Tensor, targets: Optional[List[
             f"{type(cam).__name__}: target_layers not given; using {choice.name!r} ({type(choice.layer).__name__}), "
             f"{choice.reason}{transform}; pass target_layers=['{choice.name}'] (or another layer) to choose"
         )
-    elif cam.reshape_transform is None and not getattr(cam, "token_grid_read", False) and not cam_reads_attention(cam):
+    elif cam.reshape_transform is None and not getattr(cam, "token_grid_read", False) and not cam.needs_attention:
         cam.token_grid_read = True  # once per CAM object: the dry forward is not repeated
         transform = token_transform(cam.model, input_tensor, cam.target_layers)
         if transform is not None:
@@ -342,9 +342,3 @@ def prepare_layers(cam: Any, input_tensor: torch.Tensor, targets: Optional[List[
                 f"reshape_transform was given; using {transform!r} ({transform.describe()}); pass "
                 "reshape_transform=... to choose"
             )
-
-
-def cam_reads_attention(cam: Any) -> bool:
-    """Whether ``cam``'s method reads attention maps (LeGrad, rollout): its target layers
-    are transformer blocks whose outputs it never folds into a grid."""
-    return bool(getattr(cam, "needs_attention", False))

@@ -8,5 +8,5 @@ naming the fix, and are tested on transformers in test_attention_methods.py.
 
 from pytorch_grad_cam import METHODS
 
-ATTENTION_METHODS = {name: cls for name, cls in METHODS.items() if getattr(cls, "needs_attention", False)}
+ATTENTION_METHODS = {name: cls for name, cls in METHODS.items() if cls.needs_attention}
 CNN_METHODS = {name: cls for name, cls in METHODS.items() if name not in ATTENTION_METHODS}
