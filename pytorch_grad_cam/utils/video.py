@@ -123,7 +123,8 @@ def video_strip(
 def write_animation(path: PathLike, frames: np.ndarray, fps: float = 8.0) -> Path:
     """Write RGB frames (T, H, W, 3) as an animated file, the format by suffix: .gif,
     .webp, .apng/.png (``cv2.imwriteanimation``, looping) or .mp4 (mp4v), .avi (MJPG)
-    (``cv2.VideoWriter``).
+    (``cv2.VideoWriter``). GIF keeps frame durations in hundredths of a second (8 fps's
+    125 ms is stored as 120 ms).
 
     Returns:
         The path written.
@@ -211,11 +212,12 @@ def read_video(
 
 
 def moving_object_clip(
-    frames: int = 16, size: int = 112, present: Tuple[int, int] = (5, 11), seed: int = 0
+    frames: int = 16, size: int = 112, present: Optional[Tuple[int, int]] = None, seed: int = 0
 ) -> np.ndarray:
     """A synthetic clip whose answer is known: a smooth grey-green textured background
-    and, only in frames ``present[0]`` to ``present[1] - 1``, a red disc crossing it
-    from left to right (cam.py's clip when no ``--video-path`` is given, the README's).
+    and, only in frames ``present[0]`` to ``present[1] - 1`` (None: the middle 6/16 of the
+    clip, frames 5-10 of 16), a red disc crossing it from left to right (cam.py's clip
+    when no ``--video-path`` is given, the README's).
 
     Returns:
         RGB float32 frames (T, H, W, 3) in [0, 1].
@@ -224,7 +226,7 @@ def moving_object_clip(
         ValueError: if ``frames`` or ``size`` is below 1 (size below 8), or ``present``
             is not a range of frames inside the clip.
     """
-    start, stop = present
+    start, stop = present if present is not None else (frames * 5 // 16, max(1, frames * 11 // 16))
     if frames < 1 or size < 8 or not 0 <= start < stop <= frames:
         raise ValueError(
             f"need frames >= 1, size >= 8 and 0 <= present[0] < present[1] <= frames, "
