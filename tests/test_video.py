@@ -5,6 +5,7 @@ and file helpers, and the README's Video block."""
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -240,3 +241,26 @@ def test_file_errors(tmp_path: Path) -> None:
         read_video(tmp_path / "bad.mp4")
     with pytest.raises(ValueError, match="present"):
         moving_object_clip(frames=4, present=(3, 6))
+
+
+def test_the_readme_video_block(tmp_path: Path) -> None:
+    """The README's Video block runs; its maps are the float64 reference's, and the
+    64-frame clip's four windows (four copies of the clip) each give the clip's maps."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Video\n.*?```python\n(.*?)```", text, flags=re.S).group(1)
+    namespace = {"nn": nn, "torch": torch, "GradCAM": GradCAM, "ClassifierOutputTarget": ClassifierOutputTarget}
+    exec(compile(block, "README.md (Video)", "exec"), namespace)  # noqa: S102 - our own README
+    model, clip, maps = namespace["video_model"], namespace["clip"], namespace["video_maps"]
+    assert maps.shape == (1, 16, 32, 32) and namespace["strip"].shape == (68, 140, 3)
+    np.testing.assert_allclose(maps, reference_cam("gradcam", model, [model[3]], clip, [1]), atol=1e-5, rtol=0)
+    np.testing.assert_allclose(namespace["long_maps"], np.tile(maps, (1, 4, 1, 1)), atol=1e-6, rtol=0)
+    assert namespace["frames_read"].shape == (16, 32, 32, 3) and namespace["fps"] == pytest.approx(1000 / 120)
+
+
+def test_animated_images_need_opencv_4_11(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Older OpenCV (setup.py allows 4.5) lacks imwriteanimation: a clear error, MP4 still works."""
+    frames = moving_object_clip(frames=2, size=8, present=(0, 1))
+    monkeypatch.delattr("cv2.imwriteanimation")
+    with pytest.raises(ValueError, match=r"OpenCV >= 4.11 .* use .mp4"):
+        write_animation(tmp_path / "a.gif", frames)
+    assert read_video(write_animation(tmp_path / "a.mp4", frames))[0].shape == (2, 8, 8, 3)

@@ -55,6 +55,18 @@ def _frames_uint8(frames: np.ndarray) -> np.ndarray:
     return np.round(frames * 255).astype(np.uint8)
 
 
+def _check_animation_support(path: Path) -> None:
+    """Nothing where OpenCV has its animation API (4.11 and later).
+
+    Raises:
+        ValueError: naming the fix, where it has not."""
+    if not hasattr(cv2, "imwriteanimation"):
+        raise ValueError(
+            f"{path}: animated images need OpenCV >= 4.11 (this is {cv2.__version__}); "
+            "pip install -U opencv-python-headless, or use .mp4 / .avi"
+        )
+
+
 def show_cam_on_video(
     frames: np.ndarray,
     maps: np.ndarray,
@@ -140,6 +152,7 @@ def write_animation(path: PathLike, frames: np.ndarray, fps: float = 8.0) -> Pat
         raise ValueError(f"fps must be positive, got {fps}")
     bgr = [np.ascontiguousarray(frame[..., ::-1]) for frame in frames]
     if suffix in ANIMATION_SUFFIXES:
+        _check_animation_support(path)
         animation = cv2.Animation()
         animation.frames = bgr
         animation.durations = [max(1, round(1000 / fps))] * len(bgr)
@@ -185,6 +198,7 @@ def read_video(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such video file")
     if path.suffix.lower() in ANIMATION_SUFFIXES:
+        _check_animation_support(path)
         ok, animation = cv2.imreadanimation(str(path))
         bgr = list(animation.frames) if ok else []
         durations = list(animation.durations) if ok else []
