@@ -264,3 +264,35 @@ def test_animated_images_need_opencv_4_11(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(ValueError, match=r"OpenCV >= 4.11 .* use .mp4"):
         write_animation(tmp_path / "a.gif", frames)
     assert read_video(write_animation(tmp_path / "a.mp4", frames))[0].shape == (2, 8, 8, 3)
+
+
+class FoldedHeads(nn.Module):
+    """A Conv3d, then a 'pooling' Conv3d run on two heads folded into the batch (as
+    MViT's attention pooling is), then a 4D view (B, C, T, H·W) of the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(3, 4, 3, padding=1)
+        self.pool = nn.Conv3d(2, 2, 3, padding=1)
+        self.flat = nn.Flatten(3)  # (B, 4, T, H, W) -> (B, 4, T, H*W): a 4D output
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, clip: torch.Tensor) -> torch.Tensor:
+        features = torch.relu(self.conv(clip))
+        batch = features.shape[0]
+        pooled = self.pool(features.reshape(batch * 2, 2, *features.shape[2:])).reshape(features.shape)
+        return self.head(self.flat(pooled + features).mean(dim=(2, 3)))
+
+
+def test_the_layer_search_takes_a_grid_of_the_clip_only() -> None:
+    """Not the (B * heads, ...) pooling nor the 4D view, but the Conv3d before them;
+    a 4D layer given for a clip is an error that names the fix."""
+    torch.manual_seed(0)
+    model = FoldedHeads().eval()
+    clips = torch.rand(2, 3, 4, 6, 6, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match="using 'conv'"):
+        cam = GradCAM(model)
+        maps = cam(clips, [ClassifierOutputTarget(0)] * 2)
+    assert cam.target_layers == [model.conv] and maps.shape == (2, 4, 6, 6)
+    with pytest.raises(ValueError, match=r"shape \(2, 4, 4, 36\) for a \(B, C, T, H, W\) clip; choose a layer"):
+        GradCAM(model, [model.flat])(clips, [ClassifierOutputTarget(0)] * 2)
