@@ -60,7 +60,10 @@ def test_a_video_file_with_another_format_and_category(tmp_path, capsys):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--video-model", "r3d_18", "--image-dir", "x"], "--image-dir (folder mode takes images"),
+        (
+            ["--video-model", "r3d_18", "--image-dir", "x"],
+            "--image-dir (it takes images; give a folder of videos as --video-path)",
+        ),
         (["--video-model", "r3d_18", "--aug-smooth"], "--aug-smooth does not apply with --video-model"),
         (["--video-model", "r3d_18", "--model", "resnet18"], "--model does not apply with --video-model"),
         (["--video-model", "r3d_18", "--detector", "retinanet"], "--detector (another task)"),
@@ -85,3 +88,34 @@ def test_weights_of_another_model_are_refused(tmp_path, capsys):
     code = main(["--video-model", "mc3_18", "--weights", str(tmp_path / "other.pth"), *SMALL])
     err = capsys.readouterr().err
     assert code == 1 and "not a mc3_18 state dict" in err, err
+
+
+def test_a_folder_of_videos_mirrors_its_tree_and_resumes(tmp_path, capsys):
+    """Two videos (one in a sub-folder) and an unreadable one: two animations and npz
+    files, the bad one reported; a second run skips both."""
+    source = tmp_path / "videos"
+    (source / "sub").mkdir(parents=True)
+    write_animation(source / "a.mp4", moving_object_clip(8, 32), fps=8)
+    write_animation(source / "sub" / "b.gif", moving_object_clip(6, 24), fps=5)
+    (source / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    arguments = ["--video-path", str(source), "--output-dir", str(out), "--method", "eigencam", *SMALL]
+    assert main(arguments) == 0
+    printed, err = capsys.readouterr()
+    assert "3 videos under" in printed and "0 already done, 3 to explain" in printed
+    assert "skipped" in err and "broken.mp4" in err
+    assert np.load(out / "a.eigencam.npz")["maps"].shape == (8, 32, 32)
+    assert read_video(out / "sub" / "b.eigencam.gif")[0].shape == (6, 24, 24, 3)
+    assert not (out / "broken.eigencam.npz").exists()
+    assert main(arguments) == 0
+    assert "2 already done, 1 to explain" in capsys.readouterr().out
+
+
+def test_a_folder_without_readable_videos_is_an_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["--video-path", str(tmp_path / "empty"), *SMALL]) == 2
+    assert "no video file (.mp4, .avi" in capsys.readouterr().err
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.avi").write_bytes(b"not a video")
+    assert main(["--video-path", str(tmp_path / "bad"), "--output-dir", str(tmp_path / "out"), *SMALL]) == 1
+    assert "no video could be read" in capsys.readouterr().err

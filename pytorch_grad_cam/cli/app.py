@@ -116,6 +116,7 @@ writes <method>_prompts.jpg and <method>_prompts.npz and prints each prompt's co
 A video model, window by window over time (--video-model; no --video-path: a generated clip):
     python cam.py --video-model r3d_18 --method gradcam                         # random weights
     python cam.py --video-path clip.mp4 --weights r3d_18-b3b3357e.pth --window 16 --video-format mp4
+    python cam.py --video-path videos --output-dir out                          # a whole folder
 writes <method>_video.gif (each frame with its map) and <method>_video.npz (the maps) and
 prints each window's top Kinetics-400 class. Random weights explain nothing.
 """

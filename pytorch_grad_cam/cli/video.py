@@ -13,6 +13,7 @@ has random weights (seed 0) unless ``--weights`` names a state dict of its archi
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
@@ -49,7 +50,7 @@ MEAN, STD = np.float32([0.43216, 0.394666, 0.37645]), np.float32([0.22803, 0.221
 #: The options that do not apply to the video task.
 NOT_FOR_VIDEO = {
     "image_path": "--image-path",
-    "image_dir": "--image-dir (folder mode takes images; run once per video with --video-path)",
+    "image_dir": "--image-dir (it takes images; give a folder of videos as --video-path)",
     "aug_smooth": "--aug-smooth",
     "metrics": "--metrics",
     "detector": "--detector (another task)",
@@ -76,8 +77,9 @@ def add_video_options(parser: argparse.ArgumentParser) -> None:
         "--video-path",
         type=Path,
         metavar="FILE",
-        help="the clip (mp4, avi, gif, webp; implies --video-model r3d_18); default: a generated "
-        "16-frame clip with a red disc in frames 5-10 only",
+        help="the clip (mp4, avi, gif, webp; implies --video-model r3d_18), or a folder of them (each "
+        "written as sub/a.<method>.gif and .npz under --output-dir); default: a generated 16-frame clip "
+        "with a red disc in frames 5-10 only",
     )
     group.add_argument(
         "--window",
@@ -154,18 +156,19 @@ def _build(name: str, weights: Optional[Path]) -> nn.Module:
     return model.eval()
 
 
-def _clip(args: argparse.Namespace) -> Tuple[np.ndarray, float, str]:
-    """The frames (T, H, W, 3) float in [0, 1], their fps, and a name for messages.
+def _clip(args: argparse.Namespace, source: Optional[Path]) -> Tuple[np.ndarray, float, str]:
+    """The frames (T, H, W, 3) float in [0, 1] of ``source`` (None: the generated clip),
+    their fps, and a name for messages.
 
     Raises:
         CLIError: for a file that is missing or not a video."""
-    if args.video_path is None:
+    if source is None:
         return moving_object_clip(frames=16, size=args.frame_size), 8.0, "a generated clip (red disc in frames 5-10)"
     try:
-        frames, fps = read_video(args.video_path, max_frames=args.max_frames)
+        frames, fps = read_video(source, max_frames=args.max_frames)
     except (FileNotFoundError, ValueError) as error:
         raise CLIError(f"--video-path: {error}") from None
-    return frames, fps or 8.0, str(args.video_path)
+    return frames, fps or 8.0, str(source)
 
 
 def _model_input(frames: np.ndarray, size: int) -> torch.Tensor:
@@ -190,59 +193,106 @@ def _window_classes(model: nn.Module, clip: torch.Tensor, window: int, device: t
     return tops
 
 
-def run_video(args: argparse.Namespace, explicit: FrozenSet[str] = frozenset()) -> np.ndarray:
+def run_video(args: argparse.Namespace, explicit: FrozenSet[str] = frozenset()) -> List[Path]:
     """Explain a clip as the arguments say: print each window's top Kinetics class, write
     ``<method>_video.<format>`` (each frame with its map) and ``<method>_video.npz`` (maps
-    (T, N, N) at the model's input size, window starts, classes, fps).
+    (T, N, N) at the model's input size, window starts, classes, fps). With a folder as
+    ``--video-path``: every video under it (recursive), into ``--output-dir`` mirroring its
+    tree as ``sub/a.<method>.<format>`` and ``.npz``; those already written are skipped,
+    and a file OpenCV cannot read is reported and skipped.
 
     Returns:
-        The maps (T, N, N).
+        The animations written.
 
     Raises:
-        CLIError: on any user error.
+        CLIError: on any user error (in folder mode, also when no video was written).
     """
     check_video_arguments(args, explicit)
     method = check_method(args.method)
     category = _category(args.category)
     name = args.video_model or "r3d_18"
     device = choose_device(args.device, args.use_cuda)
-    frames, fps, title = _clip(args)
+    jobs, done = _jobs(args, method)
     model = _build(name, args.weights).to(device)
     layer_path = args.target_layer or VIDEO_MODELS[name][1]
     modules = dict(model.named_modules())
     if layer_path not in modules or not layer_path:
         raise CLIError(f"--target-layer {layer_path!r} is not a layer of {name}; e.g. layer2, layer3, layer4.1")
-    clip = _model_input(frames, args.frame_size)
-    print(f"{name} on {title} ({len(frames)} frames, windows of {min(args.window, len(frames))}):")
-    tops = _window_classes(model, clip, args.window, device)
     targets = None if category is None else [ClassifierOutputTarget(category)]
-    print(f"{method} at layer {layer_path} for " + ("each window's top class" if targets is None else f"{category}"))
     options = {"batch_size": args.batch_size, "progress": not args.no_progress}
-    try:
-        with make_cam(method, model, modules[layer_path], **options) as cam:
-            maps = explain_video(cam, clip, targets, clip_length=args.window, eigen_smooth=args.eigen_smooth)[0]
-    except (ValueError, TypeError, IndexError) as error:
-        raise CLIError(f"{method} at layer {layer_path}: {error}") from None
-    _write(Path(args.output_dir), f"{method}_video", frames, maps, fps, args.video_format, tops, args.window)
-    return maps
+    written = []
+    with make_cam(method, model, modules[layer_path], **options) as cam:
+        for source, stem in jobs:
+            try:
+                frames, fps, title = _clip(args, source)
+            except CLIError as error:
+                if len(jobs) == 1 and source == args.video_path:
+                    raise
+                print(f"skipped {source}: {error}", file=sys.stderr)
+                continue
+            clip = _model_input(frames, args.frame_size)
+            print(f"{name} on {title} ({len(frames)} frames, windows of {min(args.window, len(frames))}):")
+            tops = _window_classes(model, clip, args.window, device)
+            print(
+                f"{method} at layer {layer_path} for "
+                + ("each window's top class" if targets is None else f"{category}")
+            )
+            try:
+                maps = explain_video(cam, clip, targets, clip_length=args.window, eigen_smooth=args.eigen_smooth)[0]
+            except (ValueError, TypeError, IndexError) as error:
+                raise CLIError(f"{method} at layer {layer_path}: {error}") from None
+            written.append(_write(stem, frames, maps, fps, args.video_format, tops, args.window))
+    if not written and jobs and not done:
+        raise CLIError(f"--video-path {args.video_path}: no video could be read")
+    return written
 
 
-def _write(
-    output_dir: Path, stem: str, frames: np.ndarray, maps: np.ndarray, fps: float, kind: str, tops: list, window: int
-) -> None:
-    """The animation (frames at their own size, maps resized to it) and the npz.
+#: The files a folder given as --video-path is searched for.
+VIDEO_FILES = (".mp4", ".avi", ".mov", ".mkv", ".gif", ".webp")
+
+
+def _jobs(args: argparse.Namespace, method: str) -> Tuple[List[Tuple[Optional[Path], Path]], int]:
+    """(source, output stem) of each clip to explain: the generated clip (source None), the
+    file, or each video under the folder not yet done (the stem mirrors its place); and
+    how many were done before.
+
+    Raises:
+        CLIError: for a folder without a video file."""
+    output_dir = Path(args.output_dir)
+    folder = args.video_path
+    if folder is None or not folder.is_dir():
+        return [(folder, output_dir / f"{method}_video")], 0
+    sources = sorted(path for path in folder.rglob("*") if path.suffix.lower() in VIDEO_FILES and path.is_file())
+    if not sources:
+        raise CLIError(f"--video-path {folder}: no video file ({', '.join(VIDEO_FILES)}) under it", code=2)
+    jobs, done = [], 0
+    for source in sources:
+        stem = output_dir / source.relative_to(folder).parent / f"{source.stem}.{method}"
+        outputs = (stem.parent / f"{stem.name}.npz", stem.parent / f"{stem.name}.{args.video_format}")
+        if all(path.is_file() for path in outputs):
+            done += 1
+            continue
+        jobs.append((source, stem))
+    print(f"{len(sources)} videos under {folder}; {done} already done, {len(jobs)} to explain")
+    return jobs, done
+
+
+def _write(stem: Path, frames: np.ndarray, maps: np.ndarray, fps: float, kind: str, tops: list, window: int) -> Path:
+    """The animation ``stem.<kind>`` (frames at their own size, maps resized to them) and
+    ``stem.npz``; the animation's path.
 
     Raises:
         CLIError: if a file cannot be written."""
     height, width = frames.shape[1:3]
     resized = np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps])
     overlays = show_cam_on_video(frames, np.clip(resized, 0, 1))
-    animation, arrays = output_dir / f"{stem}.{kind}", output_dir / f"{stem}.npz"
+    animation, arrays = stem.parent / f"{stem.name}.{kind}", stem.parent / f"{stem.name}.npz"
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        stem.parent.mkdir(parents=True, exist_ok=True)
         write_animation(animation, overlays, fps)
         starts = window_starts(len(frames), min(window, len(frames)))
         np.savez_compressed(arrays, maps=maps, window_starts=np.array(starts), classes=np.array(tops), fps=fps)
     except OSError as error:
-        raise CLIError(f"cannot write into {output_dir} ({error})") from None
+        raise CLIError(f"cannot write into {stem.parent} ({error})") from None
     print(f"wrote {animation}, {arrays}")
+    return animation
