@@ -65,7 +65,7 @@ FORMATS = [suffix[1:] for suffix in (*ANIMATION_SUFFIXES[:2], *VIDEO_SUFFIXES)]
 def add_video_options(parser: argparse.ArgumentParser) -> None:
     """``--video-model`` and the options only it reads."""
     group = parser.add_argument_group(
-        "video models (--video-model; --model, --metrics, --aug-smooth and folder mode do not apply)"
+        "video models (--video-model; --model, --image-dir, --metrics and --aug-smooth do not apply)"
     )
     group.add_argument(
         "--video-model",
@@ -194,7 +194,7 @@ def _window_classes(model: nn.Module, clip: torch.Tensor, window: int, device: t
 
 
 def run_video(args: argparse.Namespace, explicit: FrozenSet[str] = frozenset()) -> List[Path]:
-    """Explain a clip as the arguments say: print each window's top Kinetics class, write
+    """Explain a clip (or a folder of them) as the arguments say: print each window's top Kinetics class, write
     ``<method>_video.<format>`` (each frame with its map) and ``<method>_video.npz`` (maps
     (T, N, N) at the model's input size, window starts, classes, fps). With a folder as
     ``--video-path``: every video under it (recursive), into ``--output-dir`` mirroring its
