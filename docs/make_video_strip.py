@@ -5,7 +5,7 @@ held-out clip whose disc is in frames 4-7 of 12, drawn with
 ``pytorch_grad_cam.utils.video.video_strip`` (each frame over its overlay). Prints the
 map's share of its mass in the disc's frames.
 
-    python docs/make_video_strip.py            # about half a minute on a CPU
+    python docs/make_video_strip.py            # about 20 s on a CPU
     python docs/make_video_strip.py --output /tmp/strip.jpg
 """
 

@@ -2,7 +2,8 @@
 a clip with a torchvision Kinetics-400 video model, window by window over time
 (:func:`pytorch_grad_cam.video.explain_video`), and writes the overlays as an animation
 (``<method>_video.gif``, or another format by ``--video-format``) and the maps
-(``<method>_video.npz``).
+(``<method>_video.npz``); a folder as ``--video-path``: every video under it, mirrored
+into ``--output-dir`` (``sub/a.<method>.gif``, ``.npz``), skipping what is written.
 
 Without ``--video-path`` the clip is generated: 16 frames in which a red disc crosses
 frames 5 to 10 only (:func:`pytorch_grad_cam.utils.video.moving_object_clip`). The model
