@@ -4,6 +4,7 @@
 # make bench  - the speed/memory benchmark table
 # make grid   - re-render the README's comparison grids (docs/*.jpg; minutes on a CPU)
 # make detection-picture - the README's detector picture (docs/detection_two_boxes.jpg) from the committed tiny detector; trains it (~4 min of one CPU core) only if docs/data/tiny_detector.pt is missing
+# make video-picture - the README's video strip (docs/video_strip.jpg): trains a tiny 3D CNN (~20 s on a CPU)
 # make metrics - every method x every metric on EfficientNet-Lite0 (docs/metrics.md, docs/sanity_check.png; ~45 min on 2 loaded CPU threads)
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint bench grid detection-picture metrics venv clean
+.PHONY: demo test lint bench grid detection-picture video-picture metrics venv clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,9 @@ grid: $(STAMP)
 
 detection-picture: $(STAMP)
 	$(PY) docs/make_detection_picture.py
+
+video-picture: $(STAMP)
+	$(PY) docs/make_video_strip.py
 
 metrics: $(STAMP)
 	$(PY) docs/make_metrics_table.py --no-progress

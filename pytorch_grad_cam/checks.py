@@ -62,7 +62,7 @@ def grid_activations(
     activations: torch.Tensor, layer: nn.Module, has_transform: object, input_ndim: int = 4
 ) -> torch.Tensor:
     """``activations`` in the dtype maps are computed in, if they are a grid of the
-    input's kind: (B, C, L) for a (B, C, L) input (``input_ndim`` 3), else 4D/5D.
+    input's kind: (B, C, L) for a (B, C, L) input (``input_ndim`` 3), 5D for a clip, else 4D/5D.
     ``has_transform`` is truthy when a reshape_transform is given (the transform itself).
 
     Raises:
@@ -73,6 +73,12 @@ def grid_activations(
             f"target layer {type(layer).__name__} gives activations of shape {tuple(activations.shape)} "
             "for a (B, C, L) signal; choose a layer whose output is (B, C, l) (a Conv1d), or pass a "
             "reshape_transform that returns (B, C, l) (tokens (B, T, D): x.transpose(1, 2))"
+        )
+    if input_ndim == 5 and activations.ndim != 5:
+        raise ValueError(
+            f"target layer {type(layer).__name__} gives activations of shape {tuple(activations.shape)} "
+            "for a (B, C, T, H, W) clip; choose a layer whose output is (B, C, t, h, w) (a Conv3d), or pass "
+            "a reshape_transform that returns it (video tokens (B, 1 + t*h*w, D): drop the class token, reshape)"
         )
     if input_ndim != 3 and activations.ndim not in (4, 5):
         hint = (

@@ -15,9 +15,10 @@ Any other model (a CNN; MaxViT, whose blocks are already channels-first) gets th
 module whose output is a spatial grid; the rule, in order:
 
 1. Candidates are the modules (never the model itself) whose output is a 4D/5D tensor
-   (3D for a (B, C, L) signal input) with more than one spatial position (an ``AdaptiveAvgPool2d(1)``'s 1x1 output is
-   not a grid); with a ``reshape_transform``, those whose output the transform turns
-   into one (a ViT block's tokens).
+   (5D for a (B, C, T, H, W) clip, 3D for a (B, C, L) signal input) of the input's
+   batch size, with more than one spatial position (an ``AdaptiveAvgPool2d(1)``'s 1x1
+   output is not a grid); with a ``reshape_transform``, those whose output the
+   transform turns into one (a ViT block's tokens).
 2. They are ordered by when their forward *finishes*: the last one wins.
 3. A container (``nn.Sequential``/``ModuleList``/``ModuleDict``) that passes on its
    child's very tensor is skipped in favour of that child (ResNet: ``layer4`` ->
@@ -56,7 +57,9 @@ from pytorch_grad_cam.utils.reshape_transforms import TokenGridTransform
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
-def _grid_shape(output: object, reshape_transform: Optional[Callable], ranks: Tuple[int, ...] = (4, 5)) -> bool:
+def _grid_shape(
+    output: object, reshape_transform: Optional[Callable], ranks: Tuple[int, ...] = (4, 5), batch: Optional[int] = None
+) -> bool:
     if reshape_transform is None and not torch.is_tensor(output):
         return False
     try:
@@ -64,7 +67,11 @@ def _grid_shape(output: object, reshape_transform: Optional[Callable], ranks: Tu
             shaped = output if reshape_transform is None else reshape_transform(output)
     except Exception:  # noqa: BLE001 - the transform does not fit this layer's output
         return False
-    return torch.is_tensor(shaped) and shaped.ndim in ranks and math.prod(shaped.shape[2:]) > 1
+    if not (torch.is_tensor(shaped) and shaped.ndim in ranks and math.prod(shaped.shape[2:]) > 1):
+        return False
+    # One map per input: a module run on heads or patches folded into the batch (MViT's
+    # attention pooling, (B * heads, ...)) is no grid of the input.
+    return batch is None or shaped.shape[0] == batch
 
 
 @dataclass
@@ -109,8 +116,10 @@ def choose_target_layer(
         choice = _transformer_choice(model, entries, outputs, grid, input_tensor.shape[0], reshape_transform, score)
         if choice is not None:
             return choice
-    ranks = (3,) if input_tensor.ndim == 3 else (4, 5)
-    name, module = _last_grid(entries, outputs, reshape_transform, score, ranks)
+    # A clip's map needs a (t, h, w) grid: a 4D output inside a video model (MViT's
+    # attention heads, (B, heads, N, d)) is no such grid.
+    ranks = {3: (3,), 5: (5,)}.get(input_tensor.ndim, (4, 5))
+    name, module = _last_grid(entries, outputs, reshape_transform, score, ranks, input_tensor.shape[0])
     text = "" if reshape_transform is None else "the one given"
     return LayerChoice(name, module, reshape_transform, "the last module whose output is a spatial grid", text)
 
@@ -243,13 +252,14 @@ def _last_grid(
     reshape_transform: Optional[Callable],
     score: Optional[Callable[[object], torch.Tensor]],
     ranks: Tuple[int, ...] = (4, 5),
+    batch: Optional[int] = None,
 ) -> Tuple[str, nn.Module]:
     """The rule of the module docstring: the last module with a grid output (of one of
     ``ranks``: a (B, C, L) signal's grids are (B, C, l), Conv1d outputs, transposed tokens)."""
     candidates = [
         (entry.name, entry.module, entry.output)
         for entry in entries
-        if _grid_shape(entry.output, reshape_transform, ranks)
+        if _grid_shape(entry.output, reshape_transform, ranks, batch)
     ]
     if not candidates:
         raise ValueError(

@@ -30,6 +30,7 @@ PUBLIC_CORE = (
     "pytorch_grad_cam.utils",
     "pytorch_grad_cam.detection",
     "pytorch_grad_cam.vision_language",
+    "pytorch_grad_cam.video",
 )
 MAX_FILE_LINES = 450
 MAX_FUNCTION_LINES = 80

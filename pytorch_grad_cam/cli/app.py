@@ -52,6 +52,7 @@ from pytorch_grad_cam.cli.jobs import (
 from pytorch_grad_cam.cli.metrics import compute_metrics, metric_lines
 from pytorch_grad_cam.cli.model_zoo import MODELS, ModelEntry, ReshapeTransform, layer_name, load_model
 from pytorch_grad_cam.cli.prompts import run_prompts
+from pytorch_grad_cam.cli.video import run_video, wants_video
 from pytorch_grad_cam.utils.image import deprocess_image, preprocess_image, show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -111,6 +112,13 @@ Without --weights the detector has random weights: its boxes and maps mean nothi
 One map per text prompt (--clip, an open_clip model; no --image-path: examples/cat.jpg):
     python cam.py --clip ViT-B-32 --prompts "a photo of a cat,a photo of a dog"   # random weights
 writes <method>_prompts.jpg and <method>_prompts.npz and prints each prompt's cosine.
+
+A video model, window by window over time (--video-model; no --video-path: a generated clip):
+    python cam.py --video-model r3d_18 --method gradcam                         # random weights
+    python cam.py --video-path clip.mp4 --weights r3d_18-b3b3357e.pth --window 16 --video-format mp4
+    python cam.py --video-path videos --output-dir out                          # a whole folder
+writes <method>_video.gif (each frame with its map) and <method>_video.npz (the maps) and
+prints each window's top Kinetics-400 class. Random weights explain nothing.
 """
 
 
@@ -222,6 +230,9 @@ def run(
         CLIError: on any user error.
     """
     explicit = getattr(args, "explicit", frozenset())  # the options given (arguments.parse_arguments)
+    if wants_video(args):
+        run_video(args, explicit)
+        return None
     if args.clip is not None or args.prompts is not None:
         if args.detector is not None:
             raise CLIError("--clip and --detector are two tasks; pass one of them", code=2)

@@ -12,6 +12,7 @@ from pytorch_grad_cam.cli.jobs import CLIError
 from pytorch_grad_cam.cli.metrics import METRICS, parse_metric_names
 from pytorch_grad_cam.cli.model_zoo import ModelEntry
 from pytorch_grad_cam.cli.prompts import add_prompt_options
+from pytorch_grad_cam.cli.video import add_video_options
 
 __all__ = ["DEBUG_VARIABLE", "build_parser", "parse_arguments"]
 
@@ -159,6 +160,7 @@ def build_parser(
     )
     _add_detection_options(parser, DETECTORS if detectors is None else detectors)
     add_prompt_options(parser)
+    add_video_options(parser)
     _add_run_options(parser)
     return parser
 
