@@ -100,10 +100,18 @@ def layer_grid(record: "Record", index: int, reshape_transform: object) -> torch
     (``reshape_transform``: the CAM's, or None).
 
     Raises:
-        ValueError: as :func:`grid_activations`.
+        ValueError: as :func:`grid_activations`; if the layer's rows are not the input's
+            images (a layer that runs on attention heads folded into the batch).
     """
     layer = record.layers[index]
-    return grid_activations(record.activations[index], layer, reshape_transform, record.input_tensor.ndim)
+    activations = grid_activations(record.activations[index], layer, reshape_transform, record.input_tensor.ndim)
+    if activations.shape[0] != record.input_tensor.shape[0]:
+        raise ValueError(
+            f"target layer {type(layer).__name__} gives {activations.shape[0]} rows for "
+            f"{record.input_tensor.shape[0]} input image(s): its batch is not the images' (heads or "
+            "windows folded into it); choose a layer whose output has one row per image"
+        )
+    return activations
 
 
 def check_outputs(outputs: object) -> None:

@@ -387,3 +387,30 @@ def test_errors_are_raised_before_any_work_is_done(net: Net) -> None:
             with pytest.raises(ValueError):
                 cam(x(1)[0])
     assert calls == []
+
+
+def test_a_layer_whose_rows_are_not_the_images_is_an_error():
+    """A layer that runs on heads folded into the batch gives more rows than images: an
+    error, not that many maps."""
+    import torch
+    from torch import nn
+
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    class Folded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.per_head = nn.Conv2d(2, 2, 3, padding=1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            heads = self.per_head(y.reshape(-1, 2, *y.shape[2:]))  # (2B, 2, h, w)
+            return self.fc(heads.reshape(y.shape).mean(dim=(2, 3)))
+
+    model = Folded().eval()
+    with pytest.raises(ValueError, match=r"gives 4 rows for 2 input image\(s\)"):
+        GradCAM(model, [model.per_head])(torch.rand(2, 3, 8, 8), [ClassifierOutputTarget(0)] * 2)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from cam_reference import reference_cam, single_thread_module  # noqa: F401 - one thread for the module
+from method_sets import CNN_METHODS
 from torch import nn
 
 from pytorch_grad_cam import METHODS, GradCAM, HiResCAM
@@ -101,7 +102,7 @@ def test_every_method_runs_on_a_3d_cnn_with_the_layer_chosen(trained: tuple) -> 
     automatic choice is the second Conv3d's ReLU."""
     model, clips = trained
     clip = clips[:1, :, :, :8, :8]
-    for name, method in METHODS.items():
+    for name, method in CNN_METHODS.items():
         options = {"progress": False} if name in ("scorecam", "ablationcam", "sscam", "iscam") else {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
