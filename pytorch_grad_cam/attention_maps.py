@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pytorch_grad_cam.layers import layer_name
+from pytorch_grad_cam.token_grid import is_patchify
 from pytorch_grad_cam.utils.hooks import Hooks
 
 __all__ = [
@@ -114,11 +115,8 @@ def transformer_blocks(model: nn.Module, method: str) -> List[nn.Module]:
 
 
 def patch_embedding(model: nn.Module) -> Optional[nn.Module]:
-    """The patch embedding: the first ``Conv2d`` whose stride equals its kernel (> 1)."""
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.stride == module.kernel_size and max(module.kernel_size) > 1:
-            return module
-    return None
+    """The patch embedding: the first patchify convolution (:func:`~pytorch_grad_cam.token_grid.is_patchify`)."""
+    return next((module for module in model.modules() if is_patchify(module)), None)
 
 
 @contextmanager
