@@ -126,10 +126,7 @@ def _gradients_per_target(scores: torch.Tensor, layer_outputs: Sequence[object])
     keys = [(index, key) for index, found in enumerate(parts) for key in found if found[key].requires_grad]
     inputs = [parts[index][key] for index, key in keys]
     count = scores.shape[0]
-    if count == 1:
-        grads = [g if g is None else g.unsqueeze(0) for g in torch.autograd.grad(scores[0], inputs, allow_unused=True)]
-    else:
-        grads = _batched_vjp(scores, inputs)
+    grads = _batched_vjp(scores, inputs)
     received = {where: grad for where, grad in zip(keys, grads)}
     gradients: List[Optional[object]] = []
     for index, found in enumerate(parts):

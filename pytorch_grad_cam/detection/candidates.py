@@ -9,7 +9,7 @@ one), differentiable with respect to the model's activations.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torchvision.ops import box_convert
@@ -47,6 +47,17 @@ class Candidates:
         if self.boxes.ndim == 2:
             return self.boxes[indices]
         return self.boxes[indices, self.scores.detach()[indices].argmax(dim=1)]
+
+    def class_masks(self, selection: torch.Tensor, labels: Union[int, torch.Tensor]) -> torch.Tensor:
+        """(M, h, w): the mask logits of the candidates at ``selection`` (positions or an
+        (N,) bool mask), each for its label (one ``int`` for all, or (M,) labels);
+        class-agnostic masks (N, 1, h, w) as they are."""
+        masks = self.masks[selection]
+        if masks.shape[1] == 1:
+            return masks[:, 0]
+        if isinstance(labels, int):
+            return masks[:, labels]
+        return masks[torch.arange(len(masks), device=masks.device), labels]
 
     def boxes_of(self, label: int) -> torch.Tensor:
         """(N, 4): each candidate's box for class ``label`` (its only box, or the class's)."""

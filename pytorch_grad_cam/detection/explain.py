@@ -62,7 +62,12 @@ def select_detections(
     Returns:
         (boxes (K, 4) xyxy, labels (K,) int64, scores (K,)), detached, best score first.
     """
-    kept = kept_candidates(candidates, confidence, iou_threshold, max_detections)
+    return _detections_at(candidates, kept_candidates(candidates, confidence, iou_threshold, max_detections))
+
+
+def _detections_at(candidates: Candidates, kept: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(boxes (K, 4), labels (K,), scores (K,)) of the candidates at ``kept``, each for its
+    best class, detached."""
     scores, labels = candidates.scores.detach()[kept].max(dim=1)
     return candidates.boxes_of_best(kept).detach().float(), labels, scores.float()
 
@@ -74,9 +79,10 @@ def kept_candidates(
     keeps, best first (boxes narrower or lower than 1e-3 pixels are not kept)."""
     scores, labels = candidates.scores.detach().max(dim=1)
     keep = torch.nonzero(scores >= confidence).flatten()
-    # A box with no width or height (a degenerate regression) is no object to explain.
-    keep = keep[remove_small_boxes(candidates.boxes_of_best(keep).detach().float(), 1e-3)]
     boxes = candidates.boxes_of_best(keep).detach().float()
+    # A box with no width or height (a degenerate regression) is no object to explain.
+    sized = remove_small_boxes(boxes, 1e-3)
+    keep, boxes = keep[sized], boxes[sized]
     return keep[batched_nms(boxes, scores[keep].float(), labels[keep], iou_threshold)[:max_detections]]
 
 
@@ -168,8 +174,7 @@ def _explain_image(
     """One image's detections with their maps: the CAM's maps of the image for its targets."""
     if kept.numel() == 0:
         return []
-    scores, labels = candidates.scores.detach()[kept].max(dim=1)
-    boxes = candidates.boxes_of_best(kept).detach().float()
+    boxes, labels, scores = _detections_at(candidates, kept)
     targets = detection_targets(candidates, boxes, labels, explain)
     maps = cam.explain_targets(image, targets)
     masks = _pasted_masks(candidates, kept, labels, boxes, tuple(image.shape[-2:]))
@@ -192,8 +197,7 @@ def _pasted_masks(
     the input's size as the model pastes it (probability >= 0.5); None without masks."""
     if candidates.masks is None:
         return None
-    logits = candidates.masks.detach()[kept]
-    logits = logits[torch.arange(len(kept), device=logits.device), labels] if logits.shape[1] > 1 else logits[:, 0]
+    logits = candidates.class_masks(kept, labels).detach()
     pasted = paste_masks_in_image(torch.sigmoid(logits)[:, None].float(), boxes, size)[:, 0]
     return (pasted >= 0.5).cpu().numpy()
 

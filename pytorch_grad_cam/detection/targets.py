@@ -101,6 +101,11 @@ class BoxTarget:
                 f"IoU >= {self.iou_threshold} (best: {best:.2f}); pass a detected box (xyxy in input pixels) "
                 "or a lower iou_threshold"
             )
+        return self.matched_score(output, matched)
+
+    def matched_score(self, output: Candidates, matched: torch.Tensor) -> torch.Tensor:
+        """The score of the ``matched`` (N,) candidates (at least one): their mean
+        class-``label`` confidence."""
         return output.scores[matched, self.label].mean()
 
     def __repr__(self) -> str:
@@ -154,13 +159,11 @@ class MaskTarget(BoxTarget):
             raise ValueError(
                 "MaskTarget needs candidates with masks (Mask R-CNN); this model gives none: use BoxTarget"
             )
-        confidence = super().__call__(output)  # checks, and the no-match rules
-        matched = self.matches(output)
-        if not bool(matched.any()):
-            return confidence  # a perturbed copy where the object vanished: 0
-        logits = output.masks[matched]
-        logits = logits[:, self.label] if logits.shape[1] > 1 else logits[:, 0]
-        probability = torch.sigmoid(logits)
+        return super().__call__(output)  # its checks and no-match rules, then matched_score
+
+    def matched_score(self, output: Candidates, matched: torch.Tensor) -> torch.Tensor:
+        """The matched candidates' mean mask probability over their region (see the class)."""
+        probability = torch.sigmoid(output.class_masks(matched, self.label))
         region = self._region(output.boxes_of(self.label)[matched].detach(), probability.detach())
         return (probability * region).mean(dim=(1, 2)).mean()
 
