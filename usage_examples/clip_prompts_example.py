@@ -27,6 +27,7 @@ import numpy as np
 import open_clip
 import torch
 
+from pytorch_grad_cam.utils.image import preprocess_image
 from pytorch_grad_cam.vision_language import draw_prompt_maps, explain_prompts
 
 PHOTO = Path(__file__).resolve().parents[1] / "examples" / "cat.jpg"
@@ -72,8 +73,7 @@ def main() -> int:
     tokenizer = open_clip.get_tokenizer(args.model)
     size = model.visual.preprocess_cfg["size"][0] if args.size is None else args.size
     rgb = square_photo(args.image_path, size)
-    mean, std = (np.float32(model.visual.preprocess_cfg[key]) for key in ("mean", "std"))
-    image = torch.from_numpy((rgb - mean) / std).permute(2, 0, 1).unsqueeze(0)
+    image = preprocess_image(rgb, mean=model.visual.preprocess_cfg["mean"], std=model.visual.preprocess_cfg["std"])
 
     result = explain_prompts(model, image, prompts, method=args.method, tokenizer=tokenizer)
     for index, prompt in enumerate(result.prompts):

@@ -21,6 +21,7 @@ import torch
 
 from pytorch_grad_cam.cli.detect import BUNDLED_PHOTO
 from pytorch_grad_cam.cli.jobs import CLIError, check_method, choose_device, encode_image, note, read_photo
+from pytorch_grad_cam.utils.image import preprocess_image
 from pytorch_grad_cam.vision_language import PromptMaps, draw_prompt_maps, explain_prompts
 
 __all__ = ["add_prompt_options", "check_prompt_arguments", "parse_prompts", "run_prompts", "square"]
@@ -138,8 +139,7 @@ def run_prompts(args: argparse.Namespace) -> PromptMaps:
     model = model.to(device)
     config = model.visual.preprocess_cfg
     rgb = square(photo, int(config["size"][0]) if isinstance(config["size"], (list, tuple)) else int(config["size"]))
-    mean, std = (np.float32(config[key]) for key in ("mean", "std"))
-    image = torch.from_numpy((rgb - mean) / std).permute(2, 0, 1).unsqueeze(0).to(device)
+    image = preprocess_image(rgb, mean=config["mean"], std=config["std"]).to(device)
     options = {"batch_size": args.batch_size, "progress": not args.no_progress} if method in PERTURBING else {}
     try:
         result = explain_prompts(model, image, args.prompts, method=method, tokenizer=tokenizer, **options)
