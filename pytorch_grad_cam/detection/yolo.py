@@ -176,16 +176,22 @@ class YOLODetector(_YOLOWrapper):
             # instead so that every candidate (before selection) is scored.
             raw = output[1]["one2one"]
             output = (head._inference(raw), raw)  # noqa: SLF001 (ultralytics' own decoder)
-        if levels and len(levels) == len(branches) and isinstance(output, (tuple, list)):
-            raw = dict(output[1]) if isinstance(output[1], dict) else None
-            if raw is not None and torch.is_tensor(raw.get("scores")):
-                joined = sparse_backward.cat([level.flatten(2) for level in levels], dim=2)
-                if joined.shape == raw["scores"].shape:
-                    raw["scores"] = joined
-                    output = (output[0], raw)
+        if levels:
+            output = _levels_joined(output, levels)
         # The head decodes xyxy when end-to-end or asked to, else cxcywh.
         xyxy = end_to_end or bool(getattr(head, "xyxy", False))
         return yolov8_candidates(output, int(head.nc), xyxy=xyxy)
+
+
+def _levels_joined(output: object, levels: List[torch.Tensor]) -> object:
+    """``output`` with its raw class logits (``output[1]["scores"]``, (B, nc, N)) replaced
+    by the same numbers: the ``levels``' logits joined by :func:`sparse_backward.cat`; as
+    it is where they do not fit."""
+    raw = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
+    if not isinstance(raw, dict) or not torch.is_tensor(raw.get("scores")):
+        return output
+    joined = sparse_backward.cat([level.flatten(2) for level in levels], dim=2)
+    return (output[0], {**raw, "scores": joined}) if joined.shape == raw["scores"].shape else output
 
 
 class YOLOv5Detector(_YOLOWrapper):
