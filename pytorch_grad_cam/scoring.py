@@ -8,10 +8,8 @@ output (tensors, lists and dicts alike), and scores a batch.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
-from contextlib import contextmanager
-from typing import Callable, Iterator, List, Optional, Sequence, Union
+from typing import Callable, ContextManager, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -25,6 +23,7 @@ from pytorch_grad_cam.utils.model_targets import (
     SemanticSegmentationTarget,
     SimilarityToConceptTarget,
 )
+from pytorch_grad_cam.utils.thread_flag import ThreadFlag
 
 __all__ = [
     "Target",
@@ -221,23 +220,17 @@ def _promoted(scores: torch.Tensor) -> torch.Tensor:
     return scores if scores.dtype == torch.float64 else scores.float()
 
 
-_PERTURBED = threading.local()
+_PERTURBED = ThreadFlag()
 
 
-@contextmanager
-def perturbed() -> Iterator[None]:
+def perturbed() -> ContextManager[None]:
     """Targets called inside score perturbed copies of the input (ScoreCAM's masked
     images, AblationCAM's ablated activations) on this thread; see :func:`scoring_perturbed`."""
-    previous = getattr(_PERTURBED, "active", False)
-    _PERTURBED.active = True
-    try:
-        yield
-    finally:
-        _PERTURBED.active = previous
+    return _PERTURBED.on()
 
 
 def scoring_perturbed() -> bool:
     """Whether the target being called scores a perturbed copy of the input. A target
     whose object may vanish from such a copy (a detected box) then scores it 0, where on
     the real input it would raise an error."""
-    return bool(getattr(_PERTURBED, "active", False))
+    return _PERTURBED.is_on()

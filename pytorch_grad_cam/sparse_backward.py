@@ -15,31 +15,25 @@ layer is in the score's graph, and as an error when it is not.
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-from typing import Iterator, Sequence, Set
+from typing import ContextManager, Sequence, Set
 
 import torch
 
+from pytorch_grad_cam.utils.thread_flag import ThreadFlag
+
 __all__ = ["cat", "in_graph", "skipping", "skipping_zero_parts"]
 
-_STATE = threading.local()
+_SKIPPING = ThreadFlag()
 
 
-@contextmanager
-def skipping_zero_parts() -> Iterator[None]:
+def skipping_zero_parts() -> ContextManager[None]:
     """Within it (this thread), :func:`cat` skips the parts no gradient reaches."""
-    previous = getattr(_STATE, "on", False)
-    _STATE.on = True
-    try:
-        yield
-    finally:
-        _STATE.on = previous
+    return _SKIPPING.on()
 
 
 def skipping() -> bool:
     """Whether :func:`skipping_zero_parts` is on for this thread."""
-    return getattr(_STATE, "on", False)
+    return _SKIPPING.is_on()
 
 
 class _ZeroSkippingCat(torch.autograd.Function):
