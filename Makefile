@@ -1,6 +1,7 @@
 # make demo   - a real CAM on a real photo, offline, with the packaged pretrained model
 # make test   - create .venv if needed, install the package and test deps, run the tests
 # make lint   - ruff: lint (pyflakes, import order, private members) and the format check
+# make docs   - the documentation site (MkDocs Material) into site/, offline, --strict
 # make bench  - the speed/memory benchmark table
 # make grid   - re-render the README's comparison grids (docs/*.jpg; minutes on a CPU)
 # make detection-picture - the README's detector picture (docs/detection_two_boxes.jpg) from the committed tiny detector; trains it (~4 min of one CPU core) only if docs/data/tiny_detector.pt is missing
@@ -12,11 +13,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint bench grid detection-picture video-picture metrics venv clean
+.PHONY: demo test lint docs bench grid detection-picture video-picture metrics venv clean
 
 $(STAMP): setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,demo]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test,demo,explore,docs]"
 	$(PY) -m pip install -q --no-deps -c constraints.txt ultralytics
 	touch $(STAMP)
 
@@ -31,6 +32,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
@@ -48,4 +52,4 @@ metrics: $(STAMP)
 	$(PY) docs/make_metrics_table.py --no-progress
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out site .pytest_cache

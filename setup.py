@@ -26,6 +26,12 @@ TEST_REQUIRES = [
     "pyyaml>=5.3",
     "pillow>=8.0",
 ]
+EXPLORE_REQUIRES = ["gradio>=5.0"]  # the browser explorer: `pytorch-grad-cam explore`
+DOCS_REQUIRES = [  # the documentation site: `make docs` (MkDocs Material, API reference from docstrings)
+    "mkdocs>=1.6",
+    "mkdocs-material>=9.5",
+    "mkdocstrings-python>=1.10",
+]
 DEMO_REQUIRES = [
     "scikit-image>=0.19",
     "timm>=0.9",
@@ -51,7 +57,12 @@ setup(
         "ttach>=0.0.3",
         "tqdm>=4.60",
     ],
-    extras_require={"test": TEST_REQUIRES, "demo": DEMO_REQUIRES},
+    extras_require={
+        "test": TEST_REQUIRES,
+        "demo": DEMO_REQUIRES,
+        "explore": EXPLORE_REQUIRES,
+        "docs": DOCS_REQUIRES,
+    },
     # `pytorch-grad-cam ...` is `python cam.py ...` (pytorch_grad_cam/cli/).
     entry_points={"console_scripts": ["pytorch-grad-cam = pytorch_grad_cam.cli:main"]},
     classifiers=[
