@@ -4,7 +4,13 @@ each installed in its own throwaway interpreter outside the repository, never a
 dependency. Same weights, inputs and targets: this script saves them, runs itself in the
 other interpreter (``--side``) to compute that library's maps through its documented API,
 and prints the per-image Pearson correlation of the maps (theirs resized bilinearly to
-ours, the input's size) for several block choices.
+ours, the input's size) for several block choices, the first block alone included (where
+a difference in the score's formula shows most).
+
+A control row per peer computes LeGrad with the score this library used before: every
+token through the final norm and head, scored and summed (instead of the head of the
+tokens' mean). It measures how far that formula sits from both peers, i.e. why the maps
+used to differ.
 
     python benchmarks/compare_legrad.py --torchcam-with /path/to/torchcam-venv/bin/python \\
         --legrad-with /path/to/legrad-venv/bin/python
@@ -27,7 +33,8 @@ import torch.nn.functional as F
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 CLASSES = [3, 281]
-TORCHCAM_BLOCKS = (4, 12)  # the last 4 (torchcam's documented example) and every block
+# The last 4 (torchcam's documented example), every block, the first block alone.
+TORCHCAM_BLOCKS = {"last 4 blocks": slice(-4, None), "all 12 blocks": slice(None), "first block alone": slice(0, 1)}
 LEGRAD_INDICES = (-1, -2, -4, 0)  # legrad-torch's layer_index (its default is -2)
 
 
@@ -56,13 +63,13 @@ def torchcam_maps(directory: Path) -> None:
     model.load_state_dict(torch.load(directory / "torchvision.pt", weights_only=True))
     x = torch.load(directory / "images.pt", weights_only=True)
     result = {}
-    for last in TORCHCAM_BLOCKS:
+    for name, chosen in TORCHCAM_BLOCKS.items():
         maps = []
         for image, category in zip(x, CLASSES):
-            with LeGrad(model, list(model.encoder.layers)[-last:]) as extractor:
+            with LeGrad(model, list(model.encoder.layers)[chosen]) as extractor:
                 scores = model(image[None])
                 maps.append(extractor(category, scores)[0].detach()[0])
-        result[last] = torch.stack(maps)
+        result[name] = torch.stack(maps)
     torch.save(result, directory / "torchcam_maps.pt")
 
 
@@ -86,6 +93,25 @@ def legrad_torch_maps(directory: Path) -> None:
 
 
 # ----------------------------------------------------------------- our side
+def per_token_legrad():
+    """LeGrad with the previous score: s^l = Σ_i target(head(z^l_i)), every token through
+    the head and scored, instead of target(head(mean_i z^l_i)). The control row."""
+    from pytorch_grad_cam import LeGrad
+
+    class PerTokenLeGrad(LeGrad):
+        def backward(self, loss, record, recorder) -> None:
+            attention = self.attention_record()
+            for tokens, probabilities in zip(recorder.layer_outputs, attention.maps):
+                per_token = self.head(tokens)  # (B, N, ...): each token scored by its image's target
+                count = per_token.shape[1]
+                targets = [target for target in record.targets for _ in range(count)]
+                layer_score = self.score(targets, per_token.flatten(0, 1)).sum()
+                (gradient,) = torch.autograd.grad(layer_score, probabilities, retain_graph=True)
+                attention.gradients.append(gradient.detach())
+
+    return PerTokenLeGrad
+
+
 def correlation(ours: torch.Tensor, theirs: torch.Tensor) -> list:
     """Per image: Pearson's r of the two maps, theirs resized bilinearly to ours."""
     theirs = theirs.reshape(ours.shape[0], 1, *theirs.shape[-2:]).double()
@@ -108,10 +134,11 @@ def compare_torchcam(python: str, directory: Path) -> None:
     x = torch.load(directory / "images.pt", weights_only=True)
     targets = [ClassifierOutputTarget(c) for c in CLASSES]
     print("\n| torchcam 0.5 LeGrad, torchvision ViT-B/16 | r image 1 | r image 2 |\n|---|---:|---:|")
-    for last in TORCHCAM_BLOCKS:
-        ours = torch.from_numpy(LeGrad(model, list(model.encoder.layers)[-last:])(x, targets))
-        r = correlation(ours, theirs[last])
-        print(f"| last {last} blocks | {r[0]:.4f} | {r[1]:.4f} |")
+    for method, label in ((LeGrad, ""), (per_token_legrad(), " (control: per-token score)")):
+        for name, chosen in TORCHCAM_BLOCKS.items():
+            ours = torch.from_numpy(method(model, list(model.encoder.layers)[chosen])(x, targets))
+            r = correlation(ours, theirs[name])
+            print(f"| {name}{label} | {r[0]:.6f} | {r[1]:.6f} |")
 
 
 def compare_legrad_torch(python: str, directory: Path) -> None:
@@ -139,7 +166,12 @@ def compare_legrad_torch(python: str, directory: Path) -> None:
         chosen = blocks[index:] if index else blocks
         ours = torch.from_numpy(LeGrad(model.visual, chosen)(x, targets))
         r = correlation(ours, theirs[index])
-        print(f"| layer_index={index} | last {len(chosen)} | {r[0]:.4f} | {r[1]:.4f} |")
+        print(f"| layer_index={index} | last {len(chosen)} | {r[0]:.6f} | {r[1]:.6f} |")
+    for index in (LEGRAD_INDICES[0], 0):
+        chosen = blocks[index:] if index else blocks
+        ours = torch.from_numpy(per_token_legrad()(model.visual, chosen)(x, targets))
+        r = correlation(ours, theirs[index])
+        print(f"| layer_index={index} (control: per-token score) | last {len(chosen)} | {r[0]:.6f} | {r[1]:.6f} |")
 
 
 def main() -> None:

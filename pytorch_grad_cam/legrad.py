@@ -4,17 +4,21 @@ Transformers via Feature Formation Sensitivity").
 For each target block l, with z^l its output tokens and A^l (B, heads, N, N) its
 post-softmax attention map:
 
-    s^l = Σ_i target(head(z^l_i))   every token i mapped to the output space by the model's
-                                    own final norm and classifier, as if block l were last
+    s^l = target(head(mean_i z^l_i))   the block's tokens (class token included) pooled
+                                       by their mean, then the model's own final norm and
+                                       classifier, as if block l were last
     E^l = mean_heads mean_queries ReLU(∂s^l / ∂A^l)       (B, N): one value per key token
     map = minmax(mean_l E^l over the patch keys), on the patch grid
 
-``head`` applies the model's final norm and classifier to every token
-(:mod:`token_heads`). For a CLIP image tower it applies ``ln_post`` and the projection,
-and the target scores each token's projected embedding (its similarity to a text
-embedding): the paper's CLIP form. Attention values are not multiplied into the
-gradients. Because every token is scored, the gradient reaches every query row of A^l
-(with the class token alone it would reach only the class token's row).
+``head`` applies the model's final norm and classifier (:mod:`token_heads`). For a CLIP
+image tower it applies ``ln_post`` and the projection, and the target scores the pooled
+projected embedding (its similarity to a text embedding): the paper's CLIP form.
+Attention values are not multiplied into the gradients. Because the pooled token mixes
+every token, the gradient reaches every query row of A^l (with the class token alone it
+would reach only the class token's row). The norm is applied after the pooling, not to
+each token before it: both peers measured in ``benchmarks/compare_legrad.py`` agree
+with this order block by block, and not with the per-token one (a layer norm does not
+commute with the mean).
 """
 
 from __future__ import annotations
@@ -53,16 +57,14 @@ class LeGrad(AttentionCAM):
         self.head = head if head is not None else model_head(self.model, type(self).__name__)
 
     def backward(self, loss: torch.Tensor, record: Record, recorder: ActivationsAndGradients) -> None:
-        """Per block, ∂s^l/∂A^l with s^l the targets' scores of ``head(z^l)`` summed over
-        the tokens; each gradient runs back from block l's output to its attention only."""
+        """Per block, ∂s^l/∂A^l with s^l the targets' scores of ``head`` of the block's
+        mean token; each gradient runs back from block l's output to its attention only."""
         attention = self.attention_record()
         for tokens, probabilities in zip(recorder.layer_outputs, attention.maps):
-            per_token = self.head(first_tensor(tokens))
-            count = first_tensor(per_token).shape[1]
-            # Each token's output is scored as an image of its own by its image's target.
-            rows = map_tensors(per_token, lambda t: t.flatten(0, 1))
-            targets = [target for target in record.targets for _ in range(count)]
-            layer_score = self.score(targets, rows).sum()
+            pooled = first_tensor(tokens).mean(dim=1, keepdim=True)
+            # One pooled token per image: the head's (B, 1, ...) output scored as (B, ...).
+            outputs = map_tensors(self.head(pooled), lambda t: t.flatten(0, 1))
+            layer_score = self.score(record.targets, outputs).sum()
             (gradient,) = torch.autograd.grad(layer_score, probabilities, retain_graph=True)
             attention.gradients.append(gradient.detach())
 

@@ -1,12 +1,12 @@
 """A vision transformer's head applied to each token of an inner block: what the model
 would output for every token if that block were its last. LeGrad's score of layer l is
-the sum over the tokens of the target's score of these outputs (Bousselham et al., 2024).
+the target's score of its output for the mean of the block's tokens (Bousselham et al., 2024).
 
 For each origin the head is the model's own final norm and classifier (or projection),
 applied to every token as the model applies them to its pooled token: timm (``norm``,
 ``fc_norm``, ``head``), torchvision (``encoder.ln``, ``heads``), open_clip's image tower
-(``ln_post``, ``proj``: LeGrad's CLIP form, whose target scores each token's projected
-embedding, e.g. its similarity to a text embedding) and HuggingFace's
+(``ln_post``, ``proj``: LeGrad's CLIP form, whose target scores the projected embedding
+of the block's mean token, e.g. its similarity to a text embedding) and HuggingFace's
 ``ViTForImageClassification``/``DeiTForImageClassification`` (``layernorm``,
 ``classifier``) and ``CLIPVisionModelWithProjection`` (``post_layernorm``,
 ``visual_projection``: the CLIP form, output ``{"image_embeds": ...}``). ``OutputSelector`` wrappers are looked through. Any other model (an

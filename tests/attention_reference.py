@@ -4,8 +4,8 @@ weights (layer norm, q/k/v, softmax(q·kᵀ/√d) formed explicitly, output proj
 so the attention maps and their gradients never come from the library's capture.
 
 A model is described by :class:`Spec`: its blocks' weights in one layout, the head as a
-function of tokens (the class token's output, and every token's output for LeGrad, whose
-score of layer l is the sum over tokens), the number of prefix tokens and the patch grid.
+function of tokens (the class token's output, and every token's output: LeGrad scores
+the head's output for the mean of block l's tokens), the number of prefix tokens and the patch grid.
 The tokens that enter the first block are read with a hook on it.
 """
 
@@ -94,7 +94,8 @@ def legrad(spec: Spec, tokens: torch.Tensor, score: Callable, size) -> torch.Ten
     outputs, attentions = run(spec, tokens.detach())
     layers = []
     for z, attention in zip(outputs, attentions):
-        (gradient,) = torch.autograd.grad(score(spec.token_head(z)), attention, retain_graph=True)
+        pooled = z.mean(dim=1, keepdim=True)  # every token's mean, then the head
+        (gradient,) = torch.autograd.grad(score(spec.token_head(pooled)), attention, retain_graph=True)
         layers.append(gradient.clamp(min=0).mean(dim=1).mean(dim=1))
     return to_map(sum(layers) / len(layers), spec, size)
 
