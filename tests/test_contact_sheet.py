@@ -250,12 +250,13 @@ def test_cards_group_rows_and_encode_urls(tmp_path: Path) -> None:
     assert data["cards"][3][3][0][7] == "%FF.jpg.gradcam.jpg"  # the name's own byte on disk
 
 
-def test_the_readme_rebuild_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Contact sheet (`index.html`)", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"((?:\n    [^\n]*|\n)+)", section)
-    snippet = next(block for block in blocks if "write_contact_sheet(" in block)
-    code = "\n".join(line[4:] for line in snippet.splitlines())
+def test_the_datasets_page_rebuild_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rebuild snippet of docs/datasets.md's "Contact sheet" section, alone, on a
+    results.csv written here: the page it writes has the snippet's page size."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text(encoding="utf-8")
+    section = page.split("## Contact sheet (`index.html`)", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(.*?)^```", section, flags=re.S | re.M)
+    code = next(block for block in blocks if "write_contact_sheet(" in block)
     (tmp_path / "out").mkdir()
     records = [_record("a b.jpg", "gradcam", "ok", overlay="a b.jpg.gradcam.jpg", road="0.5")]
     with open(tmp_path / "out" / "results.csv", "w", newline="", encoding="utf-8") as handle:
@@ -263,7 +264,7 @@ def test_the_readme_rebuild_snippet_runs(tmp_path: Path, monkeypatch: pytest.Mon
         writer.writeheader()
         writer.writerows(records)
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "<README contact sheet snippet>", "exec"), {})
+    exec(compile(code, "<docs/datasets.md contact sheet snippet>", "exec"), {})
     data = _data_block((tmp_path / "out" / "index.html").read_text(encoding="utf-8"))
     assert data["page_size"] == 96 and data["metrics"] == ["road"]
     assert data["cards"][0][3][0][7] == "a%20b.jpg.gradcam.jpg"
@@ -478,7 +479,7 @@ def test_a_large_run_builds_only_one_page(browser: object, tmp_path: Path) -> No
     print(
         f"{len(records)} rows: written in {written:.2f} s ({path.stat().st_size / 1e6:.2f} MB), opened in {opened:.2f} s"
     )
-    assert round(path.stat().st_size / 1e6, 1) == 1.5  # the README's figure
+    assert round(path.stat().st_size / 1e6, 1) == 1.5  # docs/datasets.md's figure
     assert sheet.where() == (1, page_count(images, 48)) == (1, 209)
     assert len(sheet.cards()) == 48
     assert sheet.page.evaluate("document.querySelectorAll('img').length") == 48 * 3

@@ -45,6 +45,7 @@ NOT_RUN: Dict[str, str] = {
     "pip install": "installs packages (the test environment has them)",
     "make ": "the Makefile's targets: make test runs this test; the others take minutes",
     "torchrun ": "several processes (tests/test_folder_mode.py runs folder mode under torchrun)",
+    "python benchmarks/": "the benchmarks measure for minutes (tests/test_bench_layout.py runs bench.py --help and --list)",
 }
 
 

@@ -765,7 +765,7 @@ def test_two_threads_give_the_maps_of_sequential_runs(name: str, same_model: boo
 
     AblationCAM traces the model with torch.fx on its first call, and fx patches
     nn.Module.__call__ process-wide while it traces: that first call is made before
-    the threads start (documented in the README's Guarantees)."""
+    the threads start (documented in docs/guarantees.md)."""
     barrier = threading.Barrier(2)
     models = [threaded_net(barrier), threaded_net(barrier)]
     if same_model:
