@@ -45,6 +45,7 @@ NOT_RUN: Dict[str, str] = {
     "pip install": "installs packages (the test environment has them)",
     "make ": "the Makefile's targets: make test runs this test; the others take minutes",
     "torchrun ": "several processes (tests/test_folder_mode.py runs folder mode under torchrun)",
+    "python cam.py --detector fasterrcnn --weights": "a COCO weights file the reader downloads, and photo.jpg is the reader's own",
 }
 
 
