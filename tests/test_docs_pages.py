@@ -46,6 +46,7 @@ NOT_RUN: Dict[str, str] = {
     "make ": "the Makefile's targets: make test runs this test; the others take minutes",
     "torchrun ": "several processes (tests/test_folder_mode.py runs folder mode under torchrun)",
     "python cam.py --detector fasterrcnn --weights": "a COCO weights file the reader downloads, and photo.jpg is the reader's own",
+    "python cam.py --clip ViT-B-32 --weights openai": "open_clip downloads CLIP's weights, and photo.jpg is the reader's own",
 }
 
 
