@@ -47,6 +47,7 @@ NOT_RUN: Dict[str, str] = {
     "torchrun ": "several processes (tests/test_folder_mode.py runs folder mode under torchrun)",
     "python cam.py --detector fasterrcnn --weights": "a COCO weights file the reader downloads, and photo.jpg is the reader's own",
     "python cam.py --clip ViT-B-32 --weights openai": "open_clip downloads CLIP's weights, and photo.jpg is the reader's own",
+    "python cam.py --video-path clip.mp4 --weights": "the reader's own clip, and torchvision's Kinetics-400 weights file (a download)",
 }
 
 
