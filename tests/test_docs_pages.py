@@ -48,6 +48,9 @@ NOT_RUN: Dict[str, str] = {
     "python cam.py --detector fasterrcnn --weights": "a COCO weights file the reader downloads, and photo.jpg is the reader's own",
     "python cam.py --clip ViT-B-32 --weights openai": "open_clip downloads CLIP's weights, and photo.jpg is the reader's own",
     "python cam.py --video-path clip.mp4 --weights": "the reader's own clip, and torchvision's Kinetics-400 weights file (a download)",
+    "python cam.py --image-path examples/cat.jpg --model efficientnet_lite0 --metrics": (
+        "ROAD and deletion at 224x224 take minutes on a CPU; tests/test_cli.py runs this command and checks its numbers"
+    ),
 }
 
 
