@@ -60,8 +60,8 @@ def test_misuse_is_a_one_line_error(arguments, message, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_readme_prompt_commands_parse():
-    """Every ``cam.py --clip`` command of the README names an open_clip model and parses."""
+def test_vision_language_page_commands_parse():
+    """Every ``cam.py --clip`` command of docs/vision-language.md names an open_clip model and parses."""
     import re
     import shlex
     from pathlib import Path
@@ -69,8 +69,9 @@ def test_readme_prompt_commands_parse():
     from pytorch_grad_cam.cli.arguments import build_parser
     from pytorch_grad_cam.cli.model_zoo import MODELS
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    commands = re.findall(r"^\s+python cam\.py (--clip .+?)(?:\s+#.*)?$", readme, flags=re.M)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "vision-language.md").read_text(encoding="utf-8")
+    shell = "".join(re.findall(r"^```bash\n(.*?)^```", page, flags=re.S | re.M))
+    commands = re.findall(r"^python cam\.py (--clip .+?)(?:\s+#.*)?$", shell, flags=re.M)
     assert len(commands) >= 2, commands
     parser = build_parser(MODELS, "resnet50")
     for command in commands:

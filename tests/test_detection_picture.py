@@ -1,4 +1,4 @@
-"""The README's "Explaining detectors" picture and the tiny detector behind it
+"""The picture of docs/detectors.md and the tiny detector behind it
 (docs/make_detection_picture.py, weights committed in docs/data/tiny_detector.pt): on
 held-out synthetic scenes with one square and one disc, the trained FCOS detects both,
 and each box's map (the picture's method, the library's default target layers) puts its

@@ -377,17 +377,17 @@ def test_run_dff_on_image_uses_huggingface_labels(resnet18, cat_224, monkeypatch
     assert result.shape == (SIZE, 3 * SIZE, 3)
 
 
-def test_readme_dff_block_gives_what_it_says(resnet18, images, cat_224):
-    """The README's DFF block (also run by test_readme_snippets.py in its namespace),
-    here on ResNet-18: the shapes its comments state."""
+def test_segmentation_page_dff_block_gives_what_it_says(resnet18, images, cat_224):
+    """docs/segmentation.md's DFF block (also run by test_docs_pages.py on the page's
+    ResNet-50), here on ResNet-18: the shapes its comments state."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "DeepFeatureFactorization" in b]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "segmentation.md").read_text(encoding="utf-8")
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "DeepFeatureFactorization" in b]
     assert len(blocks) == 1
     namespace = {"model": resnet18, "input_tensor": images, "rgb_img": np.float32(cat_224[0]) / 255}
-    exec(compile(blocks[0], "<README DFF block>", "exec"), namespace)
+    exec(compile(blocks[0], "<docs/segmentation.md DFF block>", "exec"), namespace)
     assert namespace["concepts"].shape == (512, 4)
     assert len(namespace["explanations"]) == 2 and namespace["explanations"][0].shape == (4, SIZE, SIZE)
     assert namespace["concept_outputs"].shape == (4, 1000)

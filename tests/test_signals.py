@@ -137,14 +137,15 @@ def test_deletion_and_insertion_along_time(trained: tuple) -> None:
         deletion(bumps, maps[:, None], targets, model)
 
 
-def test_the_readme_section_runs_and_its_picture_is_there() -> None:
+def test_the_inputs_page_sections_run_and_its_picture_is_there() -> None:
+    """docs/inputs.md's "Several inputs" and "1D signals" sections run, with the shapes they state."""
     root = Path(__file__).resolve().parents[1]
-    text = (root / "README.md").read_text(encoding="utf-8")
-    section = text.split("## Several inputs and 1D signals\n", 1)[1].split("\n## ", 1)[0]
+    text = (root / "docs" / "inputs.md").read_text(encoding="utf-8")
+    section = text.split("## Several inputs\n", 1)[1].split("\n## Video\n", 1)[0]
     namespace: dict = {}
     torch.manual_seed(0)
     for block in re.findall(r"```python\n(.*?)```", section, flags=re.S):
-        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+        exec(compile(block, "docs/inputs.md", "exec"), namespace)  # noqa: S102 - our own page's code
     assert namespace["two_input_maps"].shape == (2, 32, 32) and namespace["dict_maps"].shape == (2, 32, 32)
     assert namespace["signal_maps"].shape == (4, 256) and namespace["deletion_scores"].shape == (4,)
     assert namespace["signal_picture"].shape == (240, 640, 3) and namespace["signal_picture"].dtype == np.uint8

@@ -152,7 +152,7 @@ def deit_tolerances(method, model, layer, images, classes) -> list:
 
 
 def test_deit_last_block_output_has_no_gradient(deit_tiny, images_224):
-    """The README's warning: the last block's patch tokens never reach the class
+    """docs/transformers.md's warning: the last block's patch tokens never reach the class
     token, so their gradient, and every gradient map there, is exactly zero."""
     maps = GradCAM(deit_tiny, [deit_tiny.blocks[-1]], reshape_transform=vit_reshape_transform)(images_224[:1])
     np.testing.assert_array_equal(maps, 0.0)

@@ -1,7 +1,7 @@
 """Video inputs (B, C, T, H, W): maps (B, T, H, W) against the float64 reference, every
 method on a small 3D CNN, localisation in time on a trained one, windowed explanation
 of long clips (equal to per-window calls, memory bounded by one window), the overlay
-and file helpers, and the README's Video block."""
+and file helpers, and docs/inputs.md's Video block."""
 
 from __future__ import annotations
 
@@ -244,13 +244,13 @@ def test_file_errors(tmp_path: Path) -> None:
         moving_object_clip(frames=4, present=(3, 6))
 
 
-def test_the_readme_video_block(tmp_path: Path) -> None:
-    """The README's Video block runs; its maps are the float64 reference's, and the
-    64-frame clip's four windows (four copies of the clip) each give the clip's maps."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+def test_the_inputs_page_video_block(tmp_path: Path) -> None:
+    """docs/inputs.md's Video block runs as pasted; its maps are the float64 reference's, and
+    the 64-frame clip's four windows (four copies of the clip) each give the clip's maps."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "inputs.md").read_text(encoding="utf-8")
     block = re.search(r"## Video\n.*?```python\n(.*?)```", text, flags=re.S).group(1)
-    namespace = {"nn": nn, "torch": torch, "GradCAM": GradCAM, "ClassifierOutputTarget": ClassifierOutputTarget}
-    exec(compile(block, "README.md (Video)", "exec"), namespace)  # noqa: S102 - our own README
+    namespace: dict = {}
+    exec(compile(block, "docs/inputs.md (Video)", "exec"), namespace)  # noqa: S102 - our own page's code
     model, clip, maps = namespace["video_model"], namespace["clip"], namespace["video_maps"]
     assert maps.shape == (1, 16, 32, 32) and namespace["strip"].shape == (68, 140, 3)
     np.testing.assert_allclose(maps, reference_cam("gradcam", model, [model[3]], clip, [1]), atol=1e-5, rtol=0)
