@@ -45,6 +45,8 @@ NOT_RUN: Dict[str, str] = {
     "pip install": "installs packages (the test environment has them)",
     "make ": "the Makefile's targets: make test runs this test; the others take minutes",
     "torchrun ": "several processes (tests/test_folder_mode.py runs folder mode under torchrun)",
+    "python cam.py --clip ViT-B-32 --weights openai": "open_clip downloads the OpenAI weights",
+    "python cam.py --detector fasterrcnn --weights fasterrcnn_resnet50_fpn_coco": "the reader's downloaded COCO checkpoint",
 }
 
 

@@ -10,8 +10,12 @@ missing.
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
+import inspect
 import re
+import shlex
 from pathlib import Path
 from typing import List
 
@@ -73,3 +77,117 @@ def test_nav_names_every_page_that_exists() -> None:
     assert not [page for page in pages if not (DOCS / page).is_file()]
     on_disk = sorted(str(page.relative_to(DOCS)) for page in DOCS.rglob("*.md"))
     assert sorted(pages) == on_disk
+
+
+# ---------------------------------------------------------------- llms.txt
+
+
+def page_url(page: str) -> str:
+    """The site's URL of a page, relative to its root (MkDocs' directory URLs)."""
+    stem = page.removesuffix(".md")
+    if stem == "index":
+        return "./"
+    return stem.removesuffix("index") if stem.endswith("/index") else stem + "/"
+
+
+def llms_text() -> str:
+    return (DOCS / "llms.txt").read_text(encoding="utf-8")
+
+
+def test_llms_txt_has_the_llmstxt_shape() -> None:
+    """llmstxt.org's format: the title, a one-paragraph summary, then the Docs links."""
+    lines = llms_text().splitlines()
+    assert lines[0] == "# pytorch_grad_cam"
+    assert lines[1] == "" and lines[2].startswith("> ") and lines[3] == ""
+    assert "## Docs" in lines
+
+
+def test_llms_txt_links_every_page_of_the_nav() -> None:
+    """Every page of the nav, and nothing else, is linked from llms.txt's Docs section."""
+    docs = llms_text().split("## Docs", 1)[1]
+    links = re.findall(r"^- \[[^]]+\]\(([^)]+)\): \S", docs, flags=re.M)
+    assert len(links) == len(docs.strip().splitlines())  # one link (and what it is for) per line
+    assert sorted(links) == sorted(page_url(page) for page in nav_pages())
+
+
+def llms_code(language: str) -> List[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", llms_text(), flags=re.S | re.M)
+
+
+def call_target(call: ast.Call, namespace: dict) -> object:
+    """What ``call`` calls: an imported name, an instance of an imported class
+    (``GradCAM(...)(...)``), or what a factory returns for literal arguments
+    (``get_method("scorecam")(...)``)."""
+    func = call.func
+    if isinstance(func, ast.Name):
+        assert func.id in namespace, f"llms.txt calls {func.id}, which it does not import"
+        return namespace[func.id]
+    assert isinstance(func, ast.Call) and isinstance(func.func, ast.Name), ast.unparse(call)
+    inner = call_target(func, namespace)
+    if isinstance(inner, type):
+        return functools.partial(inner.__call__, None)  # the instance's call
+    return inner(*[ast.literal_eval(argument) for argument in func.args])
+
+
+def test_llms_txt_code_names_what_exists() -> None:
+    """Its imports import; each library call passes arguments its signature accepts (the
+    reader's own objects, ``model``, ``rgb_img``, stay names); its cam.py line parses."""
+    (python,) = llms_code("python")
+    tree = ast.parse(python)
+    namespace: dict = {}
+    imports = [node for node in tree.body if isinstance(node, ast.ImportFrom)]
+    assert len(imports) >= 5
+    exec(compile(ast.Module(body=imports, type_ignores=[]), "llms.txt", "exec"), namespace)  # noqa: S102
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    called = set()
+    for call in calls:
+        target = call_target(call, namespace)
+        positional = [None] * len(call.args)
+        keywords = {keyword.arg: None for keyword in call.keywords}
+        signature = inspect.signature(target)
+        signature.bind(*positional, **keywords)  # TypeError: a wrong count, or a name it lacks
+        unnamed = [word for word in keywords if word not in signature.parameters]  # not even into **kwargs
+        assert not unnamed, f"{ast.unparse(call)}: {unnamed} are not parameters of {target}"
+        if isinstance(call.func, ast.Name):
+            called.add(call.func.id)
+    assert {"GradCAM", "show_cam_on_image", "explain_detections", "explain_prompts"} <= called
+
+    from pytorch_grad_cam.cli.arguments import build_parser
+    from pytorch_grad_cam.cli.detector_zoo import DETECTORS
+    from pytorch_grad_cam.cli.model_zoo import MODELS
+
+    (shell,) = llms_code("bash")
+    words = shlex.split(shell, comments=True)
+    assert words[:2] == ["python", "cam.py"]
+    arguments = build_parser(MODELS, "resnet50", None, "cam.py", DETECTORS).parse_args(words[2:])
+    assert arguments.method in METHODS
+
+
+# ---------------------------------------------------------------- README.md
+
+README = ROOT / "README.md"
+
+
+def test_readme_is_short() -> None:
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 250
+
+
+def test_readme_links_pages_that_exist() -> None:
+    """Its docs/ links and pictures name files that exist, and every page of the nav is
+    linked (so the README reaches every topic on GitHub too)."""
+    links = re.findall(r"\]\((docs/[^)#\s]+)", README.read_text(encoding="utf-8"))
+    assert not [link for link in links if not (ROOT / link).is_file()]
+    linked = {link.removeprefix("docs/") for link in links}
+    # The README is the home page's counterpart; the API reference is linked by its index.
+    unlinked = [
+        page for page in nav_pages() if page not in linked and page != "index.md" and not page.startswith("api/")
+    ]
+    assert not unlinked
+    assert "api/index.md" in linked and "methods_grid.jpg" in linked
+
+
+def test_readme_method_table_lists_every_method() -> None:
+    """One row per registered method, by its cam.py name."""
+    rows = re.findall(r"^\| [^|]+ \| `([^`]+)` \| [^|]+\|$", README.read_text(encoding="utf-8"), flags=re.M)
+    assert rows[0] == "cam.py --method"  # the header
+    assert sorted(rows[1:]) == sorted(METHODS)
