@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import importlib.util
 import inspect
 import re
 import shlex
@@ -33,13 +34,19 @@ def api_directives() -> List[str]:
     return [path for page in sorted(API.glob("*.md")) for path in DIRECTIVE.findall(page.read_text(encoding="utf-8"))]
 
 
-def resolve(dotted: str) -> object:
-    """The object at ``dotted`` (a module, or a name inside one)."""
-    module, _, name = dotted.rpartition(".")
+def is_module(dotted: str) -> bool:
+    """Whether ``dotted`` names a module (the API reference's renderer then shows the
+    module, even where the package's ``__init__`` binds a function of that name)."""
     try:
-        return importlib.import_module(dotted)
-    except ModuleNotFoundError:
-        return getattr(importlib.import_module(module), name)
+        return importlib.util.find_spec(dotted) is not None
+    except ModuleNotFoundError:  # a name inside a module, not a package
+        return False
+
+
+def resolve(dotted: str) -> object:
+    """The object named ``name`` in the module ``dotted`` minus its last part."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def nav_pages() -> List[str]:
@@ -65,7 +72,8 @@ def test_api_directives_resolve() -> None:
     assert len(paths) > 100
     for path in paths:
         assert path.startswith("pytorch_grad_cam."), path
-        assert resolve(path) is not None, path
+        assert not is_module(path), f"{path} is a module: name the object inside it"
+        assert not inspect.ismodule(resolve(path)), path
     duplicated = sorted({path for path in paths if paths.count(path) > 1})
     assert not duplicated, f"documented twice: {duplicated}"
 
