@@ -45,8 +45,13 @@ NOT_RUN: Dict[str, str] = {
     "pip install": "installs packages (the test environment has them)",
     "make ": "the Makefile's targets: make test runs this test; the others take minutes",
     "torchrun ": "several processes (tests/test_folder_mode.py runs folder mode under torchrun)",
-    "python cam.py --clip ViT-B-32 --weights openai": "open_clip downloads the OpenAI weights",
-    "python cam.py --detector fasterrcnn --weights fasterrcnn_resnet50_fpn_coco": "the reader's downloaded COCO checkpoint",
+    "python benchmarks/": "the benchmarks measure for minutes (tests/test_bench_layout.py runs bench.py --help and --list)",
+    "python cam.py --detector fasterrcnn --weights": "a COCO weights file the reader downloads, and photo.jpg is the reader's own",
+    "python cam.py --clip ViT-B-32 --weights openai": "open_clip downloads CLIP's weights, and photo.jpg is the reader's own",
+    "python cam.py --video-path clip.mp4 --weights": "the reader's own clip, and torchvision's Kinetics-400 weights file (a download)",
+    "python cam.py --image-path examples/cat.jpg --model efficientnet_lite0 --metrics": (
+        "ROAD and deletion at 224x224 take minutes on a CPU; tests/test_cli.py runs this command and checks its numbers"
+    ),
 }
 
 
