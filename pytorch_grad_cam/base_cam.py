@@ -64,8 +64,9 @@ class BaseCAM:
             (B, C, d, h, w)), see ``utils.reshape_transforms``; None: none, or, for layers
             that output a vision transformer's patch tokens, the one read from the model
             on the first call (with a warning).
-        compute_input_gradient, uses_gradients: grad-cam's spelling of the class flags
-            below, for subclasses written for it (True / False switch the flag on / off).
+        compute_input_gradient: grad-cam's spelling of the class flag below, for
+            subclasses written for it (True / False switch the flag on / off).
+        uses_gradients: the same for the class flag ``uses_gradients``.
         tta_transforms: a ``ttach.Compose`` used by ``aug_smooth=True`` (None: flip x
             [0.9, 1, 1.1]).
         detach: accepted as grad-cam's; recorded tensors are always detached here.

@@ -15,9 +15,8 @@ class FEM(BaseCAM):
     """w_k = fraction of positions where A_k > μ_k + k·σ_k (μ, σ the channel's spatial
     mean and population standard deviation; strictly greater); map = Σ_k w_k·A_k.
 
-    Args:
+    Args (besides those of :class:`BaseCAM`):
         k: how many standard deviations above the mean a position must lie (default 2).
-        (the others as :class:`BaseCAM`)
 
     ``eigen_smooth`` is ignored: the map is not a weighted sum that a principal
     component could replace (as in the reference).

@@ -16,10 +16,9 @@ class KPCA_CAM(BaseCAM):  # noqa: N801 - the reference's public name
     """map = projection of A on its first kernel principal component
     (:func:`~pytorch_grad_cam.utils.svd_on_activations.get_2d_projection_kernel`).
 
-    Args:
+    Args (besides those of :class:`BaseCAM`):
         kernel: ``linear``, ``poly``, ``rbf``, ``sigmoid`` (default) or ``cosine``.
         gamma: the kernel coefficient; None means 1 / channels.
-        (the others as :class:`BaseCAM`)
 
     ``eigen_smooth`` is ignored: the map is a projection already. Cost grows as the
     cube of the layer's positions: fine up to about 28 x 28.

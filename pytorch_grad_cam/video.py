@@ -60,7 +60,8 @@ def explain_video(
             None: each window's top class.
         clip_length: frames per window, the model's own clip length (a Kinetics r3d_18:
             16); None (or >= T): the whole clip in one call, ``cam(video)``.
-        aug_smooth, eigen_smooth: as for ``cam(...)``, per window.
+        aug_smooth: as for ``cam(...)``, per window.
+        eigen_smooth: as for ``cam(...)``, per window.
 
     Returns:
         numpy.float32 maps (B, T, H, W), each window's part in [0, 1]. ``cam.outputs``

@@ -125,7 +125,10 @@ class MaskTarget(BoxTarget):
     flows through the mask head only where the region is.
 
     Args:
-        box, label, iou_threshold, indices: as :class:`BoxTarget`.
+        box: as :class:`BoxTarget`.
+        label: as :class:`BoxTarget`.
+        iou_threshold: as :class:`BoxTarget`.
+        indices: as :class:`BoxTarget`.
         mask: None, or (H, W) bool (or 0/1) in the pixels of the model's input.
         threshold: the probability from which a cell is in the predicted mask.
 

@@ -35,7 +35,8 @@ def batch_pearson_coherency(cams_a: ArrayLike, cams_b: ArrayLike) -> np.ndarray:
     (n − 1) in the covariance and the standard deviations (computed in float64).
 
     Args:
-        cams_a, cams_b: (B, H, W) (or (B, ...)) numpy arrays or tensors.
+        cams_a: (B, H, W) (or (B, ...)) numpy arrays or tensors.
+        cams_b: the same shape as ``cams_a``.
 
     Returns:
         numpy float32 (B,).

@@ -34,7 +34,8 @@ def spearman_rank_correlation(first: torch.Tensor, second: torch.Tensor) -> torc
     share) gives 0 where scipy gives NaN.
 
     Args:
-        first, second: tensors (B, ...) of the same shape; each item is flattened.
+        first: a tensor (B, ...); each item is flattened.
+        second: a tensor of the same shape.
 
     Returns:
         float32 tensor (B,) in [-1, 1], on the inputs' device.
@@ -65,7 +66,8 @@ def structural_similarity(
     use_sample_covariance=False, data_range=1)``.
 
     Args:
-        first, second: tensors (B, H, W) of the same shape, H and W >= ``window``.
+        first: a tensor (B, H, W), H and W >= ``window``.
+        second: a tensor of the same shape.
         window: the window's side, odd.
         sigma: the Gaussian's standard deviation in pixels.
 

@@ -182,7 +182,8 @@ def preprocess_image(
 
     Args:
         img: float image, typically in [0, 1].
-        mean, std: per-channel statistics; default 0.5 for every channel.
+        mean: per-channel means; default 0.5 for every channel.
+        std: per-channel standard deviations; default 0.5 for every channel.
 
     Returns:
         The normalised (1, C, H, W) tensor on the CPU.

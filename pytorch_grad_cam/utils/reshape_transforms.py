@@ -81,8 +81,9 @@ def vit_reshape_transform(
 
     Args:
         tensor: token activations or gradients of a ViT block, (B, tokens, C).
-        height, width: the patch grid; inferred as a square when neither is given, and
-            one from the other when only one is.
+        height: the patch grid's height; inferred as a square when neither is given,
+            and one from the other when only one is.
+        width: the patch grid's width (likewise).
         num_prefix_tokens: leading tokens that are not patches: 1 for ViT/DeiT's class
             token, 2 for distilled DeiT (class + distillation), 1 + R for a model with
             R register tokens (timm: ``model.num_prefix_tokens``).
@@ -213,7 +214,8 @@ class TokenGridTransform:
     Args:
         kind: ``"tokens"``, ``"seq_first"`` or ``"channels_last"``.
         num_prefix_tokens: leading non-patch tokens (class, distillation, registers).
-        height, width: the grid observed.
+        height: the grid's height observed.
+        width: the grid's width observed.
 
     Raises:
         ValueError: on an unknown ``kind``.

@@ -30,7 +30,9 @@ def show_cam_on_signal(
     Args:
         signal: one signal, (L,) or (C, L); a torch tensor's ``.numpy()``.
         cam: its map (L,) in [0, 1] (one row of a CAM's (B, L) output).
-        width, height, strip: the picture's width, the plot's and the strip's heights (pixels).
+        width: the picture's width (pixels).
+        height: the plot's height (pixels).
+        strip: the colour strip's height (pixels).
         colormap: the OpenCV colormap of the map.
         tint: how strongly the map colours the plot's background (0: white).
 
