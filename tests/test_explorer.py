@@ -141,6 +141,9 @@ def test_the_layer_tree_marks_spatial_outputs_and_preselects_the_automatic_layer
     assert auto.random_weights and auto.labels() == ["class 0", "class 1", "class 2"]
     assert models.loaded_model("tiny").default_layer == "3"  # the registered layer wins
     assert [node.label() for node in auto.layers][2] == "2 (MaxPool2d, 8x8x8)  [spatial]"
+    lite0 = {node.name: node.label() for node in models.loaded_model("efficientnet_lite0").layers}
+    assert lite0["_blocks.15._bn2"] == "    _blocks.15._bn2 (BatchNorm2d, 320x7x7)  [spatial]"
+    assert lite0["_fc"] == "_fc (Linear, 1000)"
 
 
 def test_top5_are_sorted_and_equal_the_softmax(lite0: models.LoadedModel) -> None:

@@ -87,7 +87,7 @@ def on_bundled(choice: str, model: str) -> Tuple[str, str, np.ndarray, str, Any]
     """Choosing a bundled photo: its path, its name, the preview, no message, its classes."""
     path = str(bundled_photos()[choice])
     choices, first = class_choices(loaded_model(model), path)
-    return path, choice, _photo(path), "", gr.update(choices=choices, value=first)
+    return path, f"examples/{choice}", _photo(path), "", gr.update(choices=choices, value=first)
 
 
 def on_upload(file: Optional[str], path: str, name: str, model: str) -> Tuple[str, str, Any, str, Any]:
@@ -171,7 +171,7 @@ def _controls(default_model: str) -> SimpleNamespace:
     c.photo = gr.Radio(
         photos, value=DEFAULT_PHOTO if DEFAULT_PHOTO in photos else photos[0], label="Photo", elem_id="photo"
     )
-    c.upload = gr.File(label="…or upload an image", file_count="single", type="filepath", elem_id="upload")
+    c.upload = gr.File(label="…or upload an image", file_count="single", type="filepath", height=120, elem_id="upload")
     c.preview = gr.Image(label="The photo", interactive=False, height=200, elem_id="photo-preview")
     c.model = gr.Dropdown(model_names(), value=default_model, label="Model", elem_id="model")
     c.layer = gr.Dropdown([], label="Layer ([spatial]: a grid a map can be made on)", filterable=True, elem_id="layer")
@@ -188,12 +188,23 @@ def _controls(default_model: str) -> SimpleNamespace:
 
 def _results() -> SimpleNamespace:
     r = SimpleNamespace()
-    r.overlays = gr.Gallery(label="Overlays", format="png", columns=3, elem_id="overlays")
-    r.maps = gr.Gallery(label="Raw maps (the model's input size)", format="png", columns=3, elem_id="maps")
+    r.overlays = gr.Gallery(
+        label="Overlays", format="png", columns=3, height=300, object_fit="contain", elem_id="overlays"
+    )
+    r.maps = gr.Gallery(
+        label="Raw maps (the model's input size)",
+        format="png",
+        columns=3,
+        height=220,
+        object_fit="contain",
+        elem_id="maps",
+    )
     r.metric_values = gr.Markdown(elem_id="metric-values")
     r.snippet = gr.Code(label="Python", language="python", elem_id="snippet")
     r.command = gr.Code(label="cam.py", language="shell", elem_id="command")
-    r.downloads = gr.File(label="Downloads: maps.npz and the overlays", file_count="multiple", elem_id="downloads")
+    r.downloads = gr.File(
+        label="Downloads: maps.npz and the overlays", file_count="multiple", interactive=False, elem_id="downloads"
+    )
     return r
 
 
@@ -210,7 +221,7 @@ def build_app(default_model: str = "efficientnet_lite0") -> gr.Blocks:
         banner = gr.Markdown(elem_id="weights-banner")
         message = gr.Markdown(elem_id="message")
         path = gr.State(str(bundled_photos()[DEFAULT_PHOTO]))
-        name = gr.State(DEFAULT_PHOTO)
+        name = gr.State(f"examples/{DEFAULT_PHOTO}")  # as the snippet and command name it
         with gr.Row():
             with gr.Column(scale=1):
                 c = _controls(default_model)

@@ -168,10 +168,11 @@ class LayerNode:
     spatial: bool
 
     def label(self) -> str:
-        """The tree line: indented name, class, shape and a mark for a spatial output."""
+        """The tree line: the dotted name indented by depth (a search finds it by its whole
+        name), the class, the shape and a mark for a spatial output."""
         shape = "x".join(map(str, self.shape)) if self.shape else "-"
         mark = "  [spatial]" if self.spatial else ""
-        return f"{'  ' * self.depth}{self.name.rsplit('.', 1)[-1]} ({self.kind}, {shape}){mark}"
+        return f"{'  ' * self.depth}{self.name} ({self.kind}, {shape}){mark}"
 
 
 @dataclass
