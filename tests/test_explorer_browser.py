@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Iterator, List, Tuple
 
@@ -183,5 +184,29 @@ def test_a_user_explores_a_photo(browser: object, explorer: str, tmp_path: Path)
     page.page.wait_for_function("document.querySelector('#weights-banner')?.innerText?.includes('random weights')")
     page.page.wait_for_function("document.querySelector('#layer input')?.value?.startsWith('1 (ReLU')")
 
+    assert page.outside == [] and page.problems == []
+    page.page.close()
+
+
+def test_a_long_method_shows_progress_and_cancel_stops_it(browser: object, explorer: str) -> None:
+    """ScoreCAM (a forward pass per batch of channels) shows its tqdm progress on the page;
+    Cancel stops it at its next forward pass, leaving the model without hooks."""
+    page = Page(browser, explorer)
+    page.page.wait_for_function("document.querySelector('#class input')?.value?.includes('(285)')")
+    page.page.locator("#methods").get_by_label("gradcam", exact=True).uncheck()
+    page.page.locator("#methods").get_by_label("scorecam", exact=True).check()
+    page.page.locator("#run").click()
+    page.page.wait_for_function(  # the tqdm bar on the overlays, past its first batch
+        "/^ScoreCAM: [1-9]\\d* \\/ \\d+ copy$/.test("
+        "document.querySelector('#overlays [role=progressbar]')?.getAttribute('aria-valuetext'))"
+    )
+    page.page.locator("#cancel").click()
+    page.page.wait_for_function("document.querySelector('#message')?.innerText?.includes('Cancelled.')")
+    model = models.loaded_model("efficientnet_lite0").model
+    deadline = time.monotonic() + 60
+    while any(module._forward_hooks or module._forward_pre_hooks for module in model.modules()):
+        assert time.monotonic() < deadline, "the cancelled run still holds hooks on the model after 60 s"
+        time.sleep(0.2)
+    assert page.page.locator("#overlays img").count() == 0  # nothing was shown
     assert page.outside == [] and page.problems == []
     page.page.close()

@@ -70,23 +70,36 @@ def class_choices(loaded: LoadedModel, path: str) -> Tuple[List[Tuple[str, int]]
     return [(f"{name} ({index}): {100 * score:.1f} %", index) for index, name, score in top], top[0][0]
 
 
-def on_model(name: str, path: str) -> Tuple[Any, Any, str]:
-    """The layer tree (automatic layer preselected), the classes and the weights banner of model ``name``."""
-    loaded = loaded_model(name)
+#: What building a model or reading its classes can raise: shown on the page as a message.
+MODEL_ERRORS = (ValueError, TypeError, RuntimeError, ModuleNotFoundError, CLIError)
+
+
+def on_model(name: str, path: str) -> Tuple[Any, Any, str, str]:
+    """The layer tree (automatic layer preselected), the classes, the weights banner of
+    model ``name`` and a message (why the model cannot be used, or nothing)."""
+    try:
+        loaded = loaded_model(name)
+        choices, first = class_choices(loaded, path)
+    except MODEL_ERRORS as error:
+        empty = gr.update(choices=[], value=None)
+        return empty, empty, "", f"**{name} cannot be used:** {' '.join(str(error).split())}"
     layers = [(node.label(), node.name) for node in loaded.layers]
-    choices, first = class_choices(loaded, path)
     banner = RANDOM_WEIGHTS.format(name=name) if loaded.random_weights else ""
     return (
         gr.update(choices=layers, value=loaded.default_layer),
         gr.update(choices=choices, value=first),
         banner,
+        "",
     )
 
 
 def on_bundled(choice: str, model: str) -> Tuple[str, str, np.ndarray, str, Any]:
     """Choosing a bundled photo: its path, its name, the preview, no message, its classes."""
     path = str(bundled_photos()[choice])
-    choices, first = class_choices(loaded_model(model), path)
+    try:
+        choices, first = class_choices(loaded_model(model), path)
+    except MODEL_ERRORS as error:
+        return path, f"examples/{choice}", _photo(path), f"**{model}:** {' '.join(str(error).split())}", gr.update()
     return path, f"examples/{choice}", _photo(path), "", gr.update(choices=choices, value=first)
 
 
@@ -227,7 +240,7 @@ def build_app(default_model: str = "efficientnet_lite0") -> gr.Blocks:
                 c = _controls(default_model)
             with gr.Column(scale=2):
                 r = _results()
-        model_outputs = [c.layer, c.category, banner]
+        model_outputs = [c.layer, c.category, banner, message]
         demo.load(on_bundled, [c.photo, c.model], [path, name, c.preview, message, c.category]).then(
             on_model, [c.model, path], model_outputs
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import socket
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
@@ -70,6 +71,13 @@ def load_models_file(path: Path) -> List[str]:
     return sorted(set(REGISTERED) - before) or sorted(REGISTERED)
 
 
+def free_port(host: str) -> int:
+    """A port of ``host`` that nothing listens on now (for ``--port 0``)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
 def main(argv: Optional[Sequence[str]] = None, prog: str = "pytorch-grad-cam explore") -> int:
     """Parse ``argv`` and serve the explorer until interrupted; the exit code (2 for a
     usage error, 1 for a missing gradio or a failing models file)."""
@@ -96,7 +104,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pytorch-grad-cam exp
     try:
         demo.queue().launch(
             server_name=args.host,
-            server_port=args.port or None,
+            server_port=args.port or free_port(args.host),
             share=False,
             inbrowser=not args.no_browser,
             theme=THEME,
