@@ -178,6 +178,16 @@ def test_a_user_explores_a_photo(browser: object, explorer: str, tmp_path: Path)
     page.page.locator("#upload input[type=file]").set_input_files(str(broken))
     page.page.wait_for_function("document.querySelector('#message')?.innerText?.includes('Upload refused')")
     assert "holiday.jpg: not an image that OpenCV can decode" in page.text("message")
+    good = tmp_path / "my cat.png"  # a photo that reads: the message goes, its classes come
+    cv2.imwrite(str(good), cv2.imread(str(ROOT / "examples" / "cat.jpg"))[:, :300])
+    page.page.locator("#upload input[type=file]").set_input_files(str(good))
+    page.page.wait_for_function("document.querySelector('#class input')?.value?.includes('(285)')")
+    assert page.text("message").strip() == ""
+    page.page.locator("#class-search input, #class-search textarea").first.fill("tabby")
+    page.page.locator("#class-search input, #class-search textarea").first.press("Enter")
+    page.page.wait_for_function("document.querySelector('#class input')?.value === 'tabby (281)'")
+    src, uploaded = page.run_until("'my cat.png'", src)
+    assert uploaded.shape == (300, 300, 3) and "ClassifierOutputTarget(281)" in page.snippet()
 
     assert page.text("weights-banner").strip() == ""
     page.choose("model", "random-cnn")

@@ -103,16 +103,19 @@ def on_bundled(choice: str, model: str) -> Tuple[str, str, np.ndarray, str, Any]
     return path, f"examples/{choice}", _photo(path), "", gr.update(choices=choices, value=first)
 
 
-def on_upload(file: Optional[str], path: str, name: str, model: str) -> Tuple[str, str, Any, str, Any]:
-    """An upload: the photo it holds, or the reason it is refused (the photo chosen before stays)."""
+def on_upload(file: Optional[str], path: str, name: str, model: str) -> Tuple[Any, ...]:
+    """An upload: the photo it holds, or the reason it is refused (the photo chosen before
+    stays); the upload box is emptied for the next one."""
     if file is None:
-        return path, name, gr.update(), "", gr.update()
+        return path, name, gr.update(), "", gr.update(), None
     try:
         photo = check_upload(Path(file))
+        choices, first = class_choices(loaded_model(model), file)
     except UploadRejected as error:
-        return path, name, gr.update(), f"**Upload refused.** {error}", gr.update()
-    choices, first = class_choices(loaded_model(model), file)
-    return file, Path(file).name, photo, "", gr.update(choices=choices, value=first)
+        return path, name, gr.update(), f"**Upload refused.** {error}", gr.update(), None
+    except MODEL_ERRORS as error:
+        return path, name, gr.update(), f"**{model}:** {' '.join(str(error).split())}", gr.update(), None
+    return file, Path(file).name, photo, "", gr.update(choices=choices, value=first), None
 
 
 def on_search(query: str, model: str, path: str) -> Any:
@@ -246,7 +249,9 @@ def build_app(default_model: str = "efficientnet_lite0") -> gr.Blocks:
         )
         c.model.change(on_model, [c.model, path], model_outputs)
         c.photo.input(on_bundled, [c.photo, c.model], [path, name, c.preview, message, c.category])
-        c.upload.upload(on_upload, [c.upload, path, name, c.model], [path, name, c.preview, message, c.category])
+        c.upload.upload(
+            on_upload, [c.upload, path, name, c.model], [path, name, c.preview, message, c.category, c.upload]
+        )
         c.search.submit(on_search, [c.search, c.model, path], c.category)
         inputs = [c.model, path, name, c.layer, c.methods, c.category, c.smoothing, c.metrics]
         outputs = [r.overlays, r.maps, r.metric_values, r.snippet, r.command, r.downloads, message]
