@@ -55,7 +55,7 @@ BUNDLED_PHOTOS = Path(__file__).resolve().parents[2] / "examples"
 #: The largest upload taken: bytes of the file, and pixels of the image it holds.
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000
-#: The methods whose maps do not depend on the class (their snippet still passes it).
+#: The smoothing options the page offers (cam.py's --aug-smooth and --eigen-smooth).
 SMOOTHING = ("aug smooth", "eigen smooth")
 
 
@@ -126,7 +126,8 @@ def top_classes(loaded: LoadedModel, input_tensor: torch.Tensor, k: int = 5) -> 
     probabilities = predict(loaded.model, input_tensor)
     labels = loaded.labels()
     values, indices = probabilities.topk(min(k, probabilities.numel()))
-    return [(int(index), labels[int(index)], float(value)) for value, index in zip(values, indices)]
+    named = dict(enumerate(labels))  # registered labels may be fewer than the outputs
+    return [(int(i), named.get(int(i), f"class {int(i)}"), float(value)) for value, i in zip(values, indices)]
 
 
 def search_labels(labels: Sequence[str], query: str, limit: int = 20) -> List[Tuple[int, str]]:
