@@ -36,7 +36,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 ROOT = Path(__file__).resolve().parents[1]
 #: gradio's queue calls pandas options that pandas 3 deprecates: its business, not the page's.
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = 120_000  # a wait on a busy shared machine (a run seen to take over 60 s once)
 #: The one warning gradio's own client logs (after a file upload), from a stub of its event
 #: stream: ``close: () => console.warn("Method not implemented.")``. Any other warning counts.
 GRADIO_STREAM_STUB = "Method not implemented."  # a run on a busy 2-core machine
@@ -213,9 +213,9 @@ def test_a_long_method_shows_progress_and_cancel_stops_it(browser: object, explo
     page.page.locator("#cancel").click()
     page.page.wait_for_function("document.querySelector('#message')?.innerText?.includes('Cancelled.')")
     model = models.loaded_model("efficientnet_lite0").model
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while any(module._forward_hooks or module._forward_pre_hooks for module in model.modules()):
-        assert time.monotonic() < deadline, "the cancelled run still holds hooks on the model after 60 s"
+        assert time.monotonic() < deadline, "the cancelled run still holds hooks on the model after 120 s"
         time.sleep(0.2)
     assert page.page.locator("#overlays img").count() == 0  # nothing was shown
     assert page.outside == [] and page.problems == []
