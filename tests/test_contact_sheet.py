@@ -16,9 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
@@ -26,6 +24,7 @@ from typing import Dict, Iterator, List, Tuple
 import cv2
 import numpy as np
 import pytest
+from chromium import chromium
 
 from pytorch_grad_cam.cli import contact_sheet
 from pytorch_grad_cam.cli.contact_sheet import RESULT_COLUMNS, page_count, write_contact_sheet
@@ -272,33 +271,11 @@ def test_the_datasets_page_rebuild_snippet_runs(tmp_path: Path, monkeypatch: pyt
 
 # ---------------------------------------------------------------- in Chromium
 
-_REQUIRED = os.environ.get("REQUIRE_BROWSER", "").strip().lower() in {"1", "true", "yes"}
-_NO_BROWSER = "install Debian's chromium package (apt-get install chromium) to run the contact sheet's browser tests"
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     """One headless Chromium for the module: the system's ``chromium`` executable."""
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        reason = "pip install playwright (the test extra) to run the contact sheet's browser tests"
-        if _REQUIRED:
-            pytest.fail(f"{reason} (REQUIRE_BROWSER is set)")
-        pytest.skip(reason)
-    if executable is None:
-        if _REQUIRED:
-            pytest.fail(f"no chromium on the PATH and REQUIRE_BROWSER is set: {_NO_BROWSER}")
-        pytest.skip(f"no chromium on the PATH: {_NO_BROWSER}")
-    with sync_playwright() as playwright:
-        started = time.perf_counter()
-        launched = playwright.chromium.launch(executable_path=executable, headless=True)
-        print(f"chromium launch: {time.perf_counter() - started:.2f} s ({launched.version})")
-        try:
-            yield launched
-        finally:
-            launched.close()
+    yield from chromium("the contact sheet's browser tests")
 
 
 class Sheet:

@@ -56,8 +56,9 @@ _BLOCKED_IMPORTS = textwrap.dedent(
         sys.modules[name] = None  # any import of them now raises ImportError
     import numpy as np, torch
     import pytorch_grad_cam
-    # The library, not the command-line app (its demo extras, scikit-image's photos, use scipy).
-    app = ("pytorch_grad_cam.cli",)
+    # The library, not the applications: the command line (its demo extras, scikit-image's
+    # photos, use scipy) and the browser explorer (gradio).
+    app = ("pytorch_grad_cam.cli", "pytorch_grad_cam.explorer")
     for module in pkgutil.walk_packages(pytorch_grad_cam.__path__, "pytorch_grad_cam."):
         if not module.name.startswith(app):
             importlib.import_module(module.name)

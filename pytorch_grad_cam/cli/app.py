@@ -344,7 +344,15 @@ def main(
         default_model: the model used without ``--model``.
         description: the ``--help`` text.
         prog: the program name in messages (default: the script's name).
+
+    ``explore`` as the first argument starts the browser explorer instead
+    (:mod:`pytorch_grad_cam.explorer.command`, ``explore --help``).
     """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["explore"]:  # the browser explorer, imported (with gradio) only when asked for
+        from pytorch_grad_cam.explorer.command import main as explore
+
+        return explore(arguments[1:], prog=f"{prog or 'pytorch-grad-cam'} explore")
     models = MODELS if models is None else models
     detectors = DETECTORS if detectors is None else detectors
     parser = build_parser(models, default_model, description, prog, detectors)
