@@ -12,6 +12,8 @@ library does not do.
   download, another machine) is listed in :data:`NOT_RUN` with the reason, and is still
   parsed by the command line's argument parser, so its options exist. Any other shell
   line (``pip``, ``make``, ``torchrun``) must be listed in :data:`NOT_RUN` too.
+  ``pytorch-grad-cam explore`` lines are parsed by the explorer's own parser and not
+  started (the page serves until stopped; tests/test_explorer_browser.py starts it).
 - Pages use fenced blocks with a language (```python, ```bash, ```text); an unlabelled
   fence fails the test, since it could hide code that never runs.
 """
@@ -138,12 +140,18 @@ def test_shell_blocks_run(page: Path, reader_directory: Path) -> None:
     from pytorch_grad_cam.cli.arguments import build_parser
     from pytorch_grad_cam.cli.detector_zoo import DETECTORS
     from pytorch_grad_cam.cli.model_zoo import MODELS
+    from pytorch_grad_cam.explorer.command import build_parser as explore_parser
 
     parser = build_parser(MODELS, "resnet50", None, "cam.py", DETECTORS)
     for block in blocks(page, "bash"):
         for command in shell_commands(block):
             arguments = cam_arguments(command)
             reason = not_run_reason(command)
+            if arguments and arguments[0] == "explore":
+                # The explorer's page serves until stopped (tests/test_explorer_browser.py
+                # starts it in a browser): its options are parsed, the page is not started.
+                explore_parser().parse_args(arguments[1:])
+                continue
             if arguments is None:
                 assert reason is not None, f"{page.name}: {command!r} is not a cam.py command: list it in NOT_RUN"
                 continue
