@@ -286,3 +286,19 @@ def test_neither_the_library_nor_the_explorer_logic_imports_gradio() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == ["[]", "[]"]
+
+
+def test_a_non_image_never_reaches_pillow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ultralytics, once imported, replaces PIL's Image.open with one that tries to install
+    a HEIF plugin for a file Pillow does not know: a non-image upload must be refused by
+    the reader's message without Image.open being asked."""
+    from PIL import Image
+
+    def patched_open(*args: object, **kwargs: object) -> None:
+        raise ModuleNotFoundError("No module named 'pi_heif'")
+
+    monkeypatch.setattr(Image, "open", patched_open)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image at all\n")
+    with pytest.raises(session.UploadRejected, match="notes.jpg: not an image that OpenCV can decode"):
+        session.check_upload(text)

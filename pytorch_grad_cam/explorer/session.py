@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 import torch
 
@@ -79,12 +80,17 @@ def _too_many_pixels(path: Path, max_pixels: int) -> Optional[str]:
     the decoder then judges it)."""
     from PIL import Image, UnidentifiedImageError
 
+    # A file OpenCV does not recognise by its signature is left to the reader's message,
+    # and never given to Pillow: ultralytics, once imported, replaces Image.open with one
+    # that tries to install a HEIF plugin for any format Pillow does not know.
+    if not cv2.haveImageReader(str(path)):
+        return None
     try:
         with Image.open(path) as image:
             width, height = image.size
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours
         return f"over {2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6:g} megapixels"
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, ImportError):
         return None
     return f"{width}x{height} pixels" if width * height > max_pixels else None
 
