@@ -16,12 +16,9 @@ import torch
 from torch import nn
 
 from pytorch_grad_cam.activations_and_gradients import ReshapeTransform
-from pytorch_grad_cam.base_cam import Target
 from pytorch_grad_cam.layers import LayerSpec
 from pytorch_grad_cam.noise import Seed, check_samples, check_std, gaussian, image_generators, noise_generator
-from pytorch_grad_cam.perturbation_cam import PerturbationCAM
-from pytorch_grad_cam.score_cam import masked_chunk_size, normalised_masks
-from pytorch_grad_cam.utils.image import ChannelsLastCalls
+from pytorch_grad_cam.perturbation_cam import CopyRecipe, PerturbationCAM, same_rows
 
 __all__ = ["SSCAM"]
 
@@ -30,12 +27,15 @@ class SSCAM(PerturbationCAM):
     """w = softmax_k((1/N) Σ_i y_c(X ⊙ (M_k + δ_ik))), M_k ScoreCAM's mask.
 
     Every channel's masks are scored (no two channels share noise), ``num_samples`` x K
-    forwards per image, in chunks of at most ``batch_size`` masked images (fewer where
-    they would exceed ScoreCAM's :data:`~pytorch_grad_cam.score_cam.MASKED_BATCH_BYTES`),
-    so memory is bounded as ScoreCAM's. The noise is drawn per image, then per sample i,
-    then per channel k in order, one (1, *spatial) tensor each; with ``seed=None`` and one
-    image that is torchcam's order (the same numbers where the mask's pixel count is a
-    multiple of 16, or its chunks match ours).
+    forwards per image, sample by sample, in chunks of at most ``batch_size`` masked
+    images (fewer where they would exceed
+    :data:`~pytorch_grad_cam.perturbation_cam.MASKED_BATCH_BYTES`), so memory is bounded
+    as ScoreCAM's. The noise is drawn per image, then per sample i, then per channel k in
+    order, one (1, *spatial) tensor each; with ``seed=None`` and one image that is
+    torchcam's order (the same numbers where the mask's pixel count is a multiple of 16,
+    or its chunks match ours). With an int seed an image repeated once per target
+    (``explain_targets``) draws the same noise for each, so it is masked once and each
+    target scores the same copies; with a shared generator each row draws its own.
 
     Args (besides those of :class:`~pytorch_grad_cam.perturbation_cam.PerturbationCAM`):
         num_samples: N, noisy masks per channel (default :attr:`num_samples`, torchcam's).
@@ -54,8 +54,11 @@ class SSCAM(PerturbationCAM):
     num_samples: int = 35
     #: The noise's standard deviation when the constructor is not given ``std``.
     std: float = 2.0
-    #: The masked images go to the model in ``channels_last`` on the CPU, as ScoreCAM's.
-    channels_last: bool = True
+    title = "SS-CAM"
+    #: Each channel's copies have their own noise: equal masks do not share scores.
+    shares_masks = False
+    #: Sample by sample: the noise's order.
+    draws_outer = True
 
     def __init__(
         self,
@@ -85,39 +88,29 @@ class SSCAM(PerturbationCAM):
         noise_generator(seed)  # a wrong type fails here, not at the first call
         self.seed = seed
 
-    def get_cam_weights(
-        self,
-        input_tensor: torch.Tensor,
-        target_layer: nn.Module,
-        targets: List[Target],
-        activations: torch.Tensor,
-        grads: torch.Tensor,
-    ) -> torch.Tensor:
-        batch, channels = activations.shape[:2]
-        size = tuple(input_tensor.shape[2:])
-        chunk = masked_chunk_size(self.batch_size, input_tensor)
-        run_model = ChannelsLastCalls(self.channels_last)
-        generators = image_generators(self.seed, batch)
-        weights = []
-        with self.progress_bar(batch * self.num_samples * channels, "SS-CAM") as bar:
-            for index in range(batch):
-                image = input_tensor[index : index + 1]
-                generator = generators[index]
+    def copy_recipe(self, input_tensor: torch.Tensor) -> CopyRecipe:
+        """X ⊙ (M_k + δ), δ drawn per copy in order from image ``row``'s generator."""
+        generators = image_generators(self.seed, input_tensor.shape[0])
+        spatial = tuple(input_tensor.shape[2:])
 
-                def run_chunk(
-                    start: int,
-                    stop: int,
-                    index: int = index,
-                    image: torch.Tensor = image,
-                    generator: Optional[torch.Generator] = generator,
-                ) -> object:
-                    masks = normalised_masks(activations[index, start:stop], size).to(image.dtype)
-                    noise = torch.stack([gaussian((1, *size), self.std, generator, image) for _ in range(start, stop)])
-                    return run_model(self.model, image * (masks.unsqueeze(1) + noise))
+        def recipe(row: int, masks: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+            image = input_tensor[row : row + 1]
+            noise = torch.stack([gaussian((1, *spatial), self.std, generators[row], image) for _ in range(len(masks))])
+            return image * (masks.unsqueeze(1) + noise)
 
-                total = sum(
-                    self.batched_scores(channels, run_chunk, targets[index], bar, chunk)
-                    for _ in range(self.num_samples)
-                )
-                weights.append(torch.softmax(total / self.num_samples, dim=0))
-        return torch.stack(weights)
+        return recipe
+
+    def draws_per_mask(self) -> int:
+        """N, the noisy masks per channel."""
+        return self.num_samples
+
+    def reduce_draws(self, scores: torch.Tensor) -> torch.Tensor:
+        """The mean over the samples, summed sample by sample."""
+        return sum(scores.unbind(dim=-1)) / self.num_samples
+
+    def row_groups(self, input_tensor: torch.Tensor, activations: torch.Tensor) -> List[List[int]]:
+        """Equal rows share copies where each image draws from its own generator (an
+        int seed: equal rows draw equal noise); with a shared one, every row its own."""
+        if self.seed is None or isinstance(self.seed, torch.Generator):
+            return [[row] for row in range(input_tensor.shape[0])]
+        return same_rows(input_tensor, activations)

@@ -161,17 +161,46 @@ def test_errors_name_the_fix(net):
     assert frozen.explain_targets(image(), targets()).shape == (3, 12, 12)
 
 
-def test_scorecam_masks_a_repeated_image_once_and_scores_each_target_on_the_copies(net):
+#: The masked-copy methods, with few draws (the grouping does not depend on them).
+MASKED_COPIES = {"scorecam": {}, "sscam": {"num_samples": 2}, "iscam": {"num_samples": 3}}
+
+
+def masked_copy_rows(net, cam, call):
+    """The rows the model sees during ``call(cam)``: the record pass, then the copies."""
     rows = []
     handle = net.register_forward_pre_hook(lambda module, inputs: rows.append(inputs[0].shape[0]))
-    cam = METHODS["scorecam"](net, [net.features[2]], progress=False)
     try:
-        alone = np.concatenate([cam(image(), [target]) for target in targets()])
-        one_target = sum(rows) // len(CLASSES)
-        rows.clear()
-        several = cam.explain_targets(image(), targets())
+        maps = call(cam)
     finally:
         handle.remove()
+    return maps, sum(rows)
+
+
+@pytest.mark.parametrize("name", sorted(MASKED_COPIES))
+def test_masked_copy_methods_mask_a_repeated_image_once_and_score_each_target_on_the_copies(net, name):
+    cam = METHODS[name](net, [net.features[2]], progress=False, **MASKED_COPIES[name])
+    alone, rows_alone = masked_copy_rows(net, cam, lambda c: np.concatenate([c(image(), [t]) for t in targets()]))
+    several, rows = masked_copy_rows(net, cam, lambda c: c.explain_targets(image(), targets()))
     np.testing.assert_allclose(several, alone, atol=1e-6, rtol=0)
+    one_target = rows_alone // len(CLASSES)
+    # the record pass's row, then 8 distinct masks (no constant channel) x the draws
+    assert one_target == 1 + 8 * MASKED_COPIES[name].get("num_samples", 1)
     # the record pass holds the 3 copies; the masked copies run once, not once per target
-    assert sum(rows) == one_target + len(CLASSES) - 1
+    assert rows == one_target + len(CLASSES) - 1
+
+
+def test_sscam_with_a_shared_generator_draws_each_rows_own_noise(net):
+    """seed=None: each row of a repeated image draws its own noise from torch's generator,
+    in order (the draws of the batched call with the image repeated), so its copies run
+    once per target."""
+    cam = METHODS["sscam"](net, [net.features[2]], progress=False, num_samples=2, seed=None)
+    torch.manual_seed(0)
+    first, rows = masked_copy_rows(net, cam, lambda c: c.explain_targets(image(), targets()[:2]))
+    assert rows == 2 + 2 * 2 * 8  # the record pass, then 2 rows x 2 samples x 8 channels
+    torch.manual_seed(0)
+    together = cam(image().repeat(2, 1, 1, 1), targets()[:2])
+    # float32 rounding of the record pass's batch (measured up to 3e-7)
+    np.testing.assert_allclose(first, together, atol=1e-6, rtol=0)
+    torch.manual_seed(0)
+    alone = cam(image(), targets()[:1])
+    np.testing.assert_allclose(first[0], alone[0], atol=1e-6, rtol=0)
