@@ -3,7 +3,9 @@ the maps it shows are the library's own call, its Python snippet runs and gives 
 maps, its cam.py command parses and names the same choices, the layer tree and the
 preselected layer, the top-5 classes and the class search, the downloads, the refused
 uploads, the user's registered models, Cancel, ``explore --help``, and that neither the
-library nor this gradio-free logic imports gradio. The page itself: test_explorer_browser.py.
+library nor this gradio-free logic imports gradio. The detector mode (SSDlite: its boxes,
+one box's map against explain_detections, a photo without a box) and the CLIP mode (the
+prompts' maps against explain_prompts), each with its snippet and cam.py command. The page itself: test_explorer_browser.py.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ by Playwright; see chromium.py for when the test skips or fails) with every requ
 outside 127.0.0.1 blocked and recorded. A user's path through it: pick a photo, run,
 switch the method and then the layer and see the overlay and the snippet change,
 download the maps and find the library's own call in them, upload a broken file and
-read the message, choose a model with random weights and see the banner; no request
+read the message, choose a model with random weights and see the banner; choose a
+detector, see its box list and its overlay, then CLIP and its prompts' maps; no request
 leaves the machine and the console stays free of errors and warnings.
 
 ``EXPLORER_SCREENSHOT=docs/explorer.png`` also saves the page after the two-method run
@@ -249,3 +250,10 @@ def test_a_user_explains_a_detector_box_and_clip_prompts(browser: object, explor
     assert page.text("metric-values").count("cosine") == 2
     assert page.outside == [] and page.problems == []
     page.page.close()
+
+    # The page's handler when the confidence leaves no box (random weights: every score 1/91).
+    from pytorch_grad_cam.explorer.app import on_confidence
+
+    boxes, message = on_confidence("detector: ssdlite", str(ROOT / "examples" / "cat.jpg"), 0.5)
+    assert boxes["choices"] == [] and boxes["value"] is None
+    assert message.startswith("**No box:** no box at confidence >= 0.5 on this photo; lower the confidence")
