@@ -3,7 +3,9 @@ the maps it shows are the library's own call, its Python snippet runs and gives 
 maps, its cam.py command parses and names the same choices, the layer tree and the
 preselected layer, the top-5 classes and the class search, the downloads, the refused
 uploads, the user's registered models, Cancel, ``explore --help``, and that neither the
-library nor this gradio-free logic imports gradio. The page itself: test_explorer_browser.py.
+library nor this gradio-free logic imports gradio. The detector mode (SSDlite: its boxes,
+one box's map against explain_detections, a photo without a box) and the CLIP mode (the
+prompts' maps against explain_prompts), each with its snippet and cam.py command. The page itself: test_explorer_browser.py.
 """
 
 from __future__ import annotations
@@ -18,16 +20,22 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import open_clip
 import pytest
 import torch
 
 from pytorch_grad_cam import EigenCAM, GradCAM
 from pytorch_grad_cam.cli import app as cli
 from pytorch_grad_cam.cli.arguments import build_parser, parse_arguments
+from pytorch_grad_cam.cli.detect import detector_input
+from pytorch_grad_cam.cli.detector_zoo import DETECTORS
 from pytorch_grad_cam.cli.jobs import model_input, read_photo
 from pytorch_grad_cam.cli.model_zoo import MODELS, ModelEntry, WeightsUnavailable, imagenet_classes
-from pytorch_grad_cam.explorer import command, models, session
+from pytorch_grad_cam.cli.prompts import square
+from pytorch_grad_cam.detection import explain_detections
+from pytorch_grad_cam.explorer import command, detections, models, prompts, session
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.vision_language import explain_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT = ROOT / "examples" / "cat.jpg"
@@ -277,7 +285,8 @@ def test_neither_the_library_nor_the_explorer_logic_imports_gradio() -> None:
     script = (
         "import sys, pytorch_grad_cam, pytorch_grad_cam.cli\n"
         "print(sorted(m for m in sys.modules if m.startswith(('gradio', 'pytorch_grad_cam.explorer'))))\n"
-        "import pytorch_grad_cam.explorer.session\n"
+        "import pytorch_grad_cam.explorer.session, pytorch_grad_cam.explorer.detections\n"
+        "import pytorch_grad_cam.explorer.prompts\n"
         "print(sorted(m for m in sys.modules if m.startswith('gradio')))\n"
     )
     environment = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -302,3 +311,111 @@ def test_a_non_image_never_reaches_pillow(tmp_path: Path, monkeypatch: pytest.Mo
     text.write_text("not an image at all\n")
     with pytest.raises(session.UploadRejected, match="notes.jpg: not an image that OpenCV can decode"):
         session.check_upload(text)
+
+
+# ----------------------------------------------------------------- detectors and CLIP
+#: SSDlite (the zoo's fastest detector, random weights: every box scores 1/91), at most
+#: three boxes at confidence 0, so that boxes exist on any photo.
+SSDLITE_BOXES = 3
+
+
+def _same_map(actual: np.ndarray, expected: np.ndarray) -> None:
+    """Equal within 1e-6, and also after scaling by the largest value: a random detector's
+    maps are all below 1e-5 (the library does not stretch a flat map), so the absolute
+    tolerance alone would pass any two of them."""
+    np.testing.assert_allclose(actual, expected, atol=1e-6)
+    np.testing.assert_allclose(actual / expected.max(), expected / expected.max(), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def ssdlite() -> detections.LoadedDetector:
+    return detections.loaded_detector("ssdlite")
+
+
+@pytest.fixture(scope="module")
+def detector_view(ssdlite: detections.LoadedDetector) -> detections.DetectionView:
+    return detections.compute_detection_view(
+        ssdlite, CAT, read_photo(CAT), ["gradcam"], detections.ALL_BOXES, 0.0, SSDLITE_BOXES
+    )
+
+
+def test_a_box_map_is_explain_detections_own(
+    ssdlite: detections.LoadedDetector, detector_view: detections.DetectionView, tmp_path: Path
+) -> None:
+    """Every box's map (all boxes) equals explain_detections called directly; the box list
+    is its boxes in its order; one box's view is that box's map; the downloads hold them."""
+    images = detector_input(read_photo(CAT), DETECTORS["ssdlite"], 320)
+    expected = explain_detections(ssdlite.model, images, method="gradcam", confidence=0.0, max_detections=3)[0]
+    assert len(expected) == SSDLITE_BOXES and detector_view.maps["gradcam"].shape == (3, 213, 320)
+    for k, detection in enumerate(expected):
+        _same_map(detector_view.maps["gradcam"][k], detection.cam)
+    first, second = (expected[k].cam / expected[k].cam.max() for k in (0, 1))
+    assert np.abs(first - second).max() > 0.5  # each box its own map
+    boxes = detections.find_boxes(ssdlite, read_photo(CAT), 0.0, SSDLITE_BOXES)
+    assert [(name, round(score, 6)) for _, name, score in boxes] == [
+        (ssdlite.names[d.label], round(d.score, 6)) for d in expected
+    ]
+    assert [number for number, _, _ in boxes] == [0, 1, 2] and boxes[0][2] == pytest.approx(1 / 91, abs=1e-6)
+    assert detector_view.overlays["gradcam"].shape == (300, 451, 3)
+    paths = detections.write_detection_downloads(detector_view, tmp_path)
+    with np.load(paths[0]) as saved:
+        np.testing.assert_array_equal(saved["gradcam"], detector_view.maps["gradcam"])
+        np.testing.assert_allclose(saved["gradcam_boxes"], [d.box for d in expected], atol=1e-4)
+        assert int(saved["box"]) == -1
+    one = detector_view.chosen(detector_view.detections["gradcam"])
+    assert len(one) == 3 and one[1].cam is detector_view.detections["gradcam"][1].cam
+
+
+def test_the_detector_snippet_runs_and_the_command_parses(
+    ssdlite: detections.LoadedDetector, detector_view: detections.DetectionView
+) -> None:
+    one_box = detections.DetectionView(**{**detector_view.__dict__, "box": 1})
+    one_box.maps = {"gradcam": detector_view.maps["gradcam"][1]}
+    snippet = detections.detection_snippet(one_box, ssdlite, str(CAT))
+    assert "detections[1].cam" in snippet
+    namespace: dict = {}
+    exec(compile(snippet, "<explorer detector snippet>", "exec"), namespace)
+    _same_map(namespace["maps"]["gradcam"], detector_view.maps["gradcam"][1])
+    line = detections.detection_command(one_box, "examples/cat.jpg")
+    assert line.endswith("# the page's box 1 is line 2 of the boxes it prints")
+    words = shlex.split(line, comments=True)
+    args = parse_arguments(build_parser(MODELS, "resnet50"), words[2:])
+    assert (args.detector, args.method, args.confidence, args.max_detections, args.image_path) == (
+        "ssdlite", "gradcam", 0.0, 3, Path("examples/cat.jpg"),
+    )  # fmt: skip
+
+
+def test_a_photo_without_a_box_gets_the_message(ssdlite: detections.LoadedDetector) -> None:
+    """Random weights score every box 1/91: at confidence 0.5 nothing is kept."""
+    assert detections.find_boxes(ssdlite, read_photo(CAT), 0.5) == []
+    with pytest.raises(detections.NoBoxes, match=r"no box at confidence >= 0.5 on this photo; lower the confidence"):
+        detections.compute_detection_view(ssdlite, CAT, read_photo(CAT), ["gradcam"], 0, 0.5)
+    assert detections.detector_name("detector: ssdlite") == "ssdlite" and detections.detector_name("ssdlite") is None
+
+
+def test_prompt_maps_are_explain_prompts_own_and_the_snippet_and_command_agree() -> None:
+    clip = prompts.loaded_clip("ViT-B-32")
+    texts = prompts.read_prompts(" a cat, a dog ,")
+    view = prompts.compute_prompt_view(clip, CAT, read_photo(CAT), ["gradcam"], texts)
+    torch.manual_seed(0)  # the command line's model: open_clip's config, seed 0
+    model = open_clip.create_model("ViT-B-32", pretrained=None).eval()
+    config = model.visual.preprocess_cfg
+    rgb = square(read_photo(CAT), 224)
+    image = torch.from_numpy((rgb - np.float32(config["mean"])) / np.float32(config["std"])).permute(2, 0, 1)[None]
+    expected = explain_prompts(model, image, ["a cat", "a dog"], tokenizer=open_clip.get_tokenizer("ViT-B-32"))
+    np.testing.assert_allclose(view.maps["gradcam"], expected.maps[0], atol=1e-6)
+    np.testing.assert_allclose(view.results["gradcam"].scores, expected.scores, atol=1e-6)
+    assert not np.allclose(expected.maps[0, 0], expected.maps[0, 1], atol=0.05)  # each prompt its own map
+    assert list(view.overlays) == [
+        f"gradcam: a cat (cosine {expected.scores[0, 0]:.3f})",
+        f"gradcam: a dog (cosine {expected.scores[0, 1]:.3f})",
+        "gradcam: which prompt wins where",
+    ]
+    namespace: dict = {}
+    exec(compile(prompts.prompt_snippet(view, str(CAT)), "<explorer prompt snippet>", "exec"), namespace)
+    np.testing.assert_allclose(namespace["maps"]["gradcam"], expected.maps[0], atol=1e-6)
+    np.testing.assert_array_equal(namespace["results"]["gradcam"].winners, expected.winners)
+    args = parse_arguments(build_parser(MODELS, "resnet50"), shlex.split(prompts.prompt_command(view))[2:])
+    assert (args.clip, args.prompts, args.method, args.image_path) == ("ViT-B-32", ["a cat", "a dog"], "gradcam", CAT)
+    with pytest.raises(ValueError, match="no prompt"):
+        prompts.read_prompts(" , ")

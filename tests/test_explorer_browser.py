@@ -4,7 +4,8 @@ by Playwright; see chromium.py for when the test skips or fails) with every requ
 outside 127.0.0.1 blocked and recorded. A user's path through it: pick a photo, run,
 switch the method and then the layer and see the overlay and the snippet change,
 download the maps and find the library's own call in them, upload a broken file and
-read the message, choose a model with random weights and see the banner; no request
+read the message, choose a model with random weights and see the banner; choose a
+detector, see its box list and its overlay, then CLIP and its prompts' maps; no request
 leaves the machine and the console stays free of errors and warnings.
 
 ``EXPLORER_SCREENSHOT=docs/explorer.png`` also saves the page after the two-method run
@@ -220,3 +221,39 @@ def test_a_long_method_shows_progress_and_cancel_stops_it(browser: object, explo
     assert page.page.locator("#overlays img").count() == 0  # nothing was shown
     assert page.outside == [] and page.problems == []
     page.page.close()
+
+
+def test_a_user_explains_a_detector_box_and_clip_prompts(browser: object, explorer: str) -> None:
+    """Choosing a detector turns the class into a box list (its random-weights banner up);
+    Run draws the box with its map and gives the detector's snippet and command. Choosing
+    CLIP turns it into a prompts box; Run shows a map per prompt and which prompt wins where."""
+    page = Page(browser, explorer)
+    page.page.wait_for_function("document.querySelector('#layer input')?.value?.startsWith('_swish')")
+    page.choose("model", "detector: ssdlite")
+    page.page.wait_for_function("document.querySelector('#weights-banner')?.innerText?.includes('random weights')")
+    page.page.wait_for_function("/^0: \\S.* 0\\.011$/.test(document.querySelector('#box input')?.value)")
+    page.page.locator("#confidence").wait_for(state="visible")
+    page.page.locator("#class").wait_for(state="hidden")
+    src, boxes = page.run_until("detections[0].cam", "")
+    assert boxes.shape == read_photo(ROOT / "examples" / "cat.jpg").shape
+    assert "python cam.py --detector ssdlite --image-path examples/cat.jpg --method gradcam" in page.text("command")
+
+    page.choose("model", "clip: ViT-B-32")
+    page.page.wait_for_function("document.querySelector('#weights-banner')?.innerText?.includes('ViT-B-32 has random')")
+    page.page.locator("#prompts").wait_for(state="visible")
+    page.page.locator("#box").wait_for(state="hidden")
+    page.page.locator("#layer").wait_for(state="hidden")
+    page.page.locator("#prompts textarea, #prompts input").first.fill("a cat, a dog")
+    src, first = page.run_until("prompts = ['a cat', 'a dog']", src)
+    assert first.shape == (224, 224, 3) and page.page.locator("#overlays img").count() == 3  # 2 prompts, winners
+    assert "--clip ViT-B-32 --prompts 'a cat,a dog'" in page.text("command")
+    assert page.text("metric-values").count("cosine") == 2
+    assert page.outside == [] and page.problems == []
+    page.page.close()
+
+    # The page's handler when the confidence leaves no box (random weights: every score 1/91).
+    from pytorch_grad_cam.explorer.app import on_confidence
+
+    boxes, message = on_confidence("detector: ssdlite", str(ROOT / "examples" / "cat.jpg"), 0.5)
+    assert boxes["choices"] == [] and boxes["value"] is None
+    assert message.startswith("**No box:** no box at confidence >= 0.5 on this photo; lower the confidence")

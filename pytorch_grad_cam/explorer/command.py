@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from pytorch_grad_cam.explorer.models import REGISTERED, model_names
+from pytorch_grad_cam.explorer.models import REGISTERED
 
 __all__ = ["build_parser", "load_models_file", "main"]
 
@@ -41,7 +41,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
         metavar="FILE.py",
         help="a Python file that calls pytorch_grad_cam.explorer.register_model(...) (may be repeated)",
     )
-    parser.add_argument("--model", default="efficientnet_lite0", help="the model chosen when the page opens")
+    parser.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help='the model chosen when the page opens (a detector: "detector: ssdlite"; CLIP: "clip: ViT-B-32")',
+    )
     parser.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
     return parser
 
@@ -89,8 +93,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "pytorch-grad-cam exp
     try:
         for path in args.models:
             load_models_file(path)
-        if args.model not in model_names():
-            raise ExploreError(f"--model {args.model!r} is not offered; choose one of {', '.join(model_names())}")
+        from pytorch_grad_cam.explorer.detections import offered_models  # torchvision's detection parts
+
+        if args.model not in offered_models():
+            raise ExploreError(f"--model {args.model!r} is not offered; choose one of {', '.join(offered_models())}")
         try:
             from pytorch_grad_cam.explorer.app import THEME, build_app
         except ModuleNotFoundError as error:
