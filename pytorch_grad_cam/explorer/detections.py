@@ -22,8 +22,7 @@ from pytorch_grad_cam.cli.detector_zoo import DETECTORS, DetectorEntry, package_
 from pytorch_grad_cam.cli.jobs import encode_image, method_options
 from pytorch_grad_cam.detection import Detection, as_detector, draw_detections, explain_detections
 from pytorch_grad_cam.detection.explain import select_detections
-from pytorch_grad_cam.explorer.session import Cancelled
-from pytorch_grad_cam.utils.hooks import Hooks
+from pytorch_grad_cam.explorer.session import cancellable
 
 __all__ = [
     "ALL_BOXES",
@@ -181,13 +180,8 @@ def compute_detection_view(
         detector.name, Path(photo_path), photo, detector.input(photo), int(box), float(confidence), int(max_detections)
     )
 
-    def stop_if_cancelled(*_: object) -> None:
-        if cancelled():
-            raise Cancelled("the view was cancelled")
-
-    with Hooks() as hooks:
-        for module in detector.model.children():  # the wrappers call the model's parts, not its forward
-            hooks.forward_pre(module, stop_if_cancelled)
+    # The wrappers call the model's parts, not its forward: each part checks.
+    with cancellable(list(detector.model.children()), cancelled):
         for method in methods:
             options = {**method_options(get_method(method), 32, True), "progress": True}
             found = explain_detections(

@@ -22,8 +22,7 @@ import torch
 from pytorch_grad_cam import get_method
 from pytorch_grad_cam.cli.jobs import encode_image, method_options
 from pytorch_grad_cam.cli.prompts import parse_prompts, square
-from pytorch_grad_cam.explorer.session import Cancelled
-from pytorch_grad_cam.utils.hooks import Hooks
+from pytorch_grad_cam.explorer.session import cancellable
 from pytorch_grad_cam.utils.image import preprocess_image, show_cam_on_image
 from pytorch_grad_cam.vision_language import PromptMaps, draw_prompt_maps, explain_prompts
 
@@ -155,13 +154,8 @@ def compute_prompt_view(
         clip.name, Path(photo_path), rgb, preprocess_image(rgb, mean=clip.mean, std=clip.std), list(prompts)
     )
 
-    def stop_if_cancelled(*_: object) -> None:
-        if cancelled():
-            raise Cancelled("the view was cancelled")
-
-    with Hooks() as hooks:
-        for module in clip.model.children():  # the wrappers call the model's parts, not its forward
-            hooks.forward_pre(module, stop_if_cancelled)
+    # The wrappers call the model's parts, not its forward: each part checks.
+    with cancellable(list(clip.model.children()), cancelled):
         for method in methods:
             options = method_options(get_method(method), 32, True)
             result = explain_prompts(

@@ -36,6 +36,7 @@ from pytorch_grad_cam.utils.hooks import Hooks
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 __all__ = [
+    "cancellable",
     "BUNDLED_PHOTOS",
     "MAX_UPLOAD_BYTES",
     "MAX_UPLOAD_PIXELS",
@@ -62,6 +63,21 @@ SMOOTHING = ("aug smooth", "eigen smooth")
 
 class Cancelled(Exception):
     """The view was cancelled (the page's Cancel button) before it was done."""
+
+
+def cancellable(modules: Sequence[torch.nn.Module], cancelled: Callable[[], bool]) -> Hooks:
+    """Hooks that raise :class:`Cancelled` before any of ``modules`` runs once
+    ``cancelled()`` is true: a run stops at its next forward pass. Use it as a context
+    manager (the hooks are removed when it ends, also when it raises)."""
+
+    def stop_if_cancelled(*_: object) -> None:
+        if cancelled():
+            raise Cancelled("the view was cancelled")
+
+    hooks = Hooks()
+    for module in modules:
+        hooks.forward_pre(module, stop_if_cancelled)
+    return hooks
 
 
 class UploadRejected(ValueError):
@@ -198,13 +214,7 @@ def compute_view(
         layer, int(category), tuple(smoothing),
     )  # fmt: skip
     module = loaded.module(layer)
-
-    def stop_if_cancelled(*_: object) -> None:
-        if cancelled():
-            raise Cancelled("the view was cancelled")
-
-    with Hooks() as hooks:
-        hooks.forward_pre(loaded.model, stop_if_cancelled)
+    with cancellable([loaded.model], cancelled):
         for method in methods:
             _one_method(view, loaded, module, method, metrics)
     return view
