@@ -19,10 +19,10 @@ import torch
 from pytorch_grad_cam import get_method
 from pytorch_grad_cam.cli.detect import class_names, detector_input, label_name, load_detector, on_photo
 from pytorch_grad_cam.cli.detector_zoo import DETECTORS, DetectorEntry, package_installed
-from pytorch_grad_cam.cli.jobs import encode_image, method_options
+from pytorch_grad_cam.cli.jobs import method_options
 from pytorch_grad_cam.detection import Detection, as_detector, draw_detections, explain_detections
 from pytorch_grad_cam.detection.explain import select_detections
-from pytorch_grad_cam.explorer.session import cancellable
+from pytorch_grad_cam.explorer.session import cancellable, method_arguments, png_name, save_files
 
 __all__ = [
     "ALL_BOXES",
@@ -221,7 +221,7 @@ def detection_snippet(view: DetectionView, detector: LoadedDetector, photo_name:
         "maps = {}",
     ]
     for method in view.maps:
-        options = "".join(f", {k}={v!r}" for k, v in method_options(get_method(method), 32, False).items())
+        options = method_arguments(method)
         lines.append(
             f"detections = explain_detections(model, input_tensor, method={method!r}, "
             f"confidence={view.confidence!r}, max_detections={view.max_detections}{options})[0]"
@@ -260,17 +260,10 @@ def write_detection_downloads(view: DetectionView, folder: Path) -> List[Path]:
     Raises:
         OSError: if the folder or a file cannot be written.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     arrays: Dict[str, np.ndarray] = {"box": np.int64(view.box)}
     for method, found in view.detections.items():
         arrays[method] = view.maps[method]
         arrays[f"{method}_boxes"] = np.float32([d.box for d in found]).reshape(-1, 4)
         arrays[f"{method}_labels"] = np.int64([d.label for d in found])
         arrays[f"{method}_scores"] = np.float32([d.score for d in found])
-    np.savez_compressed(folder / "maps.npz", **arrays)
-    paths = [folder / "maps.npz"]
-    for method, overlay in view.overlays.items():
-        paths.append(folder / f"{method.replace('+', 'p')}.png")
-        paths[-1].write_bytes(encode_image(overlay, ".png"))
-    return paths
+    return save_files(folder, arrays, {png_name(method): overlay for method, overlay in view.overlays.items()})

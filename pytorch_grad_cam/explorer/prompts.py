@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from pytorch_grad_cam import get_method
-from pytorch_grad_cam.cli.jobs import encode_image, method_options
+from pytorch_grad_cam.cli.jobs import method_options
 from pytorch_grad_cam.cli.prompts import parse_prompts, square
-from pytorch_grad_cam.explorer.session import cancellable
+from pytorch_grad_cam.explorer.session import cancellable, method_arguments, png_name, save_files
 from pytorch_grad_cam.utils.image import preprocess_image, show_cam_on_image
 from pytorch_grad_cam.vision_language import PromptMaps, draw_prompt_maps, explain_prompts
 
@@ -194,7 +194,7 @@ def prompt_snippet(view: PromptView, photo_name: Optional[str] = None) -> str:
         "results, maps = {}, {}",
     ]
     for method in view.maps:
-        options = "".join(f", {k}={v!r}" for k, v in method_options(get_method(method), 32, False).items())
+        options = method_arguments(method)
         lines.append(
             f"results[{method!r}] = explain_prompts(model, input_tensor, prompts, {method!r}, tokenizer=tokenizer{options})"
         )
@@ -222,17 +222,13 @@ def write_prompt_downloads(view: PromptView, folder: Path) -> List[Path]:
     Raises:
         OSError: if the folder or a file cannot be written.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     arrays: Dict[str, np.ndarray] = {"prompts": np.array(view.prompts)}
     for method, result in view.results.items():
         arrays[method] = result.maps[0]
         arrays[f"{method}_scores"] = result.scores[0]
         arrays[f"{method}_winners"] = result.winners[0]
-    np.savez_compressed(folder / "maps.npz", **arrays)
-    paths = [folder / "maps.npz"]
-    for number, (caption, overlay) in enumerate(view.overlays.items()):
-        method = caption.split(":")[0].replace("+", "p")
-        paths.append(folder / f"{method}_{number}.png")
-        paths[-1].write_bytes(encode_image(overlay, ".png"))
-    return paths
+    pictures = {
+        f"{png_name(caption.split(':')[0])}_{number}": overlay
+        for number, (caption, overlay) in enumerate(view.overlays.items())
+    }
+    return save_files(folder, arrays, pictures)

@@ -36,6 +36,9 @@ from pytorch_grad_cam.utils.hooks import Hooks
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 __all__ = [
+    "method_arguments",
+    "png_name",
+    "save_files",
     "cancellable",
     "BUNDLED_PHOTOS",
     "MAX_UPLOAD_BYTES",
@@ -281,7 +284,7 @@ def python_snippet(view: View, loaded: LoadedModel, photo_name: Optional[str] = 
     lines.append("maps = {}")
     smoothing = f"aug_smooth={'aug smooth' in view.smoothing}, eigen_smooth={'eigen smooth' in view.smoothing}"
     for method, cls in classes.items():
-        options = "".join(f", {key}={value!r}" for key, value in method_options(cls, 32, False).items())
+        options = method_arguments(method)
         lines.append(f"with {cls.__name__}(model=model, target_layers=[layer]{transform}{options}) as cam:")
         lines.append(f"    maps[{method!r}] = cam(input_tensor, targets=targets, {smoothing})[0]")
     return "\n".join(lines) + "\n"
@@ -313,12 +316,34 @@ def write_downloads(view: View, folder: Path) -> List[Path]:
     Raises:
         OSError: if the folder or a file cannot be written.
     """
+    arrays = {"category": np.int64(view.category), "layer": np.str_(view.layer), **view.maps}
+    return save_files(folder, arrays, {png_name(method): overlay for method, overlay in view.overlays.items()})
+
+
+def png_name(method: str) -> str:
+    """A method's name as a file name's stem ('gradcam++' -> 'gradcampp')."""
+    return method.replace("+", "p")
+
+
+def save_files(folder: Path, arrays: Dict[str, np.ndarray], pictures: Dict[str, np.ndarray]) -> List[Path]:
+    """``folder/maps.npz`` (``arrays``, compressed) and ``folder/<stem>.png`` for each RGB
+    picture of ``pictures`` (stem -> picture), the folder created if needed; their paths,
+    the .npz first (the downloads of every mode of the page).
+
+    Raises:
+        OSError: if the folder or a file cannot be written.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    maps_path = folder / "maps.npz"
-    np.savez_compressed(maps_path, category=np.int64(view.category), layer=np.str_(view.layer), **view.maps)
-    paths = [maps_path]
-    for method, overlay in view.overlays.items():
-        paths.append(folder / f"{method.replace('+', 'p')}.png")
-        paths[-1].write_bytes(encode_image(overlay, ".png"))
+    np.savez_compressed(folder / "maps.npz", **arrays)
+    paths = [folder / "maps.npz"]
+    for stem, picture in pictures.items():
+        paths.append(folder / f"{stem}.png")
+        paths[-1].write_bytes(encode_image(picture, ".png"))
     return paths
+
+
+def method_arguments(method: str) -> str:
+    """The keyword arguments the page gives ``method``'s constructor, as the snippets
+    write them after the model and layer (', batch_size=32', or '')."""
+    return "".join(f", {key}={value!r}" for key, value in method_options(get_method(method), 32, False).items())
