@@ -22,7 +22,7 @@ from pytorch_grad_cam.cli.detector_zoo import DETECTORS, DetectorEntry, package_
 from pytorch_grad_cam.cli.jobs import method_options
 from pytorch_grad_cam.detection import Detection, as_detector, draw_detections, explain_detections
 from pytorch_grad_cam.detection.explain import select_detections
-from pytorch_grad_cam.explorer.session import cancellable, method_arguments, png_name, save_files
+from pytorch_grad_cam.explorer.session import cancellable, method_arguments, photo_line, png_name, save_files
 
 __all__ = [
     "ALL_BOXES",
@@ -216,7 +216,7 @@ def detection_snippet(view: DetectionView, detector: LoadedDetector, photo_name:
         f"entry = DETECTORS[{view.detector!r}]",
         f"model = load_detector({view.detector!r}, entry, None, {detector.image_size})"
         "  # random weights (seed 0): pass a state dict's path for trained ones",
-        f"photo = np.float32(cv2.cvtColor(cv2.imread({photo!r}), cv2.COLOR_BGR2RGB)) / 255",
+        photo_line(photo),
         f"input_tensor = detector_input(photo, entry, {detector.image_size})",
         "maps = {}",
     ]

@@ -22,7 +22,7 @@ import torch
 from pytorch_grad_cam import get_method
 from pytorch_grad_cam.cli.jobs import method_options
 from pytorch_grad_cam.cli.prompts import parse_prompts, square
-from pytorch_grad_cam.explorer.session import cancellable, method_arguments, png_name, save_files
+from pytorch_grad_cam.explorer.session import cancellable, method_arguments, photo_line, png_name, save_files
 from pytorch_grad_cam.utils.image import preprocess_image, show_cam_on_image
 from pytorch_grad_cam.vision_language import PromptMaps, draw_prompt_maps, explain_prompts
 
@@ -187,7 +187,7 @@ def prompt_snippet(view: PromptView, photo_name: Optional[str] = None) -> str:
         f"model = open_clip.create_model({view.clip!r}, pretrained=None).eval()",
         f"tokenizer = open_clip.get_tokenizer({view.clip!r})",
         "config = model.visual.preprocess_cfg",
-        f"photo = np.float32(cv2.cvtColor(cv2.imread({photo!r}), cv2.COLOR_BGR2RGB)) / 255",
+        photo_line(photo),
         f"rgb = square(photo, {view.square.shape[0]})",
         'input_tensor = preprocess_image(rgb, mean=config["mean"], std=config["std"])',
         f"prompts = {view.prompts!r}",

@@ -37,6 +37,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 __all__ = [
     "method_arguments",
+    "photo_line",
     "png_name",
     "save_files",
     "cancellable",
@@ -270,7 +271,7 @@ def python_snippet(view: View, loaded: LoadedModel, photo_name: Optional[str] = 
         "from pytorch_grad_cam.utils.image import preprocess_image",
         "from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget",
         build,
-        f"photo = np.float32(cv2.cvtColor(cv2.imread({photo!r}), cv2.COLOR_BGR2RGB)) / 255",
+        photo_line(photo),
         f"height, width = {size}",
         "resized = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA)",
         f"input_tensor = preprocess_image(resized, mean={mean}, std={std})",
@@ -341,6 +342,12 @@ def save_files(folder: Path, arrays: Dict[str, np.ndarray], pictures: Dict[str, 
         paths.append(folder / f"{stem}.png")
         paths[-1].write_bytes(encode_image(picture, ".png"))
     return paths
+
+
+def photo_line(photo: str) -> str:
+    """The snippets' line that reads the photo at path ``photo`` as the page does: RGB,
+    float32 in [0, 1] (what the command line's reader gives for a readable photo)."""
+    return f"photo = np.float32(cv2.cvtColor(cv2.imread({photo!r}), cv2.COLOR_BGR2RGB)) / 255"
 
 
 def method_arguments(method: str) -> str:
